@@ -1,0 +1,144 @@
+"""Settings, read from the environment (API.md, "Configuration") and checked at start.
+
+Every field is named after its environment variable, lower-cased, so that an
+error names the variable a user must fix. :func:`load_settings` turns the first
+validation error into one :class:`~app.errors.ConfigError` line; the command
+line prints it and exits with status 2. Secrets are :class:`SecretStr`, so the
+repr of the settings never shows them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.channels import Channel, TopicTemplates, parse_channel
+from app.errors import ConfigError, GatewayError
+
+# The public login's password, published in the exchange's document, the same
+# for everyone (UPSTREAM.md, "Credentials").
+PUBLISHED_PUBLIC_PASSWORD = "da65be18f44b33b69603c39fd03ddf49"
+URL_SCHEMES = ("mqtt", "mqtts", "ws", "wss")
+_TOPICS = TopicTemplates()
+
+
+class Settings(BaseSettings):
+    """Everything the gateway can be told, with the defaults of API.md."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    # Upstream
+    coinsuper_url: str = "wss://api-mqtt-premium.coinsuper.com:443/mqtt"
+    coinsuper_env: str = "exchange_ha_prod_hk"
+    coinsuper_access_key: SecretStr = SecretStr("")
+    coinsuper_secret_key: SecretStr = SecretStr("")
+    coinsuper_email: str = ""
+    coinsuper_public_username: str = "api_subscriber"
+    coinsuper_public_password: SecretStr = SecretStr(PUBLISHED_PUBLIC_PASSWORD)
+    coinsuper_subscribe: str = ""
+    coinsuper_shared_link: bool = False
+    coinsuper_qos: int = Field(0, ge=0, le=2)
+    coinsuper_keepalive_s: int = Field(60, ge=5, le=3600)
+    coinsuper_reconnect_min_s: float = Field(0.5, gt=0, le=60)
+    coinsuper_reconnect_max_s: float = Field(5.0, gt=0, le=600)
+    coinsuper_silence_s: float = Field(10.0, gt=0, le=3600)
+    coinsuper_topic_depth: str = _TOPICS.depth
+    coinsuper_topic_orderbook: str = _TOPICS.orderbook
+    coinsuper_topic_kline: str = _TOPICS.kline
+    coinsuper_topic_trades: str = _TOPICS.trades
+    coinsuper_topic_assets: str = _TOPICS.assets
+    coinsuper_topic_orders: str = _TOPICS.orders
+    coinsuper_topic_fills: str = _TOPICS.fills
+
+    # Downstream
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = Field(8000, ge=0, le=65535)
+    gateway_tokens: SecretStr = SecretStr("")
+    gateway_idle_release_s: float = Field(300.0, ge=0)
+    gateway_max_upstream: int = Field(64, ge=1, le=10_000)
+    gateway_max_channels_per_stream: int = Field(50, ge=1, le=1000)
+    gateway_max_streams: int = Field(20_000, ge=1)
+    gateway_stale_factor: float = Field(5.0, ge=1, le=1000)
+    gateway_heartbeat_s: float = Field(15.0, gt=0, le=3600)
+    gateway_retry_ms: int = Field(2000, ge=0, le=600_000)
+    gateway_trade_log: int = Field(1000, ge=50, le=1_000_000)
+    gateway_candle_history: int = Field(1000, ge=1, le=1_000_000)
+    gateway_replay_events: int = Field(100_000, ge=0, le=10_000_000)
+    gateway_replay_age_s: float = Field(600.0, ge=0)
+    gateway_client_buffer: int = Field(1000, ge=1, le=1_000_000)
+    gateway_wait_default_ms: int = Field(2000, ge=0)
+    gateway_wait_max_ms: int = Field(10_000, ge=0, le=120_000)
+    gateway_log_level: str = "info"
+
+    @field_validator("coinsuper_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in URL_SCHEMES or not parts.hostname:
+            raise ValueError(
+                f"'{value[:80]}' is not an upstream URL; allowed: "
+                + ", ".join(f"{s}://HOST[:PORT][/PATH]" for s in URL_SCHEMES)
+            )
+        try:
+            parts.port  # noqa: B018  (reading it checks it)
+        except ValueError:
+            raise ValueError(f"'{value[:80]}' has a port that is not a number") from None
+        return value
+
+    @field_validator("coinsuper_subscribe")
+    @classmethod
+    def _check_channels(cls, value: str) -> str:
+        for name in filter(None, (part.strip() for part in value.split(","))):
+            try:
+                parse_channel(name)
+            except GatewayError as exc:
+                raise ValueError(exc.detail) from None
+        return value
+
+    @field_validator("gateway_log_level")
+    @classmethod
+    def _check_level(cls, value: str) -> str:
+        levels = ("debug", "info", "warning", "error")
+        if value.lower() not in levels:
+            raise ValueError(f"'{value[:20]}' is not a log level; allowed: {', '.join(levels)}")
+        return value.lower()
+
+    # --- derived -----------------------------------------------------------
+
+    @property
+    def subscribe_channels(self) -> list[Channel]:
+        names = (part.strip() for part in self.coinsuper_subscribe.split(","))
+        return list(dict.fromkeys(parse_channel(name) for name in names if name))
+
+    @property
+    def topics(self) -> TopicTemplates:
+        return TopicTemplates(
+            depth=self.coinsuper_topic_depth,
+            orderbook=self.coinsuper_topic_orderbook,
+            kline=self.coinsuper_topic_kline,
+            trades=self.coinsuper_topic_trades,
+            assets=self.coinsuper_topic_assets,
+            orders=self.coinsuper_topic_orders,
+            fills=self.coinsuper_topic_fills,
+        )
+
+    @property
+    def tokens(self) -> list[str]:
+        raw = self.gateway_tokens.get_secret_value()
+        return [token.strip() for token in raw.split(",") if token.strip()]
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings from the environment (overrides win), or raise
+    :class:`ConfigError` with one line naming the variable, the problem and
+    what is allowed."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False, include_input=False)[0]
+        variable = str(error["loc"][0]).upper() if error["loc"] else "settings"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"{variable}: {message}") from None

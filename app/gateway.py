@@ -1,0 +1,148 @@
+"""The running gateway: settings, hub and registry put together, and the
+monitor that turns time passing into channel statuses and idle releases."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+
+from app.channels import Channel
+from app.config import Settings
+from app.fanout import ReplayBuffer
+from app.hub import LocalHub
+from app.registry import Registry
+from app.store import Store
+from app.upstream import LinkState
+
+log = logging.getLogger("coinsuper_gateway")
+
+MONITOR_INTERVAL_S = 0.5
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Gateway:
+    """One gateway process: what the HTTP side and the command line work with."""
+
+    def __init__(self, settings: Settings, *, epoch: str | None = None) -> None:
+        self.settings = settings
+        store = Store(
+            epoch or secrets.token_hex(4),
+            trade_capacity=settings.gateway_trade_log,
+            candle_capacity=settings.gateway_candle_history,
+            stale_factor=settings.gateway_stale_factor,
+        )
+        replay = ReplayBuffer(
+            settings.gateway_replay_events, int(settings.gateway_replay_age_s * 1000)
+        )
+        self.hub = LocalHub(store, replay)
+        self.registry = Registry(settings, self.hub)
+        self.statuses: dict[str, str] = {}
+        self.open_streams = 0
+        self.started_ms = now_ms()
+        self._monitor_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        for channel in self.settings.subscribe_channels:
+            self.registry.demand(channel, pinned=True)
+        self._monitor_task = asyncio.create_task(self._monitor(), name="monitor")
+
+    async def stop(self) -> None:
+        self.hub.close_all_streams()
+        if self._monitor_task is not None:
+            self._monitor_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor_task
+        await self.registry.stop()
+
+    # --- statuses ----------------------------------------------------------
+
+    def status(self, channel: Channel, now: int) -> tuple[str, str | None]:
+        """A channel's status (API.md: connecting, live, stale, failed) and why."""
+        link = self.registry.link_of(channel)
+        if link is not None and link.state is LinkState.FAILED:
+            return "failed", link.reason
+        state = self.hub.state(channel)
+        if state is None or not state.has_data:
+            return "connecting", link.reason if link is not None else None
+        if self.hub.stale(state, now):
+            reason = link.reason if link is not None and link.state is not LinkState.UP else None
+            return "stale", reason or "no update within the expected interval"
+        return "live", None
+
+    async def _monitor(self) -> None:
+        while True:
+            await asyncio.sleep(MONITOR_INTERVAL_S)
+            try:
+                await self.registry.release_idle()
+                self._check_statuses()
+            except Exception:  # the monitor must outlive any one fault
+                log.exception("monitor pass failed")
+
+    def _check_statuses(self) -> None:
+        now = now_ms()
+        seen = set()
+        for tracked in list(self.registry.tracked.values()):
+            channel = tracked.channel
+            seen.add(channel.name)
+            status, reason = self.status(channel, now)
+            previous = self.statuses.get(channel.name)
+            if status == previous:
+                continue
+            self.statuses[channel.name] = status
+            if previous is not None or status != "connecting":
+                log.info("channel %s %s%s", channel.name, status, f": {reason}" if reason else "")
+                self.hub.emit_status(
+                    channel,
+                    {"channel": channel.name, "status": status, "reason": reason, "ts": now},
+                    now,
+                )
+        for name in set(self.statuses) - seen:
+            del self.statuses[name]
+
+    # --- reports -----------------------------------------------------------
+
+    def channel_report(self, now: int) -> list[dict[str, object]]:
+        """Every subscribed channel with its status and counts, for /v1/channels."""
+        report: list[dict[str, object]] = []
+        for tracked in self.registry.tracked.values():
+            channel = tracked.channel
+            status, reason = self.status(channel, now)
+            state = self.hub.state(channel)
+            report.append(
+                {
+                    "channel": channel.name,
+                    "symbol": channel.display_symbol,
+                    "status": status,
+                    "reason": reason,
+                    "seq": state.seq if state else 0,
+                    "last_update_ts": state.received_ts if state else None,
+                    "exchange_ts": state.exchange_ts if state else None,
+                    "messages": state.messages if state else 0,
+                    "rejected": state.rejected if state else 0,
+                    "last_rejection": state.last_rejection if state else None,
+                    "subscribers": self.hub.subscribers(channel),
+                    "pinned": tracked.pinned,
+                    "link": tracked.link.name,
+                    "link_state": tracked.link.state.value,
+                    "link_connects": tracked.link.connects,
+                }
+            )
+        return report
+
+    def readiness(self, now: int) -> tuple[bool, list[str]]:
+        """Ready when every configured channel is live and no channel is stale
+        or failed. Channels asked for a moment ago may still be connecting."""
+        problems = []
+        for tracked in self.registry.tracked.values():
+            status, reason = self.status(tracked.channel, now)
+            if status in ("stale", "failed") or (tracked.pinned and status != "live"):
+                problems.append(
+                    f"{tracked.channel.name} is {status}" + (f": {reason}" if reason else "")
+                )
+        return not problems, problems

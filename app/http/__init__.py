@@ -1,0 +1,1 @@
+"""The HTTP side: REST snapshots, Server-Sent Events, problems."""

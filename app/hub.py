@@ -1,0 +1,163 @@
+"""The seam between ingest and clients: state store, replay buffer and fan-out.
+
+Everything that reads or writes channel state or events goes through the
+:class:`Hub` interface. :class:`LocalHub` keeps it all in this process. A
+shared backend (Redis Streams for events and replay, one elected replica holding
+the upstream links) implements the same interface when the gateway runs as
+several replicas; nothing outside this module reaches into the parts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from app.channels import Channel
+from app.decode import Rejection, decode
+from app.fanout import Cursor, Fanout, ReplayBuffer, Subscription
+from app.store import ChannelState, Event, Store
+
+log = logging.getLogger("coinsuper_gateway.hub")
+
+
+@dataclass(frozen=True, slots=True)
+class Opening:
+    """What a new stream starts with: the events to send first, and whether
+    the client must be told to reset (its id could not be resumed)."""
+
+    subscription: Subscription
+    backlog: list[Event]
+    reset: bool
+
+
+class Hub(Protocol):
+    """State, replay and fan-out, as seen by ingest and by the HTTP side."""
+
+    epoch: str
+
+    def ingest(self, channel: Channel, payload: bytes, received_ts: int) -> None: ...
+    def emit_status(self, channel: Channel, status: dict[str, object], now_ms: int) -> None: ...
+    def forget(self, channel: Channel) -> None: ...
+    def state(self, channel: Channel) -> ChannelState | None: ...
+    def stale(self, state: ChannelState, now_ms: int) -> bool: ...
+    def snapshot(self, state: ChannelState, now_ms: int) -> bytes: ...
+    def trade_answer(self, state: ChannelState, now_ms: int, limit: int) -> bytes: ...
+    def candle_answer(self, state: ChannelState, now_ms: int, limit: int) -> bytes: ...
+    def etag(self, state: ChannelState, now_ms: int) -> str: ...
+    async def wait_for_data(self, channel: Channel, timeout_s: float) -> bool: ...
+    def open_stream(
+        self, channels: Iterable[Channel], last_event_id: str | None, buffer: int
+    ) -> Opening: ...
+    def close_stream(self, subscription: Subscription) -> None: ...
+    def subscribers(self, channel: Channel) -> int: ...
+    def close_all_streams(self) -> None: ...
+
+
+class LocalHub:
+    """The in-process hub: one Store, one ReplayBuffer, one Fanout."""
+
+    def __init__(self, store: Store, replay: ReplayBuffer) -> None:
+        self.store = store
+        self.replay = replay
+        self.fanout = Fanout()
+        self.epoch = store.epoch
+        self._first_data: dict[str, asyncio.Event] = {}
+
+    # --- ingest ------------------------------------------------------------
+
+    def ingest(self, channel: Channel, payload: bytes, received_ts: int) -> None:
+        """Decode one upstream message of ``channel`` and deliver what it makes."""
+        update = decode(channel, payload)
+        if isinstance(update, Rejection):
+            if self.store.reject(channel, update.reason):
+                log.warning("rejected a payload on %s: %s", channel.name, update.reason)
+            return
+        for event in self.store.apply(channel, update, received_ts):
+            self._deliver(event)
+        waiter = self._first_data.pop(channel.name, None)
+        if waiter is not None:
+            waiter.set()
+
+    def emit_status(self, channel: Channel, status: dict[str, object], now_ms: int) -> None:
+        self._deliver(self.store.status_event(channel, status, now_ms))
+
+    def _deliver(self, event: Event) -> None:
+        self.replay.append(event)
+        self.fanout.publish(event)
+
+    def forget(self, channel: Channel) -> None:
+        self.store.drop(channel)
+
+    # --- reads -------------------------------------------------------------
+
+    def state(self, channel: Channel) -> ChannelState | None:
+        return self.store.get(channel)
+
+    def stale(self, state: ChannelState, now_ms: int) -> bool:
+        return self.store.stale(state, now_ms)
+
+    def snapshot(self, state: ChannelState, now_ms: int) -> bytes:
+        return self.store.snapshot(state, now_ms)
+
+    def trade_answer(self, state: ChannelState, now_ms: int, limit: int) -> bytes:
+        return self.store.trade_answer(state, now_ms, limit)
+
+    def candle_answer(self, state: ChannelState, now_ms: int, limit: int) -> bytes:
+        return self.store.candle_answer(state, now_ms, limit)
+
+    def etag(self, state: ChannelState, now_ms: int) -> str:
+        return self.store.etag(state, now_ms)
+
+    async def wait_for_data(self, channel: Channel, timeout_s: float) -> bool:
+        """Wait until ``channel`` has data; False if ``timeout_s`` passed first."""
+        state = self.store.get(channel)
+        if state is not None and state.has_data:
+            return True
+        waiter = self._first_data.setdefault(channel.name, asyncio.Event())
+        try:
+            async with asyncio.timeout(timeout_s):
+                await waiter.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    # --- streams -----------------------------------------------------------
+
+    def open_stream(
+        self, channels: Iterable[Channel], last_event_id: str | None, buffer: int
+    ) -> Opening:
+        """Register a stream and say what it starts with. Synchronous, so that
+        no event can fall between the backlog and the live subscription."""
+        channel_list = list(channels)
+        names = frozenset(channel.name for channel in channel_list)
+        subscription = Subscription(names, buffer)
+        cursor = Cursor.parse(last_event_id) if last_event_id else None
+        backlog: list[Event] | None = None
+        if cursor is not None and cursor.epoch == self.epoch and cursor.seq <= self.store.seq:
+            backlog = self.replay.since(cursor.seq, names)
+        reset = last_event_id is not None and backlog is None
+        if backlog is None:
+            backlog = self._current_snapshots(channel_list)
+        self.fanout.add(subscription)
+        return Opening(subscription, backlog, reset)
+
+    def _current_snapshots(self, channels: list[Channel]) -> list[Event]:
+        events = []
+        for channel in channels:
+            state = self.store.get(channel)
+            if state is not None and state.last_event is not None:
+                events.append(state.last_event)
+        events.sort(key=lambda event: event.seq)
+        return events
+
+    def close_stream(self, subscription: Subscription) -> None:
+        self.fanout.remove(subscription)
+
+    def subscribers(self, channel: Channel) -> int:
+        return self.fanout.subscribers(channel.name)
+
+    def close_all_streams(self) -> None:
+        self.fanout.close_all()

@@ -1,0 +1,185 @@
+"""Which channels are subscribed upstream, and the links that carry them.
+
+A channel is subscribed when a client first asks for it (a REST request or a
+stream) or at start from ``COINSUPER_SUBSCRIBE`` (those are pinned), and
+released after ``GATEWAY_IDLE_RELEASE_S`` with no stream following it and no
+REST request for it. The number of upstream subscriptions is capped, so that
+no client can make the gateway subscribe to thousands of topics.
+
+Public market topics get one link each by default, because the exchange's
+client id names one topic; ``COINSUPER_SHARED_LINK`` puts them all on one link
+(for brokers that do not enforce the one-topic-per-id rule).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from app.channels import Channel
+from app.config import Settings
+from app.credentials import Login, public_client_id
+from app.errors import TooMany
+from app.hub import Hub
+from app.upstream import Backoff, Endpoint, UpstreamLink
+
+log = logging.getLogger("coinsuper_gateway.registry")
+
+SHARED_LINK = "public"
+_LOGGED_TOPICS_CAP = 1000
+
+
+@dataclass(slots=True)
+class Tracked:
+    """A channel subscribed upstream."""
+
+    channel: Channel
+    topic: str
+    link: UpstreamLink
+    pinned: bool
+    last_demand: float
+
+
+class Registry:
+    """The channels subscribed upstream, and their links."""
+
+    def __init__(
+        self, settings: Settings, hub: Hub, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.settings = settings
+        self.hub = hub
+        self.clock = clock
+        self.endpoint = Endpoint.from_url(settings.coinsuper_url)
+        self.templates = settings.topics
+        self.tracked: dict[str, Tracked] = {}
+        self.by_topic: dict[str, Channel] = {}
+        self.links: dict[str, UpstreamLink] = {}
+        self.unknown_topics: Counter[str] = Counter()
+        self.unknown_messages = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- demand ------------------------------------------------------------
+
+    def demand(self, channel: Channel, *, pinned: bool = False) -> Tracked:
+        """Make sure ``channel`` is subscribed upstream; raise :class:`TooMany`
+        when that would pass the cap."""
+        tracked = self.tracked.get(channel.name)
+        if tracked is not None:
+            tracked.last_demand = self.clock()
+            tracked.pinned = tracked.pinned or pinned
+            return tracked
+        cap = self.settings.gateway_max_upstream
+        if len(self.tracked) >= cap:
+            raise TooMany(
+                "upstream subscriptions",
+                f"{channel.name} would be subscribed upstream beyond the cap",
+                cap,
+            )
+        topic = self.templates.topic(self.settings.coinsuper_env, channel)
+        link = self._link_for(channel, topic)
+        tracked = Tracked(channel, topic, link, pinned, self.clock())
+        self.tracked[channel.name] = tracked
+        self.by_topic[topic] = channel
+        log.info("subscribing %s upstream (topic %s)", channel.name, topic)
+        return tracked
+
+    def _link_for(self, channel: Channel, topic: str) -> UpstreamLink:
+        if self.settings.coinsuper_shared_link:
+            link = self.links.get(SHARED_LINK)
+            if link is None:
+                # The per-topic id scheme applied to the topic prefix: a broker
+                # that enforces one topic per id refuses this link.
+                env = self.settings.coinsuper_env
+                link = self.links[SHARED_LINK] = self._public_link(SHARED_LINK, env, set())
+                link.start()
+            self._spawn(link.add_topic(topic))
+            return link
+        link = self.links[channel.name] = self._public_link(channel.name, topic, {topic})
+        link.start()
+        return link
+
+    def _public_link(self, name: str, id_topic: str, topics: set[str]) -> UpstreamLink:
+        settings = self.settings
+        login = Login(
+            public_client_id(
+                settings.coinsuper_access_key.get_secret_value(), settings.coinsuper_email, id_topic
+            ),
+            settings.coinsuper_public_username,
+            settings.coinsuper_public_password.get_secret_value(),
+        )
+        return UpstreamLink(
+            name,
+            self.endpoint,
+            lambda: login,
+            topics,
+            self.on_message,
+            qos=settings.coinsuper_qos,
+            keepalive_s=settings.coinsuper_keepalive_s,
+            silence_s=settings.coinsuper_silence_s,
+            backoff=Backoff(settings.coinsuper_reconnect_min_s, settings.coinsuper_reconnect_max_s),
+        )
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- ingest ------------------------------------------------------------
+
+    def on_message(self, topic: str, payload: bytes, received_ts: int) -> None:
+        """Route one upstream message to its channel's state."""
+        channel = self.by_topic.get(topic)
+        if channel is None:
+            self.unknown_messages += 1
+            if topic not in self.unknown_topics and len(self.unknown_topics) < _LOGGED_TOPICS_CAP:
+                log.warning("message on a topic no channel follows: %s", topic[:200])
+            self.unknown_topics[topic[:200]] += 1
+            return
+        try:
+            self.hub.ingest(channel, payload, received_ts)
+        except Exception:  # one bad message must never take a link down
+            log.exception("failed to apply a message on %s", channel.name)
+
+    # --- release -----------------------------------------------------------
+
+    async def release_idle(self) -> list[Channel]:
+        """Release the channels nobody followed or asked for within the idle time."""
+        idle_s = self.settings.gateway_idle_release_s
+        now = self.clock()
+        released = []
+        for tracked in list(self.tracked.values()):
+            if tracked.pinned or self.hub.subscribers(tracked.channel) > 0:
+                tracked.last_demand = max(tracked.last_demand, now)
+                continue
+            if now - tracked.last_demand >= idle_s:
+                await self.release(tracked.channel)
+                released.append(tracked.channel)
+        return released
+
+    async def release(self, channel: Channel) -> None:
+        tracked = self.tracked.pop(channel.name, None)
+        if tracked is None:
+            return
+        self.by_topic.pop(tracked.topic, None)
+        log.info("releasing %s upstream: no client for the idle time", channel.name)
+        if self.links.get(channel.name) is tracked.link:
+            del self.links[channel.name]
+            await tracked.link.stop()
+        else:
+            await tracked.link.remove_topic(tracked.topic)
+        self.hub.forget(channel)
+
+    async def stop(self) -> None:
+        for link in list(self.links.values()):
+            await link.stop()
+        for task in list(self._tasks):
+            task.cancel()
+
+    def link_of(self, channel: Channel) -> UpstreamLink | None:
+        tracked = self.tracked.get(channel.name)
+        return tracked.link if tracked is not None else None

@@ -1,0 +1,142 @@
+"""The simulated exchange: an MQTT broker with the exchange's rules, and a
+market that publishes on every public topic at the documented rates."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+from app.channels import KLINE_RANGES, TopicTemplates
+from app.simulator.broker import BrokerPorts, DemoAccount, make_broker
+from app.simulator.market import Market
+
+log = logging.getLogger("coinsuper_gateway.simulator")
+
+TICK_S = 0.1
+
+
+def _ignore_now(payload: Callable[[str], bytes], symbol: str, now_ms: int) -> bytes:
+    return payload(symbol)
+
+
+@dataclass(slots=True)
+class Schedule:
+    """One topic and when it is next published."""
+
+    topic: str
+    payload: Callable[[int], bytes]
+    interval: tuple[float, float]  # seconds, drawn uniformly for every push
+    due: float = 0.0
+
+
+class Simulator:
+    """A local stand-in for the exchange."""
+
+    def __init__(
+        self,
+        ports: BrokerPorts | None = None,
+        *,
+        account: DemoAccount | None = None,
+        env: str = "exchange_ha_prod_hk",
+        templates: TopicTemplates | None = None,
+        seed: int | None = None,
+        trade_rate: float = 2.0,
+        speed: float = 1.0,
+    ) -> None:
+        self.ports = ports or BrokerPorts()
+        self.account = account or DemoAccount()
+        self.env = env
+        self.templates = templates or TopicTemplates()
+        self.market = Market(seed=seed)
+        self.trade_rate = trade_rate
+        self.speed = speed
+        self.rng = random.Random(seed)
+        self.published = 0
+        self._broker = make_broker(self.account, self.ports)
+        self._task: asyncio.Task[None] | None = None
+        self.schedules = self._schedules()
+
+    def _topic(self, template: str, **values: object) -> str:
+        return self.env + template.format(**values)
+
+    def _schedules(self) -> list[Schedule]:
+        t, market = self.templates, self.market
+        every_1_to_2 = (1.0 / self.speed, 2.0 / self.speed)
+        schedules = []
+        for symbol in market.symbols:
+            every_second = (1.0 / self.speed, 1.0 / self.speed)
+            schedules.append(
+                Schedule(
+                    self._topic(t.depth, symbol=symbol),
+                    partial(_ignore_now, market.depth, symbol),
+                    every_second,
+                )
+            )
+            schedules.append(
+                Schedule(
+                    self._topic(t.trades, symbol=symbol),
+                    partial(_ignore_now, market.tickers, symbol),
+                    every_1_to_2,
+                )
+            )
+            for step in market.steps(symbol):
+                schedules.append(
+                    Schedule(
+                        self._topic(t.orderbook, symbol=symbol, step=step),
+                        partial(market.orderbook, symbol, step),
+                        every_1_to_2,
+                    )
+                )
+            for range_ms in KLINE_RANGES.values():
+                schedules.append(
+                    Schedule(
+                        self._topic(t.kline, symbol=symbol, range_ms=range_ms),
+                        partial(market.kline, symbol, range_ms),
+                        every_1_to_2,
+                    )
+                )
+        return schedules
+
+    async def start(self) -> None:
+        await self._broker.start()
+        log.info(
+            "simulated exchange on mqtt://%s:%d and ws://%s:%d/mqtt",
+            self.ports.host,
+            self.ports.tcp,
+            self.ports.host,
+            self.ports.ws,
+        )
+        self._task = asyncio.create_task(self._run(), name="simulated market")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._broker.shutdown()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for schedule in self.schedules:
+            schedule.due = start + self.rng.uniform(0, schedule.interval[0])
+        while True:
+            await asyncio.sleep(TICK_S)
+            now = loop.time()
+            now_ms = time.time_ns() // 1_000_000
+            self.market.tick(now_ms, self.trade_rate * self.speed, TICK_S)
+            for schedule in self.schedules:
+                if schedule.due > now:
+                    continue
+                schedule.due = now + self.rng.uniform(*schedule.interval)
+                await self._broker.internal_message_broadcast(
+                    schedule.topic, schedule.payload(now_ms), qos=0
+                )
+                self.published += 1

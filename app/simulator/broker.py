@@ -1,0 +1,113 @@
+"""The simulated exchange's MQTT broker: amqtt, with the exchange's login rules.
+
+amqtt runs the broker (TCP and WebSocket listeners in this process). Two
+plugins of ours make it behave like Coinsuper's: :class:`ExchangeLogin` accepts
+only the published public login with a client id of the form
+``md5(access_key) + md5(email) + md5(topic)`` for the demo account, and
+:class:`ExchangeTopics` lets each public session subscribe only to the topic its
+client id names, and lets no client publish.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from amqtt.broker import Broker
+from amqtt.contexts import Action
+from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
+from amqtt.session import Session
+
+from app.config import PUBLISHED_PUBLIC_PASSWORD
+from app.credentials import md5hex
+
+log = logging.getLogger("coinsuper_gateway.simulator")
+
+
+@dataclass(frozen=True, slots=True)
+class DemoAccount:
+    """The simulated exchange's one account."""
+
+    access_key: str = "demo-access-key"
+    secret_key: str = "demo-secret-key"
+    email: str = "demouser@demo.domain"
+    user_no: str = "1600000000000000000"
+
+
+@dataclass
+class _RulesConfig:
+    access_key: str = ""
+    email: str = ""
+    public_username: str = "api_subscriber"
+    public_password: str = PUBLISHED_PUBLIC_PASSWORD
+
+
+def _id_prefix(config: Any) -> str:
+    return md5hex(config.access_key) + md5hex(config.email)
+
+
+class ExchangeLogin(BaseAuthPlugin):  # type: ignore[misc]
+    """Accept the exchange's public login for the demo account, nothing else."""
+
+    Config = _RulesConfig
+
+    async def authenticate(self, *, session: Session) -> bool:
+        config = self.context.config
+        client_id = session.client_id or ""
+        accepted = (
+            session.username == config.public_username
+            and session.password == config.public_password
+            and len(client_id) == 96
+            and client_id.startswith(_id_prefix(config))
+        )
+        if not accepted:
+            log.info("refused a login as %r with client id %r", session.username, client_id[:96])
+        return accepted
+
+
+class ExchangeTopics(BaseTopicPlugin):  # type: ignore[misc]
+    """A public session subscribes only to the topic its client id names."""
+
+    Config = _RulesConfig
+
+    async def topic_filtering(
+        self,
+        *,
+        session: Session | None = None,
+        topic: str | None = None,
+        action: Action | None = None,
+    ) -> bool:
+        if action == Action.RECEIVE:
+            return True
+        if action == Action.PUBLISH or session is None or topic is None:
+            return False
+        client_id = session.client_id or ""
+        allowed = client_id[64:] == md5hex(topic)
+        if not allowed:
+            log.info("refused a subscription to %s by client id %s", topic[:200], client_id[:96])
+        return allowed
+
+
+@dataclass
+class BrokerPorts:
+    host: str = "127.0.0.1"
+    tcp: int = 18830
+    ws: int = 18831
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def make_broker(account: DemoAccount, ports: BrokerPorts) -> Broker:
+    """An amqtt broker with a TCP and a WebSocket listener and the exchange's rules."""
+    rules = {"access_key": account.access_key, "email": account.email}
+    config = {
+        "listeners": {
+            "default": {"type": "tcp", "bind": f"{ports.host}:{ports.tcp}"},
+            "ws": {"type": "ws", "bind": f"{ports.host}:{ports.ws}"},
+        },
+        "plugins": {
+            f"{__name__}.ExchangeLogin": rules,
+            f"{__name__}.ExchangeTopics": rules,
+        },
+    }
+    return Broker(config)
