@@ -10,7 +10,6 @@ several replicas; nothing outside this module reaches into the parts.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -19,8 +18,6 @@ from app.channels import Channel
 from app.decode import Rejection, decode
 from app.fanout import Cursor, Fanout, ReplayBuffer, Subscription
 from app.store import ChannelState, Event, Store
-
-log = logging.getLogger("coinsuper_gateway.hub")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +35,7 @@ class Hub(Protocol):
 
     epoch: str
 
-    def ingest(self, channel: Channel, payload: bytes, received_ts: int) -> None: ...
+    def ingest(self, channel: Channel, payload: bytes, received_ts: int) -> str | None: ...
     def emit_status(self, channel: Channel, status: dict[str, object], now_ms: int) -> None: ...
     def forget(self, channel: Channel) -> None: ...
     def state(self, channel: Channel) -> ChannelState | None: ...
@@ -68,18 +65,19 @@ class LocalHub:
 
     # --- ingest ------------------------------------------------------------
 
-    def ingest(self, channel: Channel, payload: bytes, received_ts: int) -> None:
-        """Decode one upstream message of ``channel`` and deliver what it makes."""
+    def ingest(self, channel: Channel, payload: bytes, received_ts: int) -> str | None:
+        """Decode one upstream message of ``channel`` and deliver what it makes.
+        A rejected payload is counted; its reason is returned the first time it
+        is seen on the channel, for the caller to log once."""
         update = decode(channel, payload)
         if isinstance(update, Rejection):
-            if self.store.reject(channel, update.reason):
-                log.warning("rejected a payload on %s: %s", channel.name, update.reason)
-            return
+            return update.reason if self.store.reject(channel, update.reason) else None
         for event in self.store.apply(channel, update, received_ts):
             self._deliver(event)
         waiter = self._first_data.pop(channel.name, None)
         if waiter is not None:
             waiter.set()
+        return None
 
     def emit_status(self, channel: Channel, status: dict[str, object], now_ms: int) -> None:
         self._deliver(self.store.status_event(channel, status, now_ms))

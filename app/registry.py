@@ -141,9 +141,12 @@ class Registry:
             self.unknown_topics[topic[:200]] += 1
             return
         try:
-            self.hub.ingest(channel, payload, received_ts)
+            reason = self.hub.ingest(channel, payload, received_ts)
         except Exception:  # one bad message must never take a link down
             log.exception("failed to apply a message on %s", channel.name)
+            return
+        if reason is not None:
+            log.warning("rejected a payload on %s (channel %s): %s", topic, channel.name, reason)
 
     # --- release -----------------------------------------------------------
 

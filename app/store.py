@@ -62,6 +62,7 @@ class ChannelState:
     messages: int = 0
     rejected: int = 0
     last_rejection: str | None = None
+    rejection_reasons: set[str] = field(default_factory=set)
     # Encoded envelope around the stale flag: head + b"true"/b"false" + tail.
     head: bytes = b""
     tail: bytes = b""
@@ -119,9 +120,11 @@ class Store:
         this channel (the caller logs it once)."""
         state = self.state(channel)
         state.rejected += 1
-        first = state.last_rejection != reason
         state.last_rejection = reason
-        return first
+        if reason in state.rejection_reasons or len(state.rejection_reasons) >= 32:
+            return False
+        state.rejection_reasons.add(reason)
+        return True
 
     def apply(self, channel: Channel, update: Update, received_ts: int) -> list[Event]:
         """Apply one accepted update and return the events it makes."""

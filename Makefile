@@ -1,0 +1,45 @@
+# A new user needs two commands: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# Debian packages the tests need: Mosquitto is the broker the integration tests start.
+DEBIAN_PACKAGES := mosquitto
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo serve test lint format system-deps clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+demo: $(STAMP)  ## run the gateway against the built-in simulated exchange
+	$(BIN)/coinsuper-gateway demo
+
+serve: $(STAMP)  ## run the gateway against COINSUPER_URL
+	$(BIN)/coinsuper-gateway serve
+
+system-deps:  ## Debian packages the tests need
+	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+lint: $(STAMP)
+	$(BIN)/ruff check app tests
+	$(BIN)/ruff format --check app
+	$(BIN)/mypy --strict app
+
+format: $(STAMP)
+	$(BIN)/ruff format app
+	$(BIN)/ruff check --fix app tests
+
+test: system-deps $(STAMP) lint  ## install what the tests need, then run them
+	$(BIN)/pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,273 @@
+"""Real parts for integration tests: Mosquitto, an independent MQTT publisher,
+and the gateway as a process of its own."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import paho.mqtt.client as paho
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLES = Path(__file__).resolve().parent / "samples"
+ENV = "exchange_ha_prod_hk"
+PUBLIC_USER = "api_subscriber"
+PUBLIC_PASSWORD = "da65be18f44b33b69603c39fd03ddf49"
+PUBLISHER = ("publisher", "publisher-secret-1")
+ACCESS_KEY = "test-access-key"
+EMAIL = "tester@example.test"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def md5hex(text: str) -> str:
+    return hashlib.md5(text.encode()).hexdigest()
+
+
+def expected_client_id(topic: str) -> str:
+    """The client id UPSTREAM.md prescribes for a public topic, computed here
+    independently of the gateway's code."""
+    return md5hex(ACCESS_KEY) + md5hex(EMAIL) + md5hex(topic)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # keep trying until the deadline
+            last_error = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last error: {last_error})")
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+class Mosquitto:
+    """Debian's Mosquitto on free ports: a TCP and a WebSocket listener, no
+    anonymous access, a password file with the public login and a publisher."""
+
+    def __init__(self, workdir: Path) -> None:
+        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        if not Path(binary).exists():
+            pytest.fail("mosquitto is not installed; `make test` installs it (Debian package mosquitto)")
+        self.binary = binary
+        self.dir = workdir
+        self.tcp_port = free_port()
+        self.ws_port = free_port()
+        self.log = workdir / "mosquitto.log"
+        self.passwords = workdir / "passwd"
+        self.conf = workdir / "mosquitto.conf"
+        self.process: subprocess.Popen[bytes] | None = None
+        self._write_files()
+
+    def _write_files(self) -> None:
+        self.passwords.write_text("")
+        for user, password in ((PUBLIC_USER, PUBLIC_PASSWORD), PUBLISHER):
+            subprocess.run(
+                ["mosquitto_passwd", "-b", str(self.passwords), user, password], check=True
+            )
+        lines = [
+            "per_listener_settings false",
+            "allow_anonymous false",
+            f"password_file {self.passwords}",
+            "persistence false",
+            f"log_dest file {self.log}",
+            "log_type all",
+            "connection_messages true",
+            f"listener {self.tcp_port} 127.0.0.1",
+            f"listener {self.ws_port} 127.0.0.1",
+            "protocol websockets",
+        ]
+        if os.geteuid() == 0:
+            lines.insert(0, "user root")  # else it drops to its own user and cannot read our files
+        self.conf.write_text("\n".join(lines) + "\n")
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [self.binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        wait_for(lambda: port_open(self.tcp_port) and port_open(self.ws_port), 10, "mosquitto to listen")
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+            self.process = None
+
+    def freeze(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def url(self, transport: str) -> str:
+        if transport == "ws":
+            return f"ws://127.0.0.1:{self.ws_port}/mqtt"
+        return f"mqtt://127.0.0.1:{self.tcp_port}"
+
+
+class Publisher:
+    """An MQTT client independent of the gateway (paho, used directly) that
+    plays the exchange's side: it publishes payloads on upstream topics."""
+
+    def __init__(self, port: int) -> None:
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"publisher-{port}")
+        self.client.username_pw_set(*PUBLISHER)
+        self.client.reconnect_delay_set(0.2, 1)
+        self.client.connect("127.0.0.1", port, keepalive=10)
+        self.client.loop_start()
+        wait_for(self.client.is_connected, 10, "the publisher to connect")
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
+        wait_for(self.client.is_connected, 15, "the publisher to be connected")
+        info = self.client.publish(topic, payload, qos=qos)
+        info.wait_for_publish(timeout=10)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+class GatewayProcess:
+    """``python -m app serve`` with its own settings, on a free port."""
+
+    def __init__(self, workdir: Path, env: dict[str, str], command: str = "serve") -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log = workdir / f"gateway-{self.port}.log"
+        full_env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("COINSUPER_", "GATEWAY_"))},
+            "GATEWAY_PORT": str(self.port),
+            "COINSUPER_ACCESS_KEY": ACCESS_KEY,
+            "COINSUPER_EMAIL": EMAIL,
+            **env,
+        }
+        self._log_file = self.log.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "app", command],
+            cwd=REPO,
+            env=full_env,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for(self._healthy, 20, "the gateway to answer /healthz")
+        self.http = httpx.Client(base_url=self.base, timeout=10)
+
+    def _healthy(self) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError(f"gateway exited early:\n{self.log.read_text()}")
+        try:
+            return httpx.get(self.base + "/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def channels(self) -> dict[str, dict[str, Any]]:
+        body = self.http.get("/v1/channels").json()
+        return {item["channel"]: item for item in body["channels"]}
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self.http.close()
+        self._log_file.close()
+        return self.process.returncode
+
+
+@contextmanager
+def gateway(workdir: Path, env: dict[str, str], command: str = "serve") -> Iterator[GatewayProcess]:
+    process = GatewayProcess(workdir, env, command)
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def sample(name: str) -> bytes:
+    return (SAMPLES / name).read_bytes()
+
+
+class EventStream:
+    """An SSE client in a thread of its own, collecting every event it reads."""
+
+    def __init__(self, url: str, headers: dict[str, str] | None = None) -> None:
+        import threading
+
+        self.url = url
+        self.headers = headers or {}
+        self.events: list[dict[str, str]] = []
+        self.comments = 0
+        self.status: int | None = None
+        self.ended = False
+        self.error: BaseException | None = None
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        wait_for(lambda: self.status is not None or self.error is not None, 10, "the stream to open")
+
+    def _run(self) -> None:
+        try:
+            timeout = httpx.Timeout(10, read=None)
+            with httpx.stream("GET", self.url, headers=self.headers, timeout=timeout) as response:
+                self.status = response.status_code
+                event: dict[str, str] = {}
+                for line in response.iter_lines():
+                    if self._stop:
+                        return
+                    if line == "":
+                        if event:
+                            self.events.append(event)
+                        event = {}
+                    elif line.startswith(":"):
+                        self.comments += 1
+                    else:
+                        field, _, value = line.partition(":")
+                        event[field] = value.removeprefix(" ")
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self.ended = True
+
+    def named(self, name: str) -> list[dict[str, Any]]:
+        return [json.loads(e["data"]) for e in list(self.events) if e.get("event") == name]
+
+    def close(self) -> None:
+        self._stop = True

@@ -1,0 +1,141 @@
+"""Decoding from the exchange's own samples, and from anything at all."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from app.channels import parse_channel
+from app.decode import MAX_PAYLOAD_BYTES, Rejection, Snapshot, Trade, TradeWindow, decode
+from tests.support import sample
+
+BOOK = parse_channel("orderbook:BTC_USD:0.01")
+DEPTH = parse_channel("depth:BTC_USD")
+KLINE = parse_channel("kline:BTC_USD:1m")
+TRADES = parse_channel("trades:BTC_USD")
+ALL = [BOOK, DEPTH, KLINE, TRADES]
+
+
+def test_order_book_sample() -> None:
+    update = decode(BOOK, sample("orderBook_BTC_USD_0.01.json"))
+    assert isinstance(update, Snapshot)
+    assert update.exchange_ts == 1532686075803
+    assert update.data["step"] == "0.01"
+    assert update.data["bids"][0] == ["6674.56", "0.8490"]
+    assert update.data["asks"][0] == ["6674.89", "0.0524"]
+    assert len(update.data["bids"]) == len(update.data["asks"]) == 15
+    bids = [Decimal(p) for p, _ in update.data["bids"]]
+    asks = [Decimal(p) for p, _ in update.data["asks"]]
+    assert bids == sorted(bids, reverse=True) and asks == sorted(asks)
+
+
+def test_order_book_levels_are_sorted_best_first_whatever_the_wire_order() -> None:
+    raw = json.loads(sample("orderBook_BTC_USD_0.01.json"))
+    raw["bids"].reverse()
+    raw["asks"].reverse()
+    update = decode(BOOK, json.dumps(raw).encode())
+    assert isinstance(update, Snapshot)
+    assert update.data["bids"][0] == ["6674.56", "0.8490"]
+    assert update.data["asks"][0] == ["6674.89", "0.0524"]
+
+
+def test_depth_sample_keeps_cumulative_quantities_and_zero_first_bid() -> None:
+    update = decode(DEPTH, sample("depth_BTC_USD.json"))
+    assert isinstance(update, Snapshot)
+    assert update.exchange_ts is None
+    assert update.data["depth_percent"] == "0.01"
+    assert update.data["bids"][0] == ["6674.72", "0.0000"]
+    assert update.data["asks"][-1] == ["6741.46", "241.8331"]
+
+
+def test_kline_sample() -> None:
+    update = decode(KLINE, sample("kline_BTC_USD_60000.json"))
+    assert isinstance(update, Snapshot)
+    assert update.data == {
+        "range": "1m", "range_ms": 60000, "open_ts": 1532686140000, "open": "6616.40",
+        "high": "6616.48", "low": "6616.40", "close": "6616.45", "volume": "31.76239814",
+    }
+
+
+def test_trades_sample_is_reversed_to_oldest_first() -> None:
+    update = decode(TRADES, sample("tickers_BTC_USD.json"))
+    assert isinstance(update, TradeWindow)
+    assert len(update.trades) == 19
+    assert update.trades[-1] == Trade("6089.34", "0.4337", "buy", 1532623321348)
+    assert update.trades[0] == Trade("6674.49", "0.1612", "buy", 1531118165685)
+
+
+def test_an_empty_trade_array_is_a_valid_push() -> None:
+    assert decode(TRADES, b"[]") == TradeWindow(())
+
+
+def rejected(channel_payload: tuple[object, bytes]) -> str:
+    channel, payload = channel_payload
+    result = decode(channel, payload)  # type: ignore[arg-type]
+    assert isinstance(result, Rejection), result
+    return result.reason
+
+
+def test_reasons_are_short_and_clear() -> None:
+    assert rejected((BOOK, b"{oops")) == "payload is not JSON"
+    assert rejected((BOOK, b"\xff\xfe")) == "payload is not UTF-8"
+    assert rejected((BOOK, b"x" * (MAX_PAYLOAD_BYTES + 1))).startswith("payload of")
+    assert rejected((BOOK, b"[]")) == "payload is not an object"
+    assert rejected((TRADES, b"{}")) == "payload is not an array"
+    assert rejected((KLINE, b'{"symbol":"BTC/USD"}')) == "'timestamp' is not a timestamp in milliseconds"
+    raw = json.loads(sample("orderBook_BTC_USD_0.01.json"))
+    raw["asks"][0]["limitPrice"] = 6674.89
+    assert rejected((BOOK, json.dumps(raw).encode())) == "'limitPrice' is not a decimal string"
+    raw["symbol"] = "ETH/USD"
+    assert "topic's is BTC/USD" in rejected((BOOK, json.dumps(raw).encode()))
+    assert rejected((BOOK, b"NaN")) == "payload is not JSON"
+    assert rejected((BOOK, b"[" * 100_000 + b"]" * 100_000)) == "payload is not JSON"
+
+
+def test_trades_out_of_order_are_refused() -> None:
+    raw = json.loads(sample("tickers_BTC_USD.json"))
+    raw.reverse()
+    assert rejected((TRADES, json.dumps(raw).encode())) == "trades are not newest first"
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=12), children, max_size=6),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300)
+@given(st.sampled_from(ALL), st.binary(max_size=400))
+def test_any_bytes_decode_or_are_rejected(channel: object, payload: bytes) -> None:
+    result = decode(channel, payload)  # type: ignore[arg-type]
+    assert isinstance(result, Rejection | Snapshot | TradeWindow)
+
+
+@settings(max_examples=300)
+@given(st.sampled_from(ALL), json_values)
+def test_any_json_decodes_or_is_rejected(channel: object, value: object) -> None:
+    result = decode(channel, json.dumps(value).encode())  # type: ignore[arg-type]
+    assert isinstance(result, Rejection | Snapshot | TradeWindow)
+
+
+decimal_strings = st.decimals(min_value=0, max_value=10**9, places=8, allow_nan=False).map(lambda d: f"{d:f}")
+levels = st.lists(st.tuples(decimal_strings, decimal_strings), max_size=15)
+
+
+@settings(max_examples=200)
+@given(levels, levels, st.integers(10**12, 10**13 - 1))
+def test_order_book_keeps_every_decimal_string_exactly(bids: list[tuple[str, str]], asks: list[tuple[str, str]], ts: int) -> None:
+    payload = {
+        "symbol": "BTC/USD", "step": "0.01", "timestamp": ts, "limitSize": 15,
+        "bids": [{"limitPrice": p, "quantity": q, "amount": "0"} for p, q in bids],
+        "asks": [{"limitPrice": p, "quantity": q, "amount": "0"} for p, q in asks],
+    }
+    update = decode(BOOK, json.dumps(payload).encode())
+    assert isinstance(update, Snapshot)
+    assert sorted(map(tuple, update.data["bids"])) == sorted(bids)
+    assert sorted(map(tuple, update.data["asks"])) == sorted(asks)
+    assert [Decimal(p) for p, _ in update.data["bids"]] == sorted((Decimal(p) for p, _ in bids), reverse=True)

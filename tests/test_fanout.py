@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import asyncio
+
+from app.fanout import Cursor, Fanout, ReplayBuffer, Subscription
+from app.store import Event
+
+
+def event(seq: int, channel: str = "trades:BTC_USD", conflatable: bool = False, ts: int = 0) -> Event:
+    name = "orderbook" if conflatable else "trade"
+    return Event(seq, channel, name, b"{}", f"id: e-{seq}\n\n".encode(), conflatable, ts)
+
+
+def test_cursor_parse() -> None:
+    assert Cursor.parse("ab12-42") == Cursor("ab12", 42)
+    assert Cursor.parse("garbage") is None
+    assert Cursor.parse("ab-") is None
+    assert Cursor.parse("-5") is None
+
+
+def test_snapshots_conflate_and_keep_ids_in_order() -> None:
+    sub = Subscription({"book", "trades:BTC_USD"}, capacity=10)
+    sub.offer(event(1, "book", conflatable=True))
+    sub.offer(event(2))
+    sub.offer(event(3, "book", conflatable=True))
+    assert [e.seq for e in sub.take()] == [2, 3]
+
+
+def test_append_only_overflow_closes_the_subscription() -> None:
+    sub = Subscription({"trades:BTC_USD"}, capacity=2)
+    for seq in range(1, 4):
+        sub.offer(event(seq))
+    assert sub.overflowed
+    assert sub.take() == []
+
+
+def test_fanout_only_reaches_followers() -> None:
+    fanout = Fanout()
+    a = Subscription({"trades:BTC_USD"}, 10)
+    b = Subscription({"book"}, 10)
+    fanout.add(a)
+    fanout.add(b)
+    fanout.publish(event(1))
+    assert [e.seq for e in a.take()] == [1] and b.take() == []
+    fanout.remove(a)
+    assert fanout.subscribers("trades:BTC_USD") == 0
+
+
+def test_replay_since_conflates_snapshots_and_keeps_every_trade() -> None:
+    replay = ReplayBuffer(capacity=100, max_age_ms=10_000)
+    for seq, (channel, snap) in enumerate(
+        [("book", True), ("trades:BTC_USD", False), ("book", True), ("trades:BTC_USD", False), ("other", False)],
+        start=1,
+    ):
+        replay.append(event(seq, channel, snap))
+    missed = replay.since(1, frozenset({"book", "trades:BTC_USD"}))
+    assert missed is not None
+    assert [e.seq for e in missed] == [2, 3, 4]
+
+
+def test_replay_knows_when_it_cannot() -> None:
+    replay = ReplayBuffer(capacity=3, max_age_ms=10_000)
+    for seq in range(1, 6):
+        replay.append(event(seq))
+    assert replay.since(1, frozenset({"trades:BTC_USD"})) is None
+    assert [e.seq for e in replay.since(2, frozenset({"trades:BTC_USD"})) or []] == [3, 4, 5]
+    aged = ReplayBuffer(capacity=100, max_age_ms=1000)
+    aged.append(event(1, ts=0))
+    aged.append(event(2, ts=5000))
+    assert aged.since(0, frozenset({"trades:BTC_USD"})) is None
+
+
+async def test_wait_wakes_on_offer_and_times_out() -> None:
+    sub = Subscription({"trades:BTC_USD"}, 10)
+    assert await sub.wait(0.01) is False
+    asyncio.get_running_loop().call_later(0.01, sub.offer, event(1))
+    assert await sub.wait(5) is True

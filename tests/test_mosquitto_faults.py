@@ -1,0 +1,144 @@
+"""Faults against Debian's Mosquitto: the broker killed and restarted, and
+malformed payloads on every topic."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from pathlib import Path
+
+from tests.support import (
+    ENV,
+    EventStream,
+    Mosquitto,
+    Publisher,
+    gateway,
+    sample,
+    wait_for,
+)
+
+BOOK_TOPIC = ENV + "/api/ws/v1/market/orderBook/BTC_USD/0.01"
+TRADES_TOPIC = ENV + "/api/ws/v1/market/tickers/BTC_USD"
+DEPTH_TOPIC = ENV + "/api/ws/v1/market/depth/BTC_USD"
+KLINE_TOPIC = ENV + "/api/ws/v1/market/kline/BTC_USD/60000"
+
+
+class Feed:
+    """Publishes a fresh order book twice a second until stopped, as the
+    exchange would; keeps going (reconnecting) across broker restarts."""
+
+    def __init__(self, publisher: Publisher) -> None:
+        self.publisher = publisher
+        self.running = True
+        self.book = json.loads(sample("orderBook_BTC_USD_0.01.json"))
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while self.running:
+            self.book["timestamp"] = int(time.time() * 1000)
+            with contextlib.suppress(AssertionError):  # broker down: try again
+                self.publisher.publish(BOOK_TOPIC, json.dumps(self.book).encode(), qos=0)
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        self.running = False
+        self.thread.join(20)
+
+
+def test_broker_restart_turns_channels_stale_then_live(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    env = {
+        "COINSUPER_URL": mosquitto.url("tcp"),
+        "COINSUPER_SUBSCRIBE": "orderbook:BTC_USD:0.01",
+        "GATEWAY_STALE_FACTOR": "2",  # stale after 2 push intervals of 2 s
+    }
+    publisher = Publisher(mosquitto.tcp_port)
+    feed = Feed(publisher)
+    with gateway(tmp_path, env) as gw:
+        channel = "orderbook:BTC_USD:0.01"
+        wait_for(lambda: gw.channels()[channel]["status"] == "live", 15, "the book to be live")
+        stream = EventStream(f"{gw.base}/v1/stream?channels={channel}")
+        wait_for(lambda: stream.named("orderbook"), 10, "a book event on the stream")
+
+        mosquitto.kill()
+        killed = time.monotonic()
+        wait_for(lambda: gw.channels()[channel]["status"] == "stale", 15, "the book to turn stale")
+        stale_after = time.monotonic() - killed
+        assert gw.http.get("/v1/orderbook/BTC_USD?step=0.01").json()["stale"] is True
+        assert gw.http.get("/readyz").status_code == 503
+
+        mosquitto.start()
+        restarted = time.monotonic()
+        wait_for(lambda: gw.channels()[channel]["status"] == "live", 10, "the book to be live again")
+        live_after = time.monotonic() - restarted
+        assert gw.channels()[channel]["link_connects"] >= 2
+        assert gw.http.get("/readyz").status_code == 200
+
+        # The same stream saw it all, and was never dropped.
+        wait_for(lambda: [s["status"] for s in stream.named("status")][-2:] == ["stale", "live"], 5,
+                 "status events stale then live")
+        assert not stream.ended
+        books_before = len(stream.named("orderbook"))
+        wait_for(lambda: len(stream.named("orderbook")) > books_before, 5, "books flowing again")
+        print(f"stale {stale_after:.1f} s after the kill; live {live_after:.1f} s after the restart")
+        assert stale_after < 4 * 2.0 + 2  # a few push intervals
+        stream.close()
+    feed.stop()
+    publisher.close()
+
+
+def bad_payloads(good: dict[str, object] | list[object]) -> list[bytes]:
+    """Invalid JSON, wrong types, missing fields, 5 MB of junk, invalid UTF-8."""
+    wrong_types: object
+    if isinstance(good, list):
+        wrong_types = [dict(good[0], price=6089.34)] if good else [{"price": 1}]  # type: ignore[arg-type]
+    else:
+        wrong_types = {key: 12345 for key in good}
+    return [
+        b'{"symbol": "BTC/USD", "asks": [',
+        json.dumps(wrong_types).encode(),
+        b"{}",
+        b"\x00junk" * (5 * 1024 * 1024 // 5),
+        b'{"symbol": "BTC/USD\xff\xfe"}',
+    ]
+
+
+def test_malformed_payloads_on_every_topic(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    topics = {
+        "orderbook:BTC_USD:0.01": (BOOK_TOPIC, "orderBook_BTC_USD_0.01.json", "/v1/orderbook/BTC_USD?step=0.01"),
+        "trades:BTC_USD": (TRADES_TOPIC, "tickers_BTC_USD.json", "/v1/trades/BTC_USD"),
+        "depth:BTC_USD": (DEPTH_TOPIC, "depth_BTC_USD.json", "/v1/depth/BTC_USD"),
+        "kline:BTC_USD:1m": (KLINE_TOPIC, "kline_BTC_USD_60000.json", "/v1/kline/BTC_USD?range=1m"),
+    }
+    env = {"COINSUPER_URL": mosquitto.url("tcp"), "COINSUPER_SUBSCRIBE": ",".join(topics)}
+    publisher = Publisher(mosquitto.tcp_port)
+    with gateway(tmp_path, env) as gw:
+        wait_for(lambda: all(c["link_state"] == "up" for c in gw.channels().values()), 15, "links up")
+        good_answers = {}
+        for channel, (topic, name, route) in topics.items():
+            publisher.publish(topic, sample(name))
+            good = wait_for(lambda route=route: (r := gw.http.get(route)).status_code == 200 and r.json(),
+                            10, route)
+            good_answers[channel] = good
+        sent = {}
+        for channel, (topic, name, _) in topics.items():
+            payloads = bad_payloads(json.loads(sample(name)))
+            for payload in payloads:
+                publisher.publish(topic, payload)
+            sent[channel] = len(payloads)
+        wait_for(lambda: all(gw.channels()[c]["rejected"] == n for c, n in sent.items()), 20,
+                 "every bad payload counted")
+        report = gw.channels()
+        for channel, (_, _, route) in topics.items():
+            assert report[channel]["messages"] == 1, channel
+            assert report[channel]["link_connects"] == 1, "the link was kept"
+            answer = gw.http.get(route).json()
+            assert answer["data"] == good_answers[channel]["data"]
+            assert answer["seq"] == good_answers[channel]["seq"]
+        log = gw.log_text()
+        for channel, (topic, _, _) in topics.items():
+            assert f"rejected a payload on {topic} (channel {channel})" in log
+        assert "Traceback" not in log
+    publisher.close()

@@ -1,0 +1,124 @@
+"""The simulated exchange: its broker enforces the exchange's login rules, its
+market publishes sane payloads on every public topic, and `demo` serves them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+
+import aiomqtt
+import pytest
+from aiomqtt.exceptions import MqttConnectError
+
+from app.channels import KLINE_RANGES
+from app.credentials import public_client_id
+from app.simulator import Simulator
+from app.simulator.broker import BrokerPorts, DemoAccount
+from tests.support import ENV, EventStream, free_port, gateway, wait_for
+
+ACCOUNT = DemoAccount()
+PUBLIC_PASSWORD = "da65be18f44b33b69603c39fd03ddf49"
+
+
+@pytest.fixture
+async def simulator() -> AsyncIterator[Simulator]:
+    sim = Simulator(BrokerPorts(tcp=free_port(), ws=free_port()), account=ACCOUNT, seed=7, speed=4)
+    await sim.start()
+    try:
+        yield sim
+    finally:
+        await sim.stop()
+
+
+def client(sim: Simulator, topic: str, *, transport: str = "tcp", password: str = PUBLIC_PASSWORD,
+           client_id: str | None = None) -> aiomqtt.Client:
+    return aiomqtt.Client(
+        "127.0.0.1",
+        sim.ports.ws if transport == "websockets" else sim.ports.tcp,
+        identifier=client_id or public_client_id(ACCOUNT.access_key, ACCOUNT.email, topic),
+        username="api_subscriber",
+        password=password,
+        transport=transport,  # type: ignore[arg-type]
+        websocket_path="/mqtt",
+        protocol=aiomqtt.ProtocolVersion.V311,
+        timeout=5,
+    )
+
+
+async def first_message(sim: Simulator, topic: str, transport: str = "tcp") -> bytes:
+    async with client(sim, topic, transport=transport) as c:
+        await c.subscribe(topic)
+        async with asyncio.timeout(10):
+            async for message in c.messages:
+                return bytes(message.payload)  # type: ignore[arg-type]
+    raise AssertionError("no message")
+
+
+async def test_the_right_login_receives_over_both_transports(simulator: Simulator) -> None:
+    topic = ENV + "/api/ws/v1/market/depth/BTC_USD"
+    for transport in ("tcp", "websockets"):
+        depth = json.loads(await first_message(simulator, topic, transport))
+        assert depth["symbol"] == "BTC/USD"
+
+
+async def test_a_wrong_password_or_foreign_client_id_is_refused(simulator: Simulator) -> None:
+    topic = ENV + "/api/ws/v1/market/depth/BTC_USD"
+    with pytest.raises(MqttConnectError):
+        async with client(simulator, topic, password="wrong"):
+            pass
+    with pytest.raises(MqttConnectError):
+        async with client(simulator, topic, client_id=public_client_id("other-key", ACCOUNT.email, topic)):
+            pass
+
+
+async def test_a_topic_other_than_the_client_ids_is_refused(simulator: Simulator) -> None:
+    named = ENV + "/api/ws/v1/market/depth/BTC_USD"
+    other = ENV + "/api/ws/v1/market/depth/ETH_USD"
+    async with client(simulator, named) as c:
+        granted = await c.subscribe(other)
+        assert all(code.is_failure for code in granted)  # type: ignore[union-attr]
+
+
+async def test_every_public_topic_publishes_sane_payloads(simulator: Simulator) -> None:
+    for symbol, steps in (("BTC_USD", ("1.0", "0.1", "0.01")), ("ETH_BTC", ("0.0001", "0.000001", "0.00000001"))):
+        for step in steps:
+            book = json.loads(await first_message(simulator, f"{ENV}/api/ws/v1/market/orderBook/{symbol}/{step}"))
+            bids = [Decimal(level["limitPrice"]) for level in book["bids"]]
+            asks = [Decimal(level["limitPrice"]) for level in book["asks"]]
+            assert book["step"] == step and len(bids) == len(asks) == 15
+            assert max(bids) < min(asks)
+            assert bids == sorted(bids, reverse=True) and asks == sorted(asks)
+    depth = json.loads(await first_message(simulator, f"{ENV}/api/ws/v1/market/depth/ETH_USD"))
+    quantities = [Decimal(level["quantity"]) for level in depth["bids"]]
+    assert quantities == sorted(quantities) and len(quantities) == 50
+    trades = json.loads(await first_message(simulator, f"{ENV}/api/ws/v1/market/tickers/BTC_USD"))
+    stamps = [t["timestamp"] for t in trades]
+    assert stamps == sorted(stamps, reverse=True) and 0 < len(trades) <= 50
+    for range_ms in (60_000, 604_800_000):
+        assert range_ms in KLINE_RANGES.values()
+        candle = json.loads(await first_message(simulator, f"{ENV}/api/ws/v1/market/kline/BTC_USD/{range_ms}"))
+        low, high = Decimal(candle["min"]), Decimal(candle["max"])
+        assert low <= Decimal(candle["first"]) <= high and low <= Decimal(candle["last"]) <= high
+        assert candle["timestamp"] % range_ms == 0
+
+
+def test_demo_serves_a_live_book_and_a_stream(tmp_path: Path) -> None:
+    with gateway(tmp_path, {}, command="demo") as gw:
+        book = wait_for(
+            lambda: (r := gw.http.get("/v1/orderbook/BTC_USD?step=0.01")).status_code == 200 and r.json(), 5,
+            "a live book within 5 s",
+        )
+        assert book["stale"] is False and book["data"]["bids"] and book["data"]["asks"]
+        stream = EventStream(f"{gw.base}/v1/stream?channels=trades:BTC_USD,orderbook:BTC_USD:0.01")
+        wait_for(lambda: stream.named("trade") and len(stream.named("orderbook")) >= 2, 10, "trades and books")
+        # Channels not configured at start are subscribed on demand.
+        other = wait_for(
+            lambda: (r := gw.http.get("/v1/orderbook/ETH_BTC?step=0.00000001")).status_code == 200 and r.json(),
+            10, "an on-demand book",
+        )
+        assert other["symbol"] == "ETH/BTC" and other["data"]["step"] == "0.00000001"
+        stream.close()
+        assert "Traceback" not in gw.log_text()

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import json
+
+from app.channels import parse_channel
+from app.decode import Snapshot, Trade, TradeWindow, decode
+from app.store import Store
+from tests.support import sample
+
+BOOK = parse_channel("orderbook:BTC_USD:0.01")
+TRADES = parse_channel("trades:BTC_USD")
+KLINE = parse_channel("kline:BTC_USD:1m")
+T0 = 1_700_000_000_000
+
+
+def book() -> Snapshot:
+    update = decode(BOOK, sample("orderBook_BTC_USD_0.01.json"))
+    assert isinstance(update, Snapshot)
+    return update
+
+
+def test_snapshot_envelope_and_sequence() -> None:
+    store = Store("ep")
+    events = store.apply(BOOK, book(), T0)
+    assert [e.seq for e in events] == [1]
+    store.apply(BOOK, book(), T0 + 1000)
+    state = store.get(BOOK)
+    assert state is not None
+    answer = json.loads(store.snapshot(state, T0 + 1000))
+    assert answer["channel"] == "orderbook:BTC_USD:0.01"
+    assert answer["seq"] == 2
+    assert answer["exchange_ts"] == 1532686075803
+    assert answer["received_ts"] == T0 + 1000
+    assert answer["stale"] is False
+    assert answer["data"]["bids"][0] == ["6674.56", "0.8490"]
+    # Stale after 5 push intervals of 2 s.
+    assert json.loads(store.snapshot(state, T0 + 12_000))["stale"] is True
+    assert store.etag(state, T0 + 1000) != store.etag(state, T0 + 12_000)
+
+
+def test_events_are_encoded_once_as_sse_frames() -> None:
+    store = Store("ep")
+    (event,) = store.apply(BOOK, book(), T0)
+    assert event.frame.startswith(b"id: ep-1\nevent: orderbook\ndata: {")
+    assert event.frame.endswith(b"}\n\n")
+    assert b"\n" not in event.data
+    assert json.loads(event.data)["seq"] == 1
+
+
+def test_one_event_per_new_trade_with_the_channel_seq() -> None:
+    store = Store("ep")
+    a = Trade("1.0", "0.1", "buy", T0)
+    b = Trade("1.1", "0.2", "sell", T0 + 1)
+    assert len(store.apply(TRADES, TradeWindow((a,)), T0)) == 1
+    events = store.apply(TRADES, TradeWindow((a, b, b)), T0 + 10)
+    assert [json.loads(e.data)["seq"] for e in events] == [2, 3]
+    assert [json.loads(e.data)["data"] for e in events] == [b.to_data(), b.to_data()]
+    assert store.apply(TRADES, TradeWindow((a, b, b)), T0 + 20) == []
+    state = store.get(TRADES)
+    assert state is not None
+    answer = json.loads(store.trade_answer(state, T0 + 20, 2))
+    assert answer["data"] == [b.to_data(), b.to_data()]
+    assert answer["seq"] == 3
+    assert answer["received_ts"] == T0 + 20
+
+
+def test_candles_keep_a_history() -> None:
+    store = Store("ep", candle_capacity=2)
+    for minute in range(3):
+        candle = {"symbol": "BTC/USD", "first": "1", "max": "2", "min": "0.5", "last": "1.5",
+                  "quantity": str(minute), "timestamp": T0 + 60_000 * minute}
+        update = decode(KLINE, json.dumps(candle).encode())
+        assert isinstance(update, Snapshot)
+        store.apply(KLINE, update, T0)
+    state = store.get(KLINE)
+    assert state is not None
+    history = json.loads(store.candle_answer(state, T0, 10))["data"]
+    assert [c["volume"] for c in history] == ["1", "2"]
+
+
+def test_rejections_are_counted_and_reported_once_per_reason() -> None:
+    store = Store("ep")
+    assert store.reject(BOOK, "payload is not JSON") is True
+    assert store.reject(BOOK, "payload is not JSON") is False
+    assert store.reject(BOOK, "payload is not UTF-8") is True
+    state = store.get(BOOK)
+    assert state is not None and state.rejected == 3 and not state.has_data
