@@ -115,3 +115,37 @@ def test_samples_come_out_normalized(mosquitto: Mosquitto, tmp_path: Path, trans
     for topic in TOPICS.values():
         client_id = expected_client_id(topic)
         assert re.search(rf"Received SUBSCRIBE from {client_id}\n\d+: \t{re.escape(topic)} \(QoS", log)
+
+
+def test_a_shared_link_carries_every_public_topic(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    env = {
+        "COINSUPER_URL": mosquitto.url("tcp"),
+        "COINSUPER_SUBSCRIBE": "orderbook:BTC_USD:0.01,trades:BTC_USD",
+        "COINSUPER_SHARED_LINK": "true",
+    }
+    publisher = Publisher(mosquitto.tcp_port)
+    with gateway(tmp_path, env) as gw:
+        wait_for(lambda: len(gw.channels()) == 2 and all(c["link_state"] == "up" for c in gw.channels().values()),
+                 15, "the shared link up")
+        # A channel asked for later is added to the same live connection.
+        assert gw.http.get("/v1/depth/BTC_USD?wait=0").status_code == 503
+        wait_for(lambda: "Received SUBSCRIBE" in mosquitto.log_text() and TOPICS["depth:BTC_USD"] in mosquitto.log_text(),
+                 10, "the late subscription")
+        for channel in ("orderbook:BTC_USD:0.01", "trades:BTC_USD", "depth:BTC_USD"):
+            publisher.publish(TOPICS[channel], sample(FILES[channel]))
+        for channel in ("orderbook:BTC_USD:0.01", "trades:BTC_USD", "depth:BTC_USD"):
+            body = wait_for(lambda c=channel: (r := gw.http.get(ROUTES[c])).status_code == 200 and r.json(), 10, channel)
+            assert body["data"] == expected(channel)[0]
+        assert {c["link"] for c in gw.channels().values()} == {"public"}
+    publisher.close()
+    logins = re.findall(r"New client connected from \S+ as (\S+) \(p2, c1, k60, u'api_subscriber'\)",
+                        mosquitto.log_text())
+    assert logins == [expected_client_id(ENV)]
+
+
+def test_fixture_samples_match_the_shared_ones() -> None:
+    shared = Path(__file__).resolve().parents[2] / "shared" / "samples"
+    if not shared.is_dir():
+        pytest.skip("no shared/ beside this checkout")
+    for name in FILES.values():
+        assert (shared / name).read_bytes() == sample(name), name
