@@ -11,6 +11,8 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
 import socket
 import sys
 from collections.abc import Sequence
@@ -22,6 +24,7 @@ from app import __version__
 from app.config import Settings, load_settings
 from app.errors import ConfigError
 from app.http.app import create_app
+from app.logs import setup_logging
 from app.simulator import Simulator
 from app.simulator.broker import BrokerPorts, DemoAccount
 
@@ -37,17 +40,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # amqtt and paho narrate every packet at INFO; the gateway logs what matters.
-    for noisy in ("amqtt", "transitions", "websockets"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 async def _serve(settings: Settings) -> None:
     config = uvicorn.Config(
         create_app(settings),
@@ -60,12 +52,13 @@ async def _serve(settings: Settings) -> None:
     await uvicorn.Server(config).serve()
 
 
-async def _simulate(ports: BrokerPorts, seed: int | None, speed: float) -> None:
-    simulator = Simulator(ports, seed=seed, speed=speed)
+async def _simulate(ports: BrokerPorts, seed: int | None, speed: float, faults: float) -> None:
+    simulator = Simulator(ports, seed=seed, speed=speed, private_faults=faults)
     await simulator.start()
     print(
         f"simulated exchange: mqtt://{ports.host}:{ports.tcp} and ws://{ports.host}:{ports.ws}/mqtt"
-        f" (access key {simulator.account.access_key!r}, e-mail {simulator.account.email!r})",
+        f" (access key {simulator.account.access_key!r}, secret key"
+        f" {simulator.account.secret_key!r}, e-mail {simulator.account.email!r})",
         flush=True,
     )
     try:
@@ -77,27 +70,34 @@ async def _simulate(ports: BrokerPorts, seed: int | None, speed: float) -> None:
 async def _demo(overrides: dict[str, Any], seed: int | None) -> None:
     account = DemoAccount()
     ports = BrokerPorts(tcp=free_port(), ws=free_port())
-    settings = load_settings(
-        **{
-            "coinsuper_url": f"ws://{ports.host}:{ports.ws}/mqtt",
-            "coinsuper_access_key": account.access_key,
-            "coinsuper_email": account.email,
-            "coinsuper_subscribe": DEMO_CHANNELS,
-            **overrides,
-        }
-    )
+    defaults: dict[str, Any] = {
+        "coinsuper_url": f"ws://{ports.host}:{ports.ws}/mqtt",
+        "coinsuper_access_key": account.access_key,
+        "coinsuper_secret_key": account.secret_key,
+        "coinsuper_email": account.email,
+        "coinsuper_subscribe": DEMO_CHANNELS,
+    }
+    if not os.environ.get("GATEWAY_TOKENS") and not os.environ.get("GATEWAY_TOKENS_FILE"):
+        defaults["gateway_tokens"] = "demo-" + secrets.token_urlsafe(12)
+    settings = load_settings(**{**defaults, **overrides})
+    setup_logging(settings.gateway_log_level, [account.secret_key, *settings.tokens])
     simulator = Simulator(ports, account=account, seed=seed)
     await simulator.start()
     base = f"http://{settings.gateway_host}:{settings.gateway_port}"
-    print(
-        "\n"
-        f"coinsuper-gateway demo: the gateway follows a simulated exchange at {settings.coinsuper_url}\n"
-        f"  open            {base}/v1/channels\n"
-        f"  order book      curl '{base}/v1/orderbook/BTC_USD?step=0.01'\n"
-        f"  live stream     curl -N '{base}/v1/stream?channels=trades:BTC_USD,orderbook:BTC_USD:0.01'\n"
-        "  stop            Ctrl-C\n",
-        flush=True,
-    )
+    lines = [
+        f"coinsuper-gateway demo: the gateway follows a simulated exchange at {settings.coinsuper_url}",
+        f"  open            {base}/v1/channels",
+        f"  order book      curl '{base}/v1/orderbook/BTC_USD?step=0.01'",
+        f"  live stream     curl -N '{base}/v1/stream?channels=trades:BTC_USD,orderbook:BTC_USD:0.01'",
+    ]
+    if settings.tokens:
+        token = settings.tokens[0]
+        lines += [
+            f"  private data    curl -H 'Authorization: Bearer {token}' {base}/v1/account/assets",
+            f"  demo token      {token}",
+        ]
+    lines.append("  stop            Ctrl-C")
+    print("\n" + "\n".join(lines) + "\n", flush=True)
     try:
         await _serve(settings)
     finally:
@@ -131,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--ws-port", type=int, default=18831)
     simulate.add_argument("--seed", type=int)
     simulate.add_argument("--speed", type=float, default=1.0, help="publish rate multiplier")
+    simulate.add_argument(
+        "--private-faults",
+        type=float,
+        default=0.0,
+        help="rate (0-0.3) at which private pushes are each dropped, duplicated and reordered",
+    )
     return parser
 
 
@@ -153,16 +159,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "simulate":
-            _setup_logging("info")
+            setup_logging("info")
             ports = BrokerPorts(host=args.host, tcp=args.tcp_port, ws=args.ws_port)
             with contextlib.suppress(KeyboardInterrupt):
-                asyncio.run(_simulate(ports, args.seed, args.speed))
+                asyncio.run(_simulate(ports, args.seed, args.speed, args.private_faults))
             return 0
         overrides = _overrides(args)
         settings = load_settings(**overrides)
-        _setup_logging(settings.gateway_log_level)
         with contextlib.suppress(KeyboardInterrupt):
             if args.command == "serve":
+                hidden = [settings.coinsuper_secret_key.get_secret_value(), *settings.tokens]
+                setup_logging(settings.gateway_log_level, hidden)
                 asyncio.run(_serve(settings))
             else:
                 asyncio.run(_demo(overrides, args.seed))

@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     gateway_host: str = "127.0.0.1"
     gateway_port: int = Field(8000, ge=0, le=65535)
     gateway_tokens: SecretStr = SecretStr("")
+    gateway_tokens_file: str = ""
+    gateway_require_token: bool = False
+    gateway_cors_origins: str = ""
+    gateway_closed_orders: int = Field(1000, ge=0, le=1_000_000)
+    gateway_fill_log: int = Field(1000, ge=1, le=1_000_000)
     gateway_idle_release_s: float = Field(300.0, ge=0)
     gateway_max_upstream: int = Field(64, ge=1, le=10_000)
     gateway_max_channels_per_stream: int = Field(50, ge=1, le=1000)
@@ -125,10 +130,38 @@ class Settings(BaseSettings):
             fills=self.coinsuper_topic_fills,
         )
 
+    @field_validator("gateway_tokens_file")
+    @classmethod
+    def _check_tokens_file(cls, value: str) -> str:
+        if value:
+            try:
+                with open(value, encoding="utf-8") as handle:
+                    handle.read(1)
+            except OSError as exc:
+                raise ValueError(f"cannot read '{value[:200]}': {exc.strerror}") from None
+        return value
+
     @property
     def tokens(self) -> list[str]:
-        raw = self.gateway_tokens.get_secret_value()
-        return [token.strip() for token in raw.split(",") if token.strip()]
+        """Bearer tokens: from GATEWAY_TOKENS, and one a line from GATEWAY_TOKENS_FILE."""
+        raw = self.gateway_tokens.get_secret_value().split(",")
+        if self.gateway_tokens_file:
+            with open(self.gateway_tokens_file, encoding="utf-8") as handle:
+                raw.extend(handle.read().splitlines())
+        return [token.strip() for token in raw if token.strip() and not token.startswith("#")]
+
+    @property
+    def private_configured(self) -> bool:
+        """The private feed needs the access key, the secret key and the e-mail."""
+        return bool(
+            self.coinsuper_access_key.get_secret_value()
+            and self.coinsuper_secret_key.get_secret_value()
+            and self.coinsuper_email
+        )
+
+    @property
+    def cors_origins(self) -> list[str]:
+        return [origin.strip() for origin in self.gateway_cors_origins.split(",") if origin.strip()]
 
 
 def load_settings(**overrides: Any) -> Settings:

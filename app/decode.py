@@ -71,7 +71,38 @@ class TradeWindow:
     trades: tuple[Trade, ...]
 
 
-Update = Snapshot | TradeWindow
+@dataclass(frozen=True, slots=True)
+class Balances:
+    """A push of the asset topic: the balances it carries, by currency."""
+
+    user_no: str | None
+    balances: dict[str, dict[str, Any]]
+    exchange_ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class OrderChange:
+    """A push of the order topic: one order's state at ``updated_ts``."""
+
+    order_no: str
+    updated_ts: int
+    data: dict[str, Any]
+
+    @property
+    def is_open(self) -> bool:
+        return bool(self.data["state"] == "new")
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    """A push of the fill topic: one deal, unique by ``deal_no``."""
+
+    deal_no: str
+    ts: int
+    data: dict[str, Any]
+
+
+Update = Snapshot | TradeWindow | Balances | OrderChange | Fill
 
 
 class _Bad(Exception):
@@ -250,9 +281,101 @@ def _trades(channel: Channel, doc: Any) -> TradeWindow:
     return TradeWindow(tuple(trades))
 
 
+_ID_RE = re.compile(r"^[0-9A-Za-z_-]{1,40}$")
+_STATE_RE = re.compile(r"^[A-Z_]{1,20}$")
+_PAIR_RE = re.compile(r"^[A-Za-z0-9]{2,12}/[A-Za-z0-9]{2,12}$")
+
+
+def _ident(doc: dict[str, Any], key: str) -> str:
+    """An order or deal number: digits as a string (a JSON integer is accepted
+    and written back as the same digits)."""
+    value = doc.get(key)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        value = str(value)
+    if not isinstance(value, str) or not _ID_RE.match(value):
+        raise _Bad(f"'{key}' is not an identifier")
+    return value
+
+
+def _pair(doc: dict[str, Any]) -> str:
+    value = doc.get("symbol")
+    if not isinstance(value, str) or not _PAIR_RE.match(value):
+        raise _Bad("'symbol' is not a symbol such as BTC/USD")
+    return value
+
+
+def _assets(channel: Channel, doc: Any) -> Balances:
+    push = _obj(doc)
+    balances = {}
+    for entry in _list(push, "asset"):
+        item = _obj(entry, "an entry of 'asset'")
+        currency = item.get("currency")
+        if not isinstance(currency, str) or not re.match(r"^[A-Za-z0-9]{1,12}$", currency):
+            raise _Bad("'currency' is not a currency code")
+        balances[currency.upper()] = {
+            "total": _dec_number(item, "total"),
+            "available": _dec_number(item, "available"),
+            "updated_ts": _ts(item, "utcUpdate"),
+        }
+    user_no = push.get("userNo")
+    if user_no is not None:
+        user_no = _ident(push, "userNo")
+    return Balances(user_no, balances, _ts(push, "timestamp"))
+
+
+def _order(channel: Channel, doc: Any) -> OrderChange:
+    order = _obj(doc)
+    state = order.get("state")
+    if not isinstance(state, str) or not _STATE_RE.match(state):
+        raise _Bad("'state' is not an order state such as NEW or CANCEL")
+    order_no = _ident(order, "orderNo")
+    updated_ts = _ts(order, "utcUpdate")
+    data = {
+        "order_no": order_no,
+        "symbol": _pair(order),
+        "side": _choice(order, "action", _SIDES),
+        "price": _dec(order, "priceLimit"),
+        "quantity": _dec(order, "quantity"),
+        "remaining_quantity": _dec(order, "quantityRemaining"),
+        "average_price": _dec(order, "priceAverage"),
+        "amount": _dec(order, "amount"),
+        "remaining_amount": _dec(order, "amountRemaining"),
+        "fee": _dec(order, "fee"),
+        "state": state.lower(),
+        "created_ts": _ts(order, "utcCreate"),
+        "updated_ts": updated_ts,
+    }
+    return OrderChange(order_no, updated_ts, data)
+
+
+_LIQUIDITY = {"MAKER": "maker", "TAKER": "taker"}
+_ORDER_TYPES = {"MKT": "market", "LMT": "limit"}
+
+
+def _fill(channel: Channel, doc: Any) -> Fill:
+    deal = _obj(doc)
+    deal_no = _ident(deal, "dealNo")
+    ts = _ts(deal, "utcDeal", as_string=True)
+    data = {
+        "deal_no": deal_no,
+        "order_no": _ident(deal, "orderNo"),
+        "symbol": _pair(deal),
+        "side": _choice(deal, "action", _SIDES),
+        "price": _dec(deal, "price"),
+        "quantity": _dec(deal, "quantity"),
+        "liquidity": _choice(deal, "matchType", _LIQUIDITY),
+        "order_type": _choice(deal, "orderType", _ORDER_TYPES),
+        "ts": ts,
+    }
+    return Fill(deal_no, ts, data)
+
+
 _DECODERS: dict[Kind, Callable[[Channel, Any], Update]] = {
     Kind.ORDERBOOK: _orderbook,
     Kind.DEPTH: _depth,
     Kind.KLINE: _kline,
     Kind.TRADES: _trades,
+    Kind.ASSETS: _assets,
+    Kind.ORDERS: _order,
+    Kind.FILLS: _fill,
 }

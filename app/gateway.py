@@ -9,12 +9,12 @@ import logging
 import secrets
 import time
 
-from app.channels import Channel
+from app.channels import Channel, Kind
 from app.config import Settings
 from app.fanout import ReplayBuffer
 from app.hub import LocalHub
 from app.registry import Registry
-from app.store import Store
+from app.store import ChannelState, Store
 from app.upstream import LinkState
 
 log = logging.getLogger("coinsuper_gateway")
@@ -35,6 +35,8 @@ class Gateway:
             epoch or secrets.token_hex(4),
             trade_capacity=settings.gateway_trade_log,
             candle_capacity=settings.gateway_candle_history,
+            closed_order_capacity=settings.gateway_closed_orders,
+            fill_capacity=settings.gateway_fill_log,
             stale_factor=settings.gateway_stale_factor,
         )
         replay = ReplayBuffer(
@@ -49,7 +51,15 @@ class Gateway:
 
     async def start(self) -> None:
         for channel in self.settings.subscribe_channels:
-            self.registry.demand(channel, pinned=True)
+            if not channel.is_private:
+                self.registry.demand(channel, pinned=True)
+        if self.settings.private_configured:
+            self.registry.open_private()
+        elif self.settings.coinsuper_secret_key.get_secret_value():
+            log.warning(
+                "COINSUPER_SECRET_KEY is set but the access key or e-mail is not: "
+                "the private feed stays off"
+            )
         self._monitor_task = asyncio.create_task(self._monitor(), name="monitor")
 
     async def stop(self) -> None:
@@ -63,10 +73,18 @@ class Gateway:
     # --- statuses ----------------------------------------------------------
 
     def status(self, channel: Channel, now: int) -> tuple[str, str | None]:
-        """A channel's status (API.md: connecting, live, stale, failed) and why."""
+        """A channel's status (API.md: connecting, live, stale, failed) and why.
+        Public channels are fresh while pushes keep coming; private ones push
+        only on change, so their freshness is their link's."""
         link = self.registry.link_of(channel)
         if link is not None and link.state is LinkState.FAILED:
             return "failed", link.reason
+        if channel.is_private:
+            if link is not None and link.state is LinkState.UP:
+                return "live", None
+            if link is not None and link.connects:
+                return "stale", link.reason
+            return "connecting", link.reason if link is not None else None
         state = self.hub.state(channel)
         if state is None or not state.has_data:
             return "connecting", link.reason if link is not None else None
@@ -105,6 +123,23 @@ class Gateway:
         for name in set(self.statuses) - seen:
             del self.statuses[name]
 
+    def is_stale(self, channel: Channel, state: ChannelState, now: int) -> bool:
+        if channel.is_private:
+            return self.status(channel, now)[0] != "live"
+        return self.hub.stale(state, now)
+
+    def readable_state(self, channel: Channel) -> ChannelState | None:
+        """The state to answer from, or None while there is nothing to say.
+        Orders and fills are known to be empty once the private link is up."""
+        state = self.hub.state(channel)
+        if state is not None and state.has_data:
+            return state
+        if channel.kind in (Kind.ORDERS, Kind.FILLS):
+            link = self.registry.link_of(channel)
+            if link is not None and link.state is LinkState.UP:
+                return self.hub.open_channel(channel)
+        return None
+
     # --- reports -----------------------------------------------------------
 
     def channel_report(self, now: int) -> list[dict[str, object]]:
@@ -125,6 +160,7 @@ class Gateway:
                     "exchange_ts": state.exchange_ts if state else None,
                     "messages": state.messages if state else 0,
                     "rejected": state.rejected if state else 0,
+                    "superseded": state.superseded if state else 0,
                     "last_rejection": state.last_rejection if state else None,
                     "subscribers": self.hub.subscribers(channel),
                     "pinned": tracked.pinned,

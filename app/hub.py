@@ -39,11 +39,16 @@ class Hub(Protocol):
     def emit_status(self, channel: Channel, status: dict[str, object], now_ms: int) -> None: ...
     def forget(self, channel: Channel) -> None: ...
     def state(self, channel: Channel) -> ChannelState | None: ...
+    def open_channel(self, channel: Channel) -> ChannelState: ...
     def stale(self, state: ChannelState, now_ms: int) -> bool: ...
-    def snapshot(self, state: ChannelState, now_ms: int) -> bytes: ...
-    def trade_answer(self, state: ChannelState, now_ms: int, limit: int) -> bytes: ...
-    def candle_answer(self, state: ChannelState, now_ms: int, limit: int) -> bytes: ...
-    def etag(self, state: ChannelState, now_ms: int) -> str: ...
+    def snapshot(self, state: ChannelState, stale: bool) -> bytes: ...
+    def trade_answer(self, state: ChannelState, stale: bool, limit: int) -> bytes: ...
+    def candle_answer(self, state: ChannelState, stale: bool, limit: int) -> bytes: ...
+    def order_answer(
+        self, state: ChannelState, stale: bool, order_state: str | None, symbol: str | None
+    ) -> bytes: ...
+    def fill_answer(self, state: ChannelState, stale: bool, limit: int) -> bytes: ...
+    def etag(self, state: ChannelState, stale: bool) -> str: ...
     async def wait_for_data(self, channel: Channel, timeout_s: float) -> bool: ...
     def open_stream(
         self, channels: Iterable[Channel], last_event_id: str | None, buffer: int
@@ -94,20 +99,32 @@ class LocalHub:
     def state(self, channel: Channel) -> ChannelState | None:
         return self.store.get(channel)
 
+    def open_channel(self, channel: Channel) -> ChannelState:
+        """The state of a channel, made empty if it has none yet."""
+        return self.store.state(channel)
+
     def stale(self, state: ChannelState, now_ms: int) -> bool:
         return self.store.stale(state, now_ms)
 
-    def snapshot(self, state: ChannelState, now_ms: int) -> bytes:
-        return self.store.snapshot(state, now_ms)
+    def snapshot(self, state: ChannelState, stale: bool) -> bytes:
+        return self.store.snapshot(state, stale)
 
-    def trade_answer(self, state: ChannelState, now_ms: int, limit: int) -> bytes:
-        return self.store.trade_answer(state, now_ms, limit)
+    def trade_answer(self, state: ChannelState, stale: bool, limit: int) -> bytes:
+        return self.store.trade_answer(state, stale, limit)
 
-    def candle_answer(self, state: ChannelState, now_ms: int, limit: int) -> bytes:
-        return self.store.candle_answer(state, now_ms, limit)
+    def candle_answer(self, state: ChannelState, stale: bool, limit: int) -> bytes:
+        return self.store.candle_answer(state, stale, limit)
 
-    def etag(self, state: ChannelState, now_ms: int) -> str:
-        return self.store.etag(state, now_ms)
+    def order_answer(
+        self, state: ChannelState, stale: bool, order_state: str | None, symbol: str | None
+    ) -> bytes:
+        return self.store.order_answer(state, stale, order_state, symbol)
+
+    def fill_answer(self, state: ChannelState, stale: bool, limit: int) -> bytes:
+        return self.store.fill_answer(state, stale, limit)
+
+    def etag(self, state: ChannelState, stale: bool) -> str:
+        return self.store.etag(state, stale)
 
     async def wait_for_data(self, channel: Channel, timeout_s: float) -> bool:
         """Wait until ``channel`` has data; False if ``timeout_s`` passed first."""

@@ -21,9 +21,9 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from app.channels import Channel
+from app.channels import PRIVATE_KINDS, Channel
 from app.config import Settings
-from app.credentials import Login, public_client_id
+from app.credentials import Login, private_login, public_client_id
 from app.errors import TooMany
 from app.hub import Hub
 from app.upstream import Backoff, Endpoint, UpstreamLink
@@ -31,6 +31,7 @@ from app.upstream import Backoff, Endpoint, UpstreamLink
 log = logging.getLogger("coinsuper_gateway.registry")
 
 SHARED_LINK = "public"
+PRIVATE_LINK = "private"
 _LOGGED_TOPICS_CAP = 1000
 
 
@@ -128,6 +129,41 @@ class Registry:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def open_private(self) -> None:
+        """Start the one private link: client id = access key, a login signed
+        afresh at every connect, carrying the three private topics."""
+        settings = self.settings
+        access_key = settings.coinsuper_access_key.get_secret_value()
+        secret_key = settings.coinsuper_secret_key.get_secret_value()
+        email = settings.coinsuper_email
+        channels = [Channel(kind) for kind in PRIVATE_KINDS]
+        topics = {
+            channel.name: self.templates.topic(settings.coinsuper_env, channel, email)
+            for channel in channels
+        }
+
+        def login() -> Login:
+            return private_login(access_key, secret_key, email, time.time_ns() // 1_000_000)
+
+        link = UpstreamLink(
+            PRIVATE_LINK,
+            self.endpoint,
+            login,
+            set(topics.values()),
+            self.on_message,
+            qos=settings.coinsuper_qos,
+            keepalive_s=settings.coinsuper_keepalive_s,
+            silence_s=None,  # private topics push only on change: silence is normal
+            backoff=Backoff(settings.coinsuper_reconnect_min_s, settings.coinsuper_reconnect_max_s),
+        )
+        self.links[PRIVATE_LINK] = link
+        for channel in channels:
+            topic = topics[channel.name]
+            self.tracked[channel.name] = Tracked(channel, topic, link, True, self.clock())
+            self.by_topic[topic] = channel
+        log.info("subscribing the private feed upstream (%d topics)", len(topics))
+        link.start()
 
     # --- ingest ------------------------------------------------------------
 

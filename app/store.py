@@ -9,8 +9,8 @@ stream. Each event is encoded once, here, into the bytes every client gets.
 
 Answers are kept encoded too. A snapshot's envelope is stored as two byte
 strings around its ``stale`` flag, so that serving it costs a concatenation;
-staleness is computed at read time from the clock the caller passes in. Nothing
-here reads a clock or does I/O.
+the caller says whether the channel is stale at read time. Nothing here reads a
+clock or does I/O.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.channels import PUSH_INTERVAL_S, Channel, Kind
-from app.decode import Snapshot, TradeWindow, Update
+from app.decode import Balances, Fill, OrderChange, Snapshot, TradeWindow, Update
 from app.tradelog import TradeLog
 
 
@@ -71,6 +71,16 @@ class ChannelState:
     trades: TradeLog | None = None
     trade_items: deque[tuple[int, bytes]] = field(default_factory=deque)
     candles: OrderedDict[int, bytes] = field(default_factory=OrderedDict)
+    balances: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Orders: the newest state of each, encoded; closed ones in closing order.
+    orders: dict[str, tuple[OrderChange, bytes]] = field(default_factory=dict)
+    closed_orders: deque[str] = field(default_factory=deque)
+    # Fills: unique by deal number; `deals_seen` outlives the kept fills so that
+    # a late duplicate of an old deal is still recognised.
+    fills: OrderedDict[str, tuple[int, bytes]] = field(default_factory=OrderedDict)
+    deals_seen: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    # Pushes that changed nothing: duplicates, and states older than the one held.
+    superseded: int = 0
 
     @property
     def has_data(self) -> bool:
@@ -92,12 +102,16 @@ class Store:
         *,
         trade_capacity: int = 1000,
         candle_capacity: int = 1000,
+        closed_order_capacity: int = 1000,
+        fill_capacity: int = 1000,
         stale_factor: float = 5.0,
     ) -> None:
         self.epoch = epoch
         self.seq = 0
         self.trade_capacity = trade_capacity
         self.candle_capacity = candle_capacity
+        self.closed_order_capacity = closed_order_capacity
+        self.fill_capacity = fill_capacity
         self.stale_factor = stale_factor
         self.channels: dict[str, ChannelState] = {}
 
@@ -132,6 +146,12 @@ class Store:
         state.messages += 1
         if isinstance(update, TradeWindow):
             return self._apply_trades(state, update, received_ts)
+        if isinstance(update, OrderChange):
+            return self._apply_order(state, update, received_ts)
+        if isinstance(update, Fill):
+            return self._apply_fill(state, update, received_ts)
+        if isinstance(update, Balances):
+            update = self._merge_balances(state, update)
         return [self._apply_snapshot(state, update, received_ts)]
 
     def _next_event(
@@ -183,34 +203,88 @@ class Store:
     ) -> list[Event]:
         assert state.trades is not None
         fresh = state.trades.apply(update.trades)
-        if not fresh:
-            state.received_ts = received_ts
-            state.head = self._envelope(state)
-            return []
         events = []
-        base = {"channel": state.channel.name, "symbol": state.channel.display_symbol}
         for trade in fresh:
-            state.seq += 1
             item = dumps(trade.to_data())
+            events.append(self._item_event(state, item, trade.ts, received_ts))
             state.trade_items.append((state.seq, item))
-            envelope = dumps(
-                base | {"seq": state.seq, "exchange_ts": trade.ts, "received_ts": received_ts}
-            )
-            events.append(
-                self._next_event(
-                    state.channel.name,
-                    state.channel.event_name,
-                    envelope[:-1] + b',"data":' + item + b"}",
-                    conflatable=False,
-                    received_ts=received_ts,
-                )
-            )
         while len(state.trade_items) > self.trade_capacity:
             state.trade_items.popleft()
-        state.exchange_ts = fresh[-1].ts
+        self._touch(state, fresh[-1].ts if fresh else None, received_ts)
+        return events
+
+    def _merge_balances(self, state: ChannelState, update: Balances) -> Snapshot:
+        """Balances by currency; a currency's newer entry wins, so that a push
+        of some currencies, or a late one, never rolls another back."""
+        for currency, balance in update.balances.items():
+            held = state.balances.get(currency)
+            if held is None or balance["updated_ts"] >= held["updated_ts"]:
+                state.balances[currency] = balance
+        data = {"user_no": update.user_no, "balances": dict(sorted(state.balances.items()))}
+        return Snapshot(data, max(update.exchange_ts, state.exchange_ts or 0))
+
+    def _item_event(
+        self, state: ChannelState, item: bytes, exchange_ts: int, received_ts: int
+    ) -> Event:
+        """The event of one new item of a log or map channel (trade, order, fill)."""
+        state.seq += 1
+        envelope = dumps(
+            {
+                "channel": state.channel.name,
+                "symbol": state.channel.display_symbol,
+                "seq": state.seq,
+                "exchange_ts": exchange_ts,
+                "received_ts": received_ts,
+            }
+        )
+        return self._next_event(
+            state.channel.name,
+            state.channel.event_name,
+            envelope[:-1] + b',"data":' + item + b"}",
+            conflatable=False,
+            received_ts=received_ts,
+        )
+
+    def _touch(self, state: ChannelState, exchange_ts: int | None, received_ts: int) -> None:
+        if exchange_ts is not None:
+            state.exchange_ts = max(exchange_ts, state.exchange_ts or 0)
         state.received_ts = received_ts
         state.head = self._envelope(state)
-        return events
+
+    def _apply_order(
+        self, state: ChannelState, update: OrderChange, received_ts: int
+    ) -> list[Event]:
+        held = state.orders.get(update.order_no)
+        if held is not None and not _newer(update, held[0]):
+            state.superseded += 1
+            self._touch(state, None, received_ts)
+            return []
+        item = dumps(update.data)
+        state.orders[update.order_no] = (update, item)
+        if not update.is_open:
+            if held is None or held[0].is_open:
+                state.closed_orders.append(update.order_no)
+            while len(state.closed_orders) > self.closed_order_capacity:
+                state.orders.pop(state.closed_orders.popleft(), None)
+        event = self._item_event(state, item, update.updated_ts, received_ts)
+        self._touch(state, update.updated_ts, received_ts)
+        return [event]
+
+    def _apply_fill(self, state: ChannelState, update: Fill, received_ts: int) -> list[Event]:
+        if update.deal_no in state.deals_seen:
+            state.superseded += 1
+            self._touch(state, None, received_ts)
+            return []
+        state.deals_seen[update.deal_no] = None
+        while len(state.deals_seen) > 100 * self.fill_capacity:
+            state.deals_seen.popitem(last=False)
+        item = dumps(update.data)
+        state.fills[update.deal_no] = (update.ts, item)
+        while len(state.fills) > self.fill_capacity:
+            state.fills.popitem(last=False)
+        event = self._item_event(state, item, update.ts, received_ts)
+        self._touch(state, update.ts, received_ts)
+        return [event]
 
     def status_event(self, channel: Channel, status: dict[str, Any], received_ts: int) -> Event:
         """An event telling a channel's streams that its status changed."""
@@ -226,24 +300,51 @@ class Store:
     def stale(self, state: ChannelState, now_ms: int) -> bool:
         return state.is_stale(now_ms, self.stale_factor)
 
-    def etag(self, state: ChannelState, now_ms: int) -> str:
-        return f'"{self.epoch}-{state.seq}-{int(self.stale(state, now_ms))}"'
+    def etag(self, state: ChannelState, stale: bool) -> str:
+        return f'"{self.epoch}-{state.seq}-{int(stale)}"'
 
-    def _answer(self, state: ChannelState, now_ms: int, data: bytes) -> bytes:
-        flag = b"true" if self.stale(state, now_ms) else b"false"
-        return state.head + flag + b',"data":' + data + b"}"
+    def _answer(self, state: ChannelState, stale: bool, data: bytes) -> bytes:
+        if not state.head:
+            state.head = self._envelope(state)
+        return state.head + (b"true" if stale else b"false") + b',"data":' + data + b"}"
 
-    def snapshot(self, state: ChannelState, now_ms: int) -> bytes:
+    def snapshot(self, state: ChannelState, stale: bool) -> bytes:
         """The REST answer of a snapshot channel."""
-        flag = b"true" if self.stale(state, now_ms) else b"false"
-        return state.head + flag + state.tail
+        return state.head + (b"true" if stale else b"false") + state.tail
 
-    def trade_answer(self, state: ChannelState, now_ms: int, limit: int) -> bytes:
+    def trade_answer(self, state: ChannelState, stale: bool, limit: int) -> bytes:
         """Distinct trades, newest first, at most ``limit``."""
         items = [state.trade_items[-i][1] for i in range(1, min(limit, len(state.trade_items)) + 1)]
-        return self._answer(state, now_ms, b"[" + b",".join(items) + b"]")
+        return self._answer(state, stale, b"[" + b",".join(items) + b"]")
 
-    def candle_answer(self, state: ChannelState, now_ms: int, limit: int) -> bytes:
+    def order_answer(
+        self, state: ChannelState, stale: bool, order_state: str | None, symbol: str | None
+    ) -> bytes:
+        """Orders, most recently updated first, filtered by state and symbol."""
+        orders = sorted(state.orders.values(), key=lambda held: held[0].updated_ts, reverse=True)
+        items = [
+            item
+            for change, item in orders
+            if (order_state is None or change.data["state"] == order_state)
+            and (symbol is None or change.data["symbol"] == symbol)
+        ]
+        return self._answer(state, stale, b"[" + b",".join(items) + b"]")
+
+    def fill_answer(self, state: ChannelState, stale: bool, limit: int) -> bytes:
+        """Fills, newest first, at most ``limit``."""
+        fills = sorted(state.fills.items(), key=lambda kv: (kv[1][0], kv[0]), reverse=True)
+        items = [item for _, (_, item) in fills[:limit]]
+        return self._answer(state, stale, b"[" + b",".join(items) + b"]")
+
+    def candle_answer(self, state: ChannelState, stale: bool, limit: int) -> bytes:
         """Candles seen since start, oldest first, the newest ``limit`` of them."""
         items = list(state.candles.values())[-limit:]
-        return self._answer(state, now_ms, b"[" + b",".join(items) + b"]")
+        return self._answer(state, stale, b"[" + b",".join(items) + b"]")
+
+
+def _newer(change: OrderChange, held: OrderChange) -> bool:
+    """Whether ``change`` supersedes ``held``: a later update time wins; at the
+    same time a closed state wins over an open one (a cancel is final)."""
+    if change.updated_ts != held.updated_ts:
+        return change.updated_ts > held.updated_ts
+    return held.is_open and not change.is_open

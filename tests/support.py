@@ -72,7 +72,7 @@ class Mosquitto:
     """Debian's Mosquitto on free ports: a TCP and a WebSocket listener, no
     anonymous access, a password file with the public login and a publisher."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, anonymous: bool = False) -> None:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(binary).exists():
             pytest.fail("mosquitto is not installed; `make test` installs it (Debian package mosquitto)")
@@ -84,6 +84,7 @@ class Mosquitto:
         self.passwords = workdir / "passwd"
         self.conf = workdir / "mosquitto.conf"
         self.process: subprocess.Popen[bytes] | None = None
+        self.anonymous = anonymous
         self._write_files()
 
     def _write_files(self) -> None:
@@ -92,10 +93,15 @@ class Mosquitto:
             subprocess.run(
                 ["mosquitto_passwd", "-b", str(self.passwords), user, password], check=True
             )
+        # Anonymous: any user and password pass (a password file would make a
+        # user name have to match it), so that the private login, signed anew
+        # at every connect, is accepted.
+        access = ["allow_anonymous true"] if self.anonymous else [
+            "allow_anonymous false", f"password_file {self.passwords}"
+        ]
         lines = [
             "per_listener_settings false",
-            "allow_anonymous false",
-            f"password_file {self.passwords}",
+            *access,
             "persistence false",
             f"log_dest file {self.log}",
             "log_type all",

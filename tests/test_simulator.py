@@ -122,3 +122,39 @@ def test_demo_serves_a_live_book_and_a_stream(tmp_path: Path) -> None:
         assert other["symbol"] == "ETH/BTC" and other["data"]["step"] == "0.00000001"
         stream.close()
         assert "Traceback" not in gw.log_text()
+
+
+def test_every_simulated_payload_decodes_without_rejection() -> None:
+    import random
+
+    from app.channels import Channel, Kind, parse_channel
+    from app.decode import Rejection, decode
+    from app.simulator.account import DemoTrader
+    from app.simulator.market import Market
+
+    market = Market(seed=11)
+    trader = DemoTrader(market, ACCOUNT.email, ACCOUNT.user_no, random.Random(11))
+    now = 1_800_000_000_000
+    private = {"assets": Channel(Kind.ASSETS), "orders": Channel(Kind.ORDERS), "fills": Channel(Kind.FILLS)}
+    kinds: dict[str, int] = {}
+    for step in range(3000):
+        now += 100
+        market.tick(now, 4.0, 0.1)
+        for kind, payload in trader.step(now, 0.1):
+            result = decode(private[kind], payload)
+            assert not isinstance(result, Rejection), (kind, result, payload)
+            kinds[kind] = kinds.get(kind, 0) + 1
+        if step % 50 == 0:
+            for symbol in market.symbols:
+                for step_text in market.steps(symbol):
+                    channel = parse_channel(f"orderbook:{symbol}:{step_text}")
+                    assert not isinstance(decode(channel, market.orderbook(symbol, step_text, now)), Rejection)
+                checks = [
+                    (parse_channel(f"depth:{symbol}"), market.depth(symbol)),
+                    (parse_channel(f"trades:{symbol}"), market.tickers(symbol)),
+                    (parse_channel(f"kline:{symbol}:1h"), market.kline(symbol, 3_600_000, now)),
+                ]
+                for channel, payload in checks:
+                    result = decode(channel, payload)
+                    assert not isinstance(result, Rejection), (channel, result)
+    assert kinds.get("orders", 0) > 20 and kinds.get("fills", 0) > 10 and kinds.get("assets", 0) > 20

@@ -26,7 +26,8 @@ def test_snapshot_envelope_and_sequence() -> None:
     store.apply(BOOK, book(), T0 + 1000)
     state = store.get(BOOK)
     assert state is not None
-    answer = json.loads(store.snapshot(state, T0 + 1000))
+    assert not store.stale(state, T0 + 1000)
+    answer = json.loads(store.snapshot(state, False))
     assert answer["channel"] == "orderbook:BTC_USD:0.01"
     assert answer["seq"] == 2
     assert answer["exchange_ts"] == 1532686075803
@@ -34,8 +35,9 @@ def test_snapshot_envelope_and_sequence() -> None:
     assert answer["stale"] is False
     assert answer["data"]["bids"][0] == ["6674.56", "0.8490"]
     # Stale after 5 push intervals of 2 s.
-    assert json.loads(store.snapshot(state, T0 + 12_000))["stale"] is True
-    assert store.etag(state, T0 + 1000) != store.etag(state, T0 + 12_000)
+    assert store.stale(state, T0 + 12_000)
+    assert json.loads(store.snapshot(state, True))["stale"] is True
+    assert store.etag(state, False) != store.etag(state, True)
 
 
 def test_events_are_encoded_once_as_sse_frames() -> None:
@@ -58,7 +60,7 @@ def test_one_event_per_new_trade_with_the_channel_seq() -> None:
     assert store.apply(TRADES, TradeWindow((a, b, b)), T0 + 20) == []
     state = store.get(TRADES)
     assert state is not None
-    answer = json.loads(store.trade_answer(state, T0 + 20, 2))
+    answer = json.loads(store.trade_answer(state, False, 2))
     assert answer["data"] == [b.to_data(), b.to_data()]
     assert answer["seq"] == 3
     assert answer["received_ts"] == T0 + 20
@@ -74,7 +76,7 @@ def test_candles_keep_a_history() -> None:
         store.apply(KLINE, update, T0)
     state = store.get(KLINE)
     assert state is not None
-    history = json.loads(store.candle_answer(state, T0, 10))["data"]
+    history = json.loads(store.candle_answer(state, False, 10))["data"]
     assert [c["volume"] for c in history] == ["1", "2"]
 
 

@@ -8,9 +8,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from app.channels import Channel
-from app.errors import InvalidInput, NotReady
+from app.channels import Channel, Kind, normalize_symbol
+from app.errors import InvalidInput, NotConfigured, NotReady
 from app.gateway import Gateway, now_ms
+from app.http.auth import TokenCheck
 from app.store import ChannelState
 
 router = APIRouter()
@@ -25,6 +26,32 @@ def gateway_of(request: Request) -> Gateway:
 
 
 GatewayDep = Annotated[Gateway, Depends(gateway_of)]
+
+
+def tokens_of(request: Request) -> TokenCheck:
+    tokens: TokenCheck = request.app.state.tokens
+    return tokens
+
+
+def public_access(request: Request) -> None:
+    """Public routes are open unless GATEWAY_REQUIRE_TOKEN asks for a token."""
+    if gateway_of(request).settings.gateway_require_token:
+        tokens_of(request).require(request)
+
+
+def private_access(request: Request, *, allow_query: bool = False) -> None:
+    """Private routes: 404 while the private feed is not configured, then 401
+    without a valid token."""
+    if not gateway_of(request).settings.private_configured:
+        raise NotConfigured(
+            "the private feed (assets, orders, fills) is not configured: it needs "
+            "COINSUPER_ACCESS_KEY, COINSUPER_SECRET_KEY and COINSUPER_EMAIL"
+        )
+    tokens_of(request).require(request, allow_query=allow_query)
+
+
+Public = [Depends(public_access)]
+Private = [Depends(private_access)]
 
 
 def parse_int(name: str, text: str | None, *, default: int, low: int, high: int) -> int:
@@ -48,7 +75,7 @@ async def answer(
     request: Request,
     gateway: Gateway,
     channel: Channel,
-    render: Callable[[ChannelState, int], bytes],
+    render: Callable[[ChannelState, bool], bytes],
     wait: str | None,
 ) -> Response:
     """The common path of every snapshot route: subscribe on demand, wait
@@ -61,21 +88,21 @@ async def answer(
         low=0,
         high=settings.gateway_wait_max_ms,
     )
-    gateway.registry.demand(channel)
-    hub = gateway.hub
-    state = hub.state(channel)
-    if (state is None or not state.has_data) and await hub.wait_for_data(channel, wait_ms / 1000):
-        state = hub.state(channel)
-    if state is None or not state.has_data:
+    if not channel.is_private:
+        gateway.registry.demand(channel)
+    state = gateway.readable_state(channel)
+    if state is None and await gateway.hub.wait_for_data(channel, wait_ms / 1000):
+        state = gateway.readable_state(channel)
+    if state is None:
         status, reason = gateway.status(channel, now_ms())
         why = f" (upstream {status}: {reason})" if reason else f" (upstream {status})"
         raise NotReady(f"{channel.name} has no data yet{why}; try again shortly", retry_after=1)
-    now = now_ms()
-    etag = hub.etag(state, now)
+    stale = gateway.is_stale(channel, state, now_ms())
+    etag = gateway.hub.etag(state, stale)
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if etag in _etags(request.headers.get("if-none-match")):
         return Response(status_code=304, headers=headers)
-    return Response(render(state, now), media_type=JSON, headers=headers)
+    return Response(render(state, stale), media_type=JSON, headers=headers)
 
 
 def _etags(header: str | None) -> set[str]:
@@ -87,7 +114,7 @@ def _etags(header: str | None) -> set[str]:
 Wait = Annotated[str | None, Query(description="ms to wait for a first push (capped)")]
 
 
-@router.get("/v1/orderbook/{symbol:path}", tags=["market"])
+@router.get("/v1/orderbook/{symbol:path}", tags=["market"], dependencies=Public)
 async def orderbook(
     request: Request,
     gateway: GatewayDep,
@@ -100,7 +127,7 @@ async def orderbook(
     return await answer(request, gateway, channel, gateway.hub.snapshot, wait)
 
 
-@router.get("/v1/depth/{symbol:path}", tags=["market"])
+@router.get("/v1/depth/{symbol:path}", tags=["market"], dependencies=Public)
 async def depth(request: Request, gateway: GatewayDep, symbol: str, wait: Wait = None) -> Response:
     """Latest depth chart (cumulative quantities) of a symbol."""
     return await answer(request, gateway, Channel.depth(symbol), gateway.hub.snapshot, wait)
@@ -109,7 +136,7 @@ async def depth(request: Request, gateway: GatewayDep, symbol: str, wait: Wait =
 Range = Annotated[str | None, Query(alias="range", description="candle length: 1m … 1w")]
 
 
-@router.get("/v1/kline/{symbol:path}", tags=["market"])
+@router.get("/v1/kline/{symbol:path}", tags=["market"], dependencies=Public)
 async def kline(
     request: Request, gateway: GatewayDep, symbol: str, range_: Range = None, wait: Wait = None
 ) -> Response:
@@ -118,7 +145,7 @@ async def kline(
     return await answer(request, gateway, channel, gateway.hub.snapshot, wait)
 
 
-@router.get("/v1/klines/{symbol:path}", tags=["market"])
+@router.get("/v1/klines/{symbol:path}", tags=["market"], dependencies=Public)
 async def klines(
     request: Request,
     gateway: GatewayDep,
@@ -132,11 +159,11 @@ async def klines(
     count = parse_int("limit", limit, default=100, low=1, high=MAX_LIMIT)
     hub = gateway.hub
     return await answer(
-        request, gateway, channel, lambda s, now: hub.candle_answer(s, now, count), wait
+        request, gateway, channel, lambda s, stale: hub.candle_answer(s, stale, count), wait
     )
 
 
-@router.get("/v1/trades/{symbol:path}", tags=["market"])
+@router.get("/v1/trades/{symbol:path}", tags=["market"], dependencies=Public)
 async def trades(
     request: Request,
     gateway: GatewayDep,
@@ -151,12 +178,65 @@ async def trades(
         request,
         gateway,
         Channel.trades(symbol),
-        lambda s, now: hub.trade_answer(s, now, count),
+        lambda s, stale: hub.trade_answer(s, stale, count),
         wait,
     )
 
 
-@router.get("/v1/channels", tags=["operations"])
+ORDER_STATES = ("new", "cancel")
+
+
+@router.get("/v1/account/assets", tags=["account"], dependencies=Private)
+async def account_assets(request: Request, gateway: GatewayDep, wait: Wait = None) -> Response:
+    """Balances per currency (exact decimals), as last pushed."""
+    return await answer(request, gateway, Channel(Kind.ASSETS), gateway.hub.snapshot, wait)
+
+
+@router.get("/v1/account/orders", tags=["account"], dependencies=Private)
+async def account_orders(
+    request: Request,
+    gateway: GatewayDep,
+    state: Annotated[str | None, Query(description="new or cancel")] = None,
+    symbol: Annotated[str | None, Query(description="e.g. BTC_USD")] = None,
+    wait: Wait = None,
+) -> Response:
+    """The newest state of each order seen, most recently updated first."""
+    if state is not None and state.lower() not in ORDER_STATES:
+        raise InvalidInput(
+            "state", f"'{state[:20]}' is not an order state", "one of " + ", ".join(ORDER_STATES)
+        )
+    wanted_state = state.lower() if state else None
+    wanted_symbol = normalize_symbol(symbol).replace("_", "/") if symbol else None
+    hub = gateway.hub
+    return await answer(
+        request,
+        gateway,
+        Channel(Kind.ORDERS),
+        lambda s, stale: hub.order_answer(s, stale, wanted_state, wanted_symbol),
+        wait,
+    )
+
+
+@router.get("/v1/account/fills", tags=["account"], dependencies=Private)
+async def account_fills(
+    request: Request,
+    gateway: GatewayDep,
+    limit: Annotated[str | None, Query(description="newest N fills, 1–1000")] = None,
+    wait: Wait = None,
+) -> Response:
+    """Fills, unique by deal number, newest first."""
+    count = parse_int("limit", limit, default=100, low=1, high=MAX_LIMIT)
+    hub = gateway.hub
+    return await answer(
+        request,
+        gateway,
+        Channel(Kind.FILLS),
+        lambda s, stale: hub.fill_answer(s, stale, count),
+        wait,
+    )
+
+
+@router.get("/v1/channels", tags=["operations"], dependencies=Public)
 async def channels(gateway: GatewayDep) -> JSONResponse:
     """Every channel subscribed upstream: status, last update, counts, subscribers."""
     registry = gateway.registry

@@ -17,9 +17,9 @@ from fastapi import APIRouter, Query, Request
 from sse_starlette import EventSourceResponse
 
 from app.channels import Channel, parse_channel_list
-from app.errors import NotConfigured, TooMany
+from app.errors import TooMany
 from app.gateway import Gateway
-from app.http.rest import GatewayDep
+from app.http.rest import GatewayDep, private_access, tokens_of
 from app.hub import Opening
 
 router = APIRouter()
@@ -40,13 +40,17 @@ async def stream(
     last_event_id: Annotated[
         str | None, Query(description="resume point, for clients that cannot set Last-Event-ID")
     ] = None,
+    access_token: Annotated[
+        str | None, Query(description="bearer token, for clients that cannot set headers")
+    ] = None,
 ) -> EventSourceResponse:
     """Follow channels as Server-Sent Events (see API.md for events and ids)."""
     settings = gateway.settings
     wanted = parse_channel_list(channels or "", cap=settings.gateway_max_channels_per_stream)
-    for channel in wanted:
-        if channel.is_private:
-            raise NotConfigured("the private feed (assets, orders, fills) is not configured")
+    if any(channel.is_private for channel in wanted):
+        private_access(request, allow_query=True)
+    elif settings.gateway_require_token:
+        tokens_of(request).require(request, allow_query=True)
     if gateway.open_streams >= settings.gateway_max_streams:
         raise TooMany(
             "open streams",
@@ -54,7 +58,8 @@ async def stream(
             settings.gateway_max_streams,
         )
     for channel in wanted:
-        gateway.registry.demand(channel)
+        if not channel.is_private:
+            gateway.registry.demand(channel)
     resume_from = request.headers.get("last-event-id") or last_event_id
     opening = gateway.hub.open_stream(wanted, resume_from, settings.gateway_client_buffer)
     return EventSourceResponse(

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from app.channels import KLINE_RANGES, TopicTemplates
+from app.simulator.account import DemoTrader, PrivateFaults
 from app.simulator.broker import BrokerPorts, DemoAccount, make_broker
 from app.simulator.market import Market
 
@@ -48,6 +49,8 @@ class Simulator:
         seed: int | None = None,
         trade_rate: float = 2.0,
         speed: float = 1.0,
+        private_faults: float = 0.0,
+        skew_s: float = 60.0,
     ) -> None:
         self.ports = ports or BrokerPorts()
         self.account = account or DemoAccount()
@@ -58,7 +61,15 @@ class Simulator:
         self.speed = speed
         self.rng = random.Random(seed)
         self.published = 0
-        self._broker = make_broker(self.account, self.ports)
+        self.trader = DemoTrader(self.market, self.account.email, self.account.user_no, self.rng)
+        self.faults = PrivateFaults(private_faults, random.Random(seed))
+        self.private_topics = {
+            kind: self._topic(getattr(self.templates, kind), email=self.account.email)
+            for kind in ("assets", "orders", "fills")
+        }
+        self._broker = make_broker(
+            self.account, self.ports, sorted(self.private_topics.values()), skew_s
+        )
         self._task: asyncio.Task[None] | None = None
         self.schedules = self._schedules()
 
@@ -132,6 +143,9 @@ class Simulator:
             now = loop.time()
             now_ms = time.time_ns() // 1_000_000
             self.market.tick(now_ms, self.trade_rate * self.speed, TICK_S)
+            for kind, payload in self.trader.step(now_ms, TICK_S * self.speed):
+                for topic, data in self.faults.apply(self.private_topics[kind], payload):
+                    await self._broker.internal_message_broadcast(topic, data, qos=0)
             for schedule in self.schedules:
                 if schedule.due > now:
                     continue

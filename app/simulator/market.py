@@ -143,7 +143,7 @@ class Market:
     # --- payloads ----------------------------------------------------------
 
     def _price(self, state: SymbolState, value: Decimal) -> str:
-        return str(_q(value, state.spec.price_places))
+        return format(_q(value, state.spec.price_places), "f")
 
     def orderbook(self, symbol: str, step_text: str, now_ms: int) -> bytes:
         state = self.symbols[symbol]
@@ -159,9 +159,9 @@ class Market:
                 quantity = _q(Decimal(self.rng.uniform(0.01, 1.0)), state.spec.qty_places)
                 sides[side].append(
                     {
-                        "amount": str(_q(price * quantity, 2)),
+                        "amount": format(_q(price * quantity, 2), "f"),
                         "limitPrice": self._price(state, price),
-                        "quantity": str(quantity),
+                        "quantity": format(quantity, "f"),
                     }
                 )
                 price += sign * step * self.rng.randint(1, 3)
@@ -194,7 +194,7 @@ class Market:
                 levels[side].append(
                     {
                         "price": self._price(state, price),
-                        "quantity": str(_q(cumulative, 4)),
+                        "quantity": format(_q(cumulative, 4), "f"),
                         "stepValue": None,
                     }
                 )
@@ -216,7 +216,7 @@ class Market:
                 {
                     "symbol": symbol.replace("_", "/"),
                     "price": self._price(state, trade.price),
-                    "quantity": str(trade.quantity),
+                    "quantity": format(trade.quantity, "f"),
                     "action": trade.action,
                     "timestamp": trade.ts,
                 }
@@ -239,7 +239,7 @@ class Market:
                 "last": self._price(state, candle.last),
                 "max": self._price(state, candle.high),
                 "min": self._price(state, candle.low),
-                "quantity": str(_q(candle.volume, 8)),
+                "quantity": format(_q(candle.volume, 8), "f"),
                 "timestamp": candle.open_ts,
             }
         )
