@@ -16,6 +16,7 @@ import secrets
 import socket
 import sys
 from collections.abc import Sequence
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -40,6 +41,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+class GatewayServer(uvicorn.Server):
+    """uvicorn's server; a SIGTERM or SIGINT that led to a graceful shutdown
+    ends the program with status 0 rather than being raised again."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        self._captured_signals.clear()
+
+
 async def _serve(settings: Settings) -> None:
     config = uvicorn.Config(
         create_app(settings),
@@ -49,7 +59,7 @@ async def _serve(settings: Settings) -> None:
         access_log=True,
         timeout_graceful_shutdown=5,
     )
-    await uvicorn.Server(config).serve()
+    await GatewayServer(config).serve()
 
 
 async def _simulate(ports: BrokerPorts, seed: int | None, speed: float, faults: float) -> None:

@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     gateway_max_upstream: int = Field(64, ge=1, le=10_000)
     gateway_max_channels_per_stream: int = Field(50, ge=1, le=1000)
     gateway_max_streams: int = Field(20_000, ge=1)
+    gateway_max_streams_per_client: int = Field(100, ge=1)
+    gateway_send_timeout_s: float = Field(30.0, gt=0, le=3600)
     gateway_stale_factor: float = Field(5.0, ge=1, le=1000)
     gateway_heartbeat_s: float = Field(15.0, gt=0, le=3600)
     gateway_retry_ms: int = Field(2000, ge=0, le=600_000)

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import secrets
 import time
+from collections import Counter
 
 from app.channels import Channel, Kind
 from app.config import Settings
@@ -46,6 +47,8 @@ class Gateway:
         self.registry = Registry(settings, self.hub)
         self.statuses: dict[str, str] = {}
         self.open_streams = 0
+        self.streams_by_client: Counter[str] = Counter()
+        self.overflow_closes = 0
         self.started_ms = now_ms()
         self._monitor_task: asyncio.Task[None] | None = None
 

@@ -3,6 +3,7 @@ and the gateway as a process of its own."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -48,6 +49,10 @@ def expected_client_id(topic: str) -> str:
     return md5hex(ACCESS_KEY) + md5hex(EMAIL) + md5hex(topic)
 
 
+class Fatal(AssertionError):
+    """A failure no amount of waiting mends: wait_for raises it at once."""
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
@@ -56,6 +61,8 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
             value = predicate()
             if value:
                 return value
+        except Fatal:
+            raise
         except Exception as exc:  # keep trying until the deadline
             last_error = exc
         time.sleep(interval)
@@ -168,8 +175,10 @@ class Publisher:
 class GatewayProcess:
     """``python -m app serve`` with its own settings, on a free port."""
 
-    def __init__(self, workdir: Path, env: dict[str, str], command: str = "serve") -> None:
-        self.port = free_port()
+    def __init__(
+        self, workdir: Path, env: dict[str, str], command: str = "serve", port: int | None = None
+    ) -> None:
+        self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = workdir / f"gateway-{self.port}.log"
         full_env = {
@@ -179,7 +188,7 @@ class GatewayProcess:
             "COINSUPER_EMAIL": EMAIL,
             **env,
         }
-        self._log_file = self.log.open("wb")
+        self._log_file = self.log.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "app", command],
             cwd=REPO,
@@ -192,7 +201,7 @@ class GatewayProcess:
 
     def _healthy(self) -> bool:
         if self.process.poll() is not None:
-            raise AssertionError(f"gateway exited early:\n{self.log.read_text()}")
+            raise Fatal(f"gateway exited early:\n{self.log.read_text()}")
         try:
             return httpx.get(self.base + "/healthz", timeout=1).status_code == 200
         except httpx.HTTPError:
@@ -232,7 +241,8 @@ def sample(name: str) -> bytes:
 
 
 class EventStream:
-    """An SSE client in a thread of its own, collecting every event it reads."""
+    """An SSE client in a thread of its own, collecting every event it reads.
+    ``close()`` drops the connection, as a client whose network failed."""
 
     def __init__(self, url: str, headers: dict[str, str] | None = None) -> None:
         import threading
@@ -240,40 +250,55 @@ class EventStream:
         self.url = url
         self.headers = headers or {}
         self.events: list[dict[str, str]] = []
-        self.comments = 0
+        self.comments: list[str] = []
+        self.retry: str | None = None
         self.status: int | None = None
         self.ended = False
         self.error: BaseException | None = None
-        self._stop = False
+        self._closing = False
+        self._socket: socket.socket | None = None
+        self._client = httpx.Client(timeout=httpx.Timeout(10, read=None))
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         wait_for(lambda: self.status is not None or self.error is not None, 10, "the stream to open")
 
     def _run(self) -> None:
         try:
-            timeout = httpx.Timeout(10, read=None)
-            with httpx.stream("GET", self.url, headers=self.headers, timeout=timeout) as response:
+            with self._client.stream("GET", self.url, headers=self.headers) as response:
+                self._socket = response.extensions["network_stream"].get_extra_info("socket")
                 self.status = response.status_code
                 event: dict[str, str] = {}
                 for line in response.iter_lines():
-                    if self._stop:
-                        return
                     if line == "":
-                        if event:
+                        if "data" in event:  # as EventSource: no data, no event
                             self.events.append(event)
+                        elif "retry" in event:
+                            self.retry = event["retry"]
                         event = {}
                     elif line.startswith(":"):
-                        self.comments += 1
+                        self.comments.append(line)
                     else:
                         field, _, value = line.partition(":")
                         event[field] = value.removeprefix(" ")
         except BaseException as exc:
-            self.error = exc
+            if not self._closing:
+                self.error = exc
         finally:
             self.ended = True
 
     def named(self, name: str) -> list[dict[str, Any]]:
         return [json.loads(e["data"]) for e in list(self.events) if e.get("event") == name]
 
+    @property
+    def last_id(self) -> str | None:
+        ids = [e["id"] for e in list(self.events) if "id" in e]
+        return ids[-1] if ids else None
+
     def close(self) -> None:
-        self._stop = True
+        """Drop the connection at once (the reader thread sees it end)."""
+        self._closing = True
+        if self._socket is not None:
+            with contextlib.suppress(OSError):
+                self._socket.shutdown(socket.SHUT_RDWR)
+        self._thread.join(5)
+        self._client.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 from tests.support import (
     ENV,
     EventStream,
+    expected_client_id,
     Mosquitto,
     Publisher,
     gateway,
@@ -142,3 +144,80 @@ def test_malformed_payloads_on_every_topic(mosquitto: Mosquitto, tmp_path: Path)
             assert f"rejected a payload on {topic} (channel {channel})" in log
         assert "Traceback" not in log
     publisher.close()
+
+
+def test_broker_unreachable_at_start(tmp_path: Path) -> None:
+    broker = Mosquitto(tmp_path)  # configured, not started: nothing listens on its ports
+    env = {"COINSUPER_URL": broker.url("tcp"), "COINSUPER_SUBSCRIBE": "orderbook:BTC_USD:0.01"}
+    with gateway(tmp_path, env) as gw:
+        channel = "orderbook:BTC_USD:0.01"
+        report = gw.channels()[channel]
+        assert report["status"] == "connecting"
+        wait_for(lambda: gw.channels()[channel]["reason"], 5, "a reason for connecting")
+        ready = gw.http.get("/readyz")
+        assert ready.status_code == 503 and channel in ready.json()["problems"][0]
+        assert gw.http.get("/v1/orderbook/BTC_USD?step=0.01&wait=100").status_code == 503
+        broker.start()
+        publisher = Publisher(broker.tcp_port)
+        feed = Feed(publisher)
+        try:
+            wait_for(lambda: gw.channels()[channel]["status"] == "live", 15, "the book live once the broker is up")
+            assert gw.http.get("/readyz").status_code == 200
+        finally:
+            feed.stop()
+            publisher.close()
+            broker.kill()
+
+
+def test_a_frozen_broker_is_taken_as_dead_and_left(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    env = {
+        "COINSUPER_URL": mosquitto.url("tcp"),
+        "COINSUPER_SUBSCRIBE": "orderbook:BTC_USD:0.01",
+        "GATEWAY_STALE_FACTOR": "2",
+        "COINSUPER_SILENCE_S": "3",
+    }
+    publisher = Publisher(mosquitto.tcp_port)
+    feed = Feed(publisher)
+    channel = "orderbook:BTC_USD:0.01"
+    with gateway(tmp_path, env) as gw:
+        wait_for(lambda: gw.channels()[channel]["status"] == "live", 15, "live")
+        mosquitto.freeze()  # SIGSTOP: the TCP connection stays open, nothing comes
+        try:
+            wait_for(lambda: gw.channels()[channel]["status"] == "stale", 15, "stale while frozen")
+            link = wait_for(
+                lambda: (c := gw.channels()[channel])["link_state"] != "up" and c,
+                15, "the silent link taken as dead",
+            )
+            assert link["status"] == "stale"
+        finally:
+            mosquitto.thaw()
+        wait_for(lambda: gw.channels()[channel]["status"] == "live", 30, "live after the thaw")
+        assert gw.channels()[channel]["link_connects"] >= 2
+        assert "no message for 3 s: link taken as dead" in gw.log_text()
+    feed.stop()
+    publisher.close()
+
+
+def test_sigterm_closes_streams_cleanly_and_disconnects_upstream(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    env = {"COINSUPER_URL": mosquitto.url("tcp"), "COINSUPER_SUBSCRIBE": "orderbook:BTC_USD:0.01,trades:BTC_USD"}
+    publisher = Publisher(mosquitto.tcp_port)
+    feed = Feed(publisher)
+    with gateway(tmp_path, env) as gw:
+        wait_for(lambda: all(c["status"] == "live" for c in gw.channels().values() if c["channel"].startswith("order")),
+                 15, "live")
+        streams = [EventStream(f"{gw.base}/v1/stream?channels=orderbook:BTC_USD:0.01") for _ in range(3)]
+        wait_for(lambda: all(s.named("orderbook") for s in streams), 5, "books on every stream")
+        assert gw.stop() == 0
+        for stream in streams:
+            wait_for(lambda s=stream: s.ended, 10, "the stream to end")
+            assert stream.error is None  # the response was completed, not cut
+        log = gw.log_text()
+        assert "ASGI callable returned without completing response" not in log
+        assert "Traceback" not in log
+    feed.stop()
+    publisher.close()
+    disconnects = re.findall(r"Received DISCONNECT from (\S+)", mosquitto.log_text())
+    assert sorted(set(disconnects) - {f"publisher-{mosquitto.tcp_port}"}) == sorted(
+        expected_client_id(ENV + topic)
+        for topic in ("/api/ws/v1/market/orderBook/BTC_USD/0.01", "/api/ws/v1/market/tickers/BTC_USD")
+    )

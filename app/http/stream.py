@@ -9,20 +9,25 @@ else was sent for the heartbeat interval.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Annotated
 
+import anyio
 from fastapi import APIRouter, Query, Request
 from sse_starlette import EventSourceResponse
 
 from app.channels import Channel, parse_channel_list
 from app.errors import TooMany
+from app.fanout import Subscription
 from app.gateway import Gateway
 from app.http.rest import GatewayDep, private_access, tokens_of
-from app.hub import Opening
 
 router = APIRouter()
+log = logging.getLogger("coinsuper_gateway.stream")
 
 HEARTBEAT = b": heartbeat\n\n"
 
@@ -51,6 +56,13 @@ async def stream(
         private_access(request, allow_query=True)
     elif settings.gateway_require_token:
         tokens_of(request).require(request, allow_query=True)
+    client = _client_key(request)
+    if gateway.streams_by_client[client] >= settings.gateway_max_streams_per_client:
+        raise TooMany(
+            "open streams per client",
+            "this client (token or address) has as many streams as it may",
+            settings.gateway_max_streams_per_client,
+        )
     if gateway.open_streams >= settings.gateway_max_streams:
         raise TooMany(
             "open streams",
@@ -61,20 +73,46 @@ async def stream(
         if not channel.is_private:
             gateway.registry.demand(channel)
     resume_from = request.headers.get("last-event-id") or last_event_id
-    opening = gateway.hub.open_stream(wanted, resume_from, settings.gateway_client_buffer)
+    shutdown = anyio.Event()
     return EventSourceResponse(
-        _events(gateway, wanted, opening),
+        _events(gateway, wanted, resume_from, client, shutdown),
         ping=0,  # heartbeats are sent by _events, only when the stream is idle
         headers={"Cache-Control": "no-cache"},
+        # A client that stops reading blocks its own sends only; past this it is closed.
+        send_timeout=settings.gateway_send_timeout_s,
+        # On SIGTERM the stream ends itself, so that the response is completed.
+        shutdown_event=shutdown,
+        shutdown_grace_period=2,
     )
 
 
+def _client_key(request: Request) -> str:
+    """Streams are counted per token where one is given, else per address."""
+    token = request.headers.get("authorization") or request.query_params.get("access_token")
+    if token:
+        return "token:" + hashlib.sha256(token.encode()).hexdigest()[:16]
+    return "address:" + (request.client.host if request.client else "unknown")
+
+
+async def _close_on(shutdown: anyio.Event, subscription: Subscription) -> None:
+    await shutdown.wait()
+    subscription.close()
+
+
 async def _events(
-    gateway: Gateway, channels: list[Channel], opening: Opening
+    gateway: Gateway,
+    channels: list[Channel],
+    resume_from: str | None,
+    client: str,
+    shutdown: anyio.Event,
 ) -> AsyncIterator[bytes]:
     settings = gateway.settings
+    # Registered here, where the finally below is sure to run, not in the route.
+    opening = gateway.hub.open_stream(channels, resume_from, settings.gateway_client_buffer)
     subscription = opening.subscription
+    watcher = asyncio.create_task(_close_on(shutdown, subscription))
     gateway.open_streams += 1
+    gateway.streams_by_client[client] += 1
     try:
         first = [f"retry: {settings.gateway_retry_ms}\n\n".encode()]
         if opening.reset:
@@ -89,6 +127,12 @@ async def _events(
         while True:
             woken = await subscription.wait(settings.gateway_heartbeat_s)
             if subscription.overflowed:
+                gateway.overflow_closes += 1
+                log.info(
+                    "closed a stream of %s that fell %d events behind",
+                    client.partition(":")[0],
+                    settings.gateway_client_buffer,
+                )
                 yield b": closed: this stream fell too far behind; resume with Last-Event-ID\n\n"
                 return
             if subscription.closed:
@@ -100,5 +144,9 @@ async def _events(
             if events:
                 yield b"".join(event.frame for event in events)
     finally:
+        watcher.cancel()
         gateway.hub.close_stream(subscription)
         gateway.open_streams -= 1
+        gateway.streams_by_client[client] -= 1
+        if not gateway.streams_by_client[client]:
+            del gateway.streams_by_client[client]

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
+from amqtt.broker import Broker
+
 from app.channels import KLINE_RANGES, TopicTemplates
 from app.simulator.account import DemoTrader, PrivateFaults
 from app.simulator.broker import BrokerPorts, DemoAccount, make_broker
@@ -67,9 +69,8 @@ class Simulator:
             kind: self._topic(getattr(self.templates, kind), email=self.account.email)
             for kind in ("assets", "orders", "fills")
         }
-        self._broker = make_broker(
-            self.account, self.ports, sorted(self.private_topics.values()), skew_s
-        )
+        self.skew_s = skew_s
+        self._broker: Broker | None = None
         self._task: asyncio.Task[None] | None = None
         self.schedules = self._schedules()
 
@@ -115,7 +116,18 @@ class Simulator:
         return schedules
 
     async def start(self) -> None:
-        await self._broker.start()
+        await self.start_broker()
+        self._task = asyncio.create_task(self._run(), name="simulated market")
+
+    async def start_broker(self) -> None:
+        """Start (or start again, after :meth:`stop_broker`) the broker."""
+        if self._broker is not None:
+            return
+        broker = make_broker(
+            self.account, self.ports, sorted(self.private_topics.values()), self.skew_s
+        )
+        await broker.start()
+        self._broker = broker
         log.info(
             "simulated exchange on mqtt://%s:%d and ws://%s:%d/mqtt",
             self.ports.host,
@@ -123,7 +135,16 @@ class Simulator:
             self.ports.host,
             self.ports.ws,
         )
-        self._task = asyncio.create_task(self._run(), name="simulated market")
+
+    async def stop_broker(self) -> None:
+        """Shut the broker down (every client is dropped); the market goes on."""
+        broker, self._broker = self._broker, None
+        if broker is not None:
+            await broker.shutdown()
+
+    async def _publish(self, topic: str, payload: bytes) -> None:
+        if self._broker is not None:
+            await self._broker.internal_message_broadcast(topic, payload, qos=0)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -131,7 +152,7 @@ class Simulator:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        await self._broker.shutdown()
+        await self.stop_broker()
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -145,12 +166,10 @@ class Simulator:
             self.market.tick(now_ms, self.trade_rate * self.speed, TICK_S)
             for kind, payload in self.trader.step(now_ms, TICK_S * self.speed):
                 for topic, data in self.faults.apply(self.private_topics[kind], payload):
-                    await self._broker.internal_message_broadcast(topic, data, qos=0)
+                    await self._publish(topic, data)
             for schedule in self.schedules:
                 if schedule.due > now:
                     continue
                 schedule.due = now + self.rng.uniform(*schedule.interval)
-                await self._broker.internal_message_broadcast(
-                    schedule.topic, schedule.payload(now_ms), qos=0
-                )
+                await self._publish(schedule.topic, schedule.payload(now_ms))
                 self.published += 1

@@ -61,6 +61,8 @@ class SymbolState:
     spec: SymbolSpec
     mid: Decimal
     trades: deque[SimTrade] = field(default_factory=lambda: deque(maxlen=TRADE_WINDOW))
+    # Every trade, when the market is asked to keep them (for soak tests).
+    history: list[SimTrade] | None = None
     candles: dict[int, Candle] = field(default_factory=dict)
 
 
@@ -113,6 +115,8 @@ class Market:
         else:
             trade = SimTrade(price, quantity, "BUY" if buy else "SELL", now_ms)
         state.trades.append(trade)
+        if state.history is not None:
+            state.history.append(trade)
         impact = Decimal(self.rng.uniform(0.00002, 0.0002))
         state.mid *= (1 + impact) if trade.action == "BUY" else (1 - impact)
         for range_ms in KLINE_RANGES.values():
