@@ -30,13 +30,13 @@ system-deps:  ## Debian packages the tests need
 	fi
 
 lint: $(STAMP)
-	$(BIN)/ruff check app tests
+	$(BIN)/ruff check app tests bench
 	$(BIN)/ruff format --check app
 	$(BIN)/mypy --strict app
 
 format: $(STAMP)
 	$(BIN)/ruff format app
-	$(BIN)/ruff check --fix app tests
+	$(BIN)/ruff check --fix app tests bench
 
 test: system-deps $(STAMP) lint  ## install what the tests need, then run them
 	$(BIN)/pytest -q

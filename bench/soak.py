@@ -21,7 +21,6 @@ import os
 import platform
 import random
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -127,7 +126,7 @@ async def main(minutes: float, clients: int, seed: int) -> int:
         "GATEWAY_PORT": str(port),
         "GATEWAY_LOG_LEVEL": "warning",
     }
-    gateway = subprocess.Popen([sys.executable, "-m", "app", "serve"], cwd=REPO, env=env)
+    gateway = await asyncio.create_subprocess_exec(sys.executable, "-m", "app", "serve", cwd=REPO, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
         async with httpx.AsyncClient() as http:
@@ -154,7 +153,7 @@ async def main(minutes: float, clients: int, seed: int) -> int:
         ))
     finally:
         gateway.send_signal(signal.SIGTERM)
-        gateway.wait(20)
+        await asyncio.wait_for(gateway.wait(), 20)
         await sim.stop()
 
     history = sim.market.symbols[SYMBOL].history or []

@@ -13,9 +13,9 @@ from pathlib import Path
 from tests.support import (
     ENV,
     EventStream,
-    expected_client_id,
     Mosquitto,
     Publisher,
+    expected_client_id,
     gateway,
     sample,
     wait_for,
