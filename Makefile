@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 DEBIAN_PACKAGES := mosquitto
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo serve test lint format system-deps clean
+.PHONY: demo serve test lint format openapi system-deps clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ lint: $(STAMP)
 	$(BIN)/ruff check app tests bench
 	$(BIN)/ruff format --check app
 	$(BIN)/mypy --strict app
+
+openapi: $(STAMP)  ## regenerate openapi/openapi.json from the app
+	$(BIN)/coinsuper-gateway openapi --output openapi/openapi.json
 
 format: $(STAMP)
 	$(BIN)/ruff format app

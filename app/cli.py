@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -90,7 +91,11 @@ async def _demo(overrides: dict[str, Any], seed: int | None) -> None:
     if not os.environ.get("GATEWAY_TOKENS") and not os.environ.get("GATEWAY_TOKENS_FILE"):
         defaults["gateway_tokens"] = "demo-" + secrets.token_urlsafe(12)
     settings = load_settings(**{**defaults, **overrides})
-    setup_logging(settings.gateway_log_level, [account.secret_key, *settings.tokens])
+    setup_logging(
+        settings.gateway_log_level,
+        [account.secret_key, *settings.tokens],
+        settings.gateway_log_format == "json",
+    )
     simulator = Simulator(ports, account=account, seed=seed)
     await simulator.start()
     base = f"http://{settings.gateway_host}:{settings.gateway_port}"
@@ -114,6 +119,21 @@ async def _demo(overrides: dict[str, Any], seed: int | None) -> None:
         await simulator.stop()
 
 
+def openapi_text() -> str:
+    """The OpenAPI document of the app with default settings, as committed."""
+    app = create_app(Settings())
+    return json.dumps(app.openapi(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def write_openapi(output: str) -> None:
+    text = openapi_text()
+    if output == "-":
+        sys.stdout.write(text)
+    else:
+        with open(output, "w", encoding="utf-8") as handle:
+            handle.write(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="coinsuper-gateway",
@@ -134,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--log-level", help="debug, info, warning or error (GATEWAY_LOG_LEVEL)")
     serve.add_argument("--url", help="upstream broker URL (COINSUPER_URL)")
     demo.add_argument("--seed", type=int, help="seed of the simulated market")
+
+    spec = commands.add_parser("openapi", help="write the OpenAPI description of the HTTP API")
+    spec.add_argument("--output", default="-", help="file to write (default: standard output)")
 
     simulate = commands.add_parser("simulate", help="run only the simulated exchange")
     simulate.add_argument("--host", default="127.0.0.1")
@@ -174,12 +197,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             with contextlib.suppress(KeyboardInterrupt):
                 asyncio.run(_simulate(ports, args.seed, args.speed, args.private_faults))
             return 0
+        if args.command == "openapi":
+            write_openapi(args.output)
+            return 0
         overrides = _overrides(args)
         settings = load_settings(**overrides)
         with contextlib.suppress(KeyboardInterrupt):
             if args.command == "serve":
                 hidden = [settings.coinsuper_secret_key.get_secret_value(), *settings.tokens]
-                setup_logging(settings.gateway_log_level, hidden)
+                setup_logging(
+                    settings.gateway_log_level, hidden, settings.gateway_log_format == "json"
+                )
                 asyncio.run(_serve(settings))
             else:
                 asyncio.run(_demo(overrides, args.seed))

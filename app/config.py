@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.channels import Channel, TopicTemplates, parse_channel
+from app.channels import Channel, TopicTemplates, normalize_symbol, parse_channel
 from app.errors import ConfigError, GatewayError
 
 # The public login's password, published in the exchange's document, the same
@@ -79,6 +79,8 @@ class Settings(BaseSettings):
     gateway_wait_default_ms: int = Field(2000, ge=0)
     gateway_wait_max_ms: int = Field(10_000, ge=0, le=120_000)
     gateway_log_level: str = "info"
+    gateway_log_format: str = "text"
+    gateway_metric_symbols: str = ""
 
     @field_validator("coinsuper_url")
     @classmethod
@@ -104,6 +106,13 @@ class Settings(BaseSettings):
             except GatewayError as exc:
                 raise ValueError(exc.detail) from None
         return value
+
+    @field_validator("gateway_log_format")
+    @classmethod
+    def _check_format(cls, value: str) -> str:
+        if value.lower() not in ("text", "json"):
+            raise ValueError(f"'{value[:20]}' is not a log format; allowed: text, json")
+        return value.lower()
 
     @field_validator("gateway_log_level")
     @classmethod
@@ -160,6 +169,15 @@ class Settings(BaseSettings):
             and self.coinsuper_secret_key.get_secret_value()
             and self.coinsuper_email
         )
+
+    @property
+    def metric_symbols(self) -> set[str]:
+        """Symbols named in metric labels: those configured at start."""
+        names = {c.symbol for c in self.subscribe_channels if c.symbol}
+        for part in self.gateway_metric_symbols.split(","):
+            if part.strip():
+                names.add(normalize_symbol(part))
+        return names
 
     @property
     def cors_origins(self) -> list[str]:

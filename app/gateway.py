@@ -49,6 +49,7 @@ class Gateway:
         self.open_streams = 0
         self.streams_by_client: Counter[str] = Counter()
         self.overflow_closes = 0
+        self.events_sent = 0
         self.started_ms = now_ms()
         self._monitor_task: asyncio.Task[None] | None = None
 

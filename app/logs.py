@@ -13,6 +13,8 @@ import re
 import sys
 from collections.abc import Iterable
 
+from pythonjsonlogger.json import JsonFormatter
+
 _QUERY_TOKEN = re.compile(r"(access_token=)[^&\s\"']*", re.IGNORECASE)
 _BEARER = re.compile(r"(bearer\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
 REDACTED = "[redacted]"
@@ -45,10 +47,18 @@ class RedactSecrets(logging.Filter):
         return True
 
 
-def setup_logging(level: str, secrets: Iterable[str] = ()) -> None:
-    """Readable lines on standard error, with secrets removed."""
+def setup_logging(level: str, secrets: Iterable[str] = (), json_lines: bool = False) -> None:
+    """Readable lines (or JSON lines) on standard error, with secrets removed."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if json_lines:
+        handler.setFormatter(
+            JsonFormatter(
+                "%(asctime)s %(levelname)s %(name)s %(message)s",
+                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            )
+        )
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(RedactSecrets(secrets))
     root = logging.getLogger()
     for old in list(root.handlers):

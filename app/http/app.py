@@ -4,15 +4,33 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
+from prometheus_client import CollectorRegistry
 
 from app import __version__
 from app.config import Settings
 from app.gateway import Gateway
-from app.http import problems, rest, stream
+from app.http import problems, rest, schemas, stream
 from app.http.auth import TokenCheck
+from app.metrics import GatewayCollector, LabelPolicy, RequestMetrics
+
+DESCRIPTION = """Coinsuper's MQTT push feed (order books, depth charts, candles, trades, and
+an account's balances, orders and fills) as REST snapshots and Server-Sent Events.
+
+Prices, quantities and balances are decimal strings equal to what the exchange
+sent. Errors are `application/problem+json` (RFC 9457). Private routes need a
+bearer token (streams also take `access_token` in the query). When
+`GATEWAY_REQUIRE_TOKEN` is set, public routes need one too."""
+TAGS = [
+    {"name": "market", "description": "Public market data, subscribed upstream on first demand"},
+    {"name": "account", "description": "The configured account's private data"},
+    {"name": "streams", "description": "Server-Sent Events"},
+    {"name": "operations", "description": "Health, readiness, channel states and metrics"},
+]
 
 
 def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
@@ -43,7 +61,41 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
             allow_headers=["Authorization", "Last-Event-ID", "If-None-Match"],
             expose_headers=["ETag", "Retry-After"],
         )
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(GatewayCollector(the_gateway, LabelPolicy(settings.metric_symbols)))
+    app.state.metrics = registry
+    app.add_middleware(RequestMetrics, registry=registry)
     problems.install(app)
     app.include_router(rest.router)
     app.include_router(stream.router)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = describe(app)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def describe(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document: FastAPI's, plus the problem schema and bearer auth."""
+    spec = get_openapi(
+        title=app.title,
+        version=app.version,
+        summary=app.summary,
+        description=DESCRIPTION,
+        routes=app.routes,
+        tags=TAGS,
+    )
+    components = spec.setdefault("components", {})
+    components.setdefault("schemas", {})["Problem"] = schemas.Problem.model_json_schema()
+    components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    for path, item in spec["paths"].items():
+        # Invalid parameters are answered 400 with a problem, never FastAPI's 422.
+        item["get"]["responses"].pop("422", None)
+        if path.startswith("/v1/account/"):
+            item["get"]["security"] = [{"bearer": []}]
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components["schemas"].pop(unused, None)
+    return spec

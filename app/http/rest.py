@@ -6,11 +6,13 @@ from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.channels import Channel, Kind, normalize_symbol
 from app.errors import InvalidInput, NotConfigured, NotReady
 from app.gateway import Gateway, now_ms
+from app.http import schemas
 from app.http.auth import TokenCheck
 from app.store import ChannelState
 
@@ -114,7 +116,12 @@ def _etags(header: str | None) -> set[str]:
 Wait = Annotated[str | None, Query(description="ms to wait for a first push (capped)")]
 
 
-@router.get("/v1/orderbook/{symbol:path}", tags=["market"], dependencies=Public)
+@router.get(
+    "/v1/orderbook/{symbol:path}",
+    tags=["market"],
+    dependencies=Public,
+    responses=schemas.snapshot(schemas.OrderBook, 401),
+)
 async def orderbook(
     request: Request,
     gateway: GatewayDep,
@@ -127,7 +134,12 @@ async def orderbook(
     return await answer(request, gateway, channel, gateway.hub.snapshot, wait)
 
 
-@router.get("/v1/depth/{symbol:path}", tags=["market"], dependencies=Public)
+@router.get(
+    "/v1/depth/{symbol:path}",
+    tags=["market"],
+    dependencies=Public,
+    responses=schemas.snapshot(schemas.Depth, 401),
+)
 async def depth(request: Request, gateway: GatewayDep, symbol: str, wait: Wait = None) -> Response:
     """Latest depth chart (cumulative quantities) of a symbol."""
     return await answer(request, gateway, Channel.depth(symbol), gateway.hub.snapshot, wait)
@@ -136,7 +148,12 @@ async def depth(request: Request, gateway: GatewayDep, symbol: str, wait: Wait =
 Range = Annotated[str | None, Query(alias="range", description="candle length: 1m … 1w")]
 
 
-@router.get("/v1/kline/{symbol:path}", tags=["market"], dependencies=Public)
+@router.get(
+    "/v1/kline/{symbol:path}",
+    tags=["market"],
+    dependencies=Public,
+    responses=schemas.snapshot(schemas.Candle, 401),
+)
 async def kline(
     request: Request, gateway: GatewayDep, symbol: str, range_: Range = None, wait: Wait = None
 ) -> Response:
@@ -145,7 +162,12 @@ async def kline(
     return await answer(request, gateway, channel, gateway.hub.snapshot, wait)
 
 
-@router.get("/v1/klines/{symbol:path}", tags=["market"], dependencies=Public)
+@router.get(
+    "/v1/klines/{symbol:path}",
+    tags=["market"],
+    dependencies=Public,
+    responses=schemas.snapshot(list[schemas.Candle], 401),
+)
 async def klines(
     request: Request,
     gateway: GatewayDep,
@@ -163,7 +185,12 @@ async def klines(
     )
 
 
-@router.get("/v1/trades/{symbol:path}", tags=["market"], dependencies=Public)
+@router.get(
+    "/v1/trades/{symbol:path}",
+    tags=["market"],
+    dependencies=Public,
+    responses=schemas.snapshot(list[schemas.Trade], 401),
+)
 async def trades(
     request: Request,
     gateway: GatewayDep,
@@ -186,13 +213,23 @@ async def trades(
 ORDER_STATES = ("new", "cancel")
 
 
-@router.get("/v1/account/assets", tags=["account"], dependencies=Private)
+@router.get(
+    "/v1/account/assets",
+    tags=["account"],
+    dependencies=Private,
+    responses=schemas.snapshot(schemas.Assets, 401),
+)
 async def account_assets(request: Request, gateway: GatewayDep, wait: Wait = None) -> Response:
     """Balances per currency (exact decimals), as last pushed."""
     return await answer(request, gateway, Channel(Kind.ASSETS), gateway.hub.snapshot, wait)
 
 
-@router.get("/v1/account/orders", tags=["account"], dependencies=Private)
+@router.get(
+    "/v1/account/orders",
+    tags=["account"],
+    dependencies=Private,
+    responses=schemas.snapshot(list[schemas.Order], 401),
+)
 async def account_orders(
     request: Request,
     gateway: GatewayDep,
@@ -217,7 +254,12 @@ async def account_orders(
     )
 
 
-@router.get("/v1/account/fills", tags=["account"], dependencies=Private)
+@router.get(
+    "/v1/account/fills",
+    tags=["account"],
+    dependencies=Private,
+    responses=schemas.snapshot(list[schemas.Fill], 401),
+)
 async def account_fills(
     request: Request,
     gateway: GatewayDep,
@@ -236,7 +278,12 @@ async def account_fills(
     )
 
 
-@router.get("/v1/channels", tags=["operations"], dependencies=Public)
+@router.get(
+    "/v1/channels",
+    tags=["operations"],
+    dependencies=Public,
+    responses={200: {"model": schemas.ChannelReport}, **schemas.problems(401)},
+)
 async def channels(gateway: GatewayDep) -> JSONResponse:
     """Every channel subscribed upstream: status, last update, counts, subscribers."""
     registry = gateway.registry
@@ -250,13 +297,32 @@ async def channels(gateway: GatewayDep) -> JSONResponse:
     )
 
 
-@router.get("/healthz", tags=["operations"])
+@router.get(
+    "/metrics",
+    tags=["operations"],
+    response_class=PlainTextResponse,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+)
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics, text format."""
+    body = generate_latest(request.app.state.metrics)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/healthz", tags=["operations"], responses={200: {"model": schemas.Health}})
 async def healthz() -> JSONResponse:
     """Liveness: the process answers."""
     return JSONResponse({"status": "ok"})
 
 
-@router.get("/readyz", tags=["operations"])
+@router.get(
+    "/readyz",
+    tags=["operations"],
+    responses={
+        200: {"model": schemas.Readiness},
+        503: {"model": schemas.Readiness, "description": "Not ready"},
+    },
+)
 async def readyz(gateway: GatewayDep) -> JSONResponse:
     """Readiness: upstream up and data fresh on every configured channel."""
     ready, problems = gateway.readiness(now_ms())

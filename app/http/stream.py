@@ -24,19 +24,36 @@ from app.channels import Channel, parse_channel_list
 from app.errors import TooMany
 from app.fanout import Subscription
 from app.gateway import Gateway
+from app.http import schemas
 from app.http.rest import GatewayDep, private_access, tokens_of
 
 router = APIRouter()
 log = logging.getLogger("coinsuper_gateway.stream")
 
 HEARTBEAT = b": heartbeat\n\n"
+STREAM_DESCRIPTION = """Server-Sent Events. Every event has an id `EPOCH-SEQ` and one line of JSON data.
+
+Events: `orderbook`, `depth`, `kline`, `assets` (the snapshot envelope, as REST);
+`trade`, `order`, `fill` (one item per event: `{channel, symbol, seq, exchange_ts,
+received_ts, data}`); `status` (`{channel, status, reason, ts}`, status one of
+connecting, live, stale, failed); `reset` (`{reason, epoch, channels}`: the given
+`Last-Event-ID` cannot be resumed, fresh snapshots follow).
+
+The stream opens with `retry:` and the current snapshots (or, resuming, every
+missed event once, in order); a `: heartbeat` comment is sent when idle."""
 
 
 @router.get(
     "/v1/stream",
     tags=["streams"],
     response_class=EventSourceResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "event stream"}},
+    responses={
+        200: {
+            "description": STREAM_DESCRIPTION,
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        **schemas.problems(400, 401, 404, 429),
+    },
 )
 async def stream(
     request: Request,
@@ -123,6 +140,7 @@ async def _events(
             }
             first.append(b"event: reset\ndata: " + json.dumps(reason).encode() + b"\n\n")
         first.extend(event.frame for event in opening.backlog)
+        gateway.events_sent += len(opening.backlog)
         yield b"".join(first)
         while True:
             woken = await subscription.wait(settings.gateway_heartbeat_s)
@@ -142,6 +160,7 @@ async def _events(
                 continue
             events = subscription.take()
             if events:
+                gateway.events_sent += len(events)
                 yield b"".join(event.frame for event in events)
     finally:
         watcher.cancel()

@@ -1,0 +1,204 @@
+"""The shapes of answers, for the OpenAPI description.
+
+Answers are encoded once by the store, not through these models; the models
+describe those bytes so that clients, and schemathesis in the tests, can check
+them. Decimals are strings equal to what the exchange sent.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.http.problems import PROBLEM_MEDIA_TYPE
+
+Decimal = str
+Level = list[Decimal]  # [price, quantity]
+DataT = TypeVar("DataT")
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    title: str
+    status: int
+    detail: str
+    parameter: str | None = Field(None, description="the parameter that was wrong")
+    allowed: str | None = Field(None, description="what the parameter allows")
+    limit: str | None = Field(None, description="the cap that was reached")
+    cap: int | None = Field(None, description="its value")
+
+
+class Envelope(BaseModel, Generic[DataT]):
+    """Every snapshot answer."""
+
+    channel: str = Field(examples=["orderbook:BTC_USD:0.01"])
+    symbol: str | None = Field(examples=["BTC/USD"])
+    seq: int = Field(description="grows by one with every accepted update of the channel")
+    exchange_ts: int | None = Field(
+        description="upstream timestamp (ms), where the payload has one"
+    )
+    received_ts: int | None = Field(description="when the gateway received the update (ms)")
+    stale: bool = Field(description="no update within the configured multiple of the push interval")
+    data: DataT
+
+
+class OrderBook(BaseModel):
+    step: Decimal
+    bids: list[Level] = Field(description="[price, quantity], highest price first")
+    asks: list[Level] = Field(description="[price, quantity], lowest price first")
+
+
+class Depth(BaseModel):
+    depth_percent: Decimal
+    asks_min_price: Decimal
+    bids_max_price: Decimal
+    bids: list[Level] = Field(description="[price, cumulative quantity], best first")
+    asks: list[Level] = Field(description="[price, cumulative quantity], best first")
+
+
+class Candle(BaseModel):
+    range: str = Field(examples=["1m"])
+    range_ms: int
+    open_ts: int
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    volume: Decimal
+
+
+class Trade(BaseModel):
+    price: Decimal
+    quantity: Decimal
+    side: Literal["buy", "sell"]
+    ts: int
+
+
+class Balance(BaseModel):
+    total: Decimal
+    available: Decimal
+    updated_ts: int
+
+
+class Assets(BaseModel):
+    user_no: str | None
+    balances: dict[str, Balance]
+
+
+class Order(BaseModel):
+    order_no: str
+    symbol: str
+    side: Literal["buy", "sell"]
+    price: Decimal
+    quantity: Decimal
+    remaining_quantity: Decimal
+    average_price: Decimal
+    amount: Decimal
+    remaining_amount: Decimal
+    fee: Decimal
+    state: str = Field(examples=["new", "cancel"])
+    created_ts: int
+    updated_ts: int
+
+
+class Fill(BaseModel):
+    deal_no: str
+    order_no: str
+    symbol: str
+    side: Literal["buy", "sell"]
+    price: Decimal
+    quantity: Decimal
+    liquidity: Literal["maker", "taker"]
+    order_type: Literal["market", "limit"]
+    ts: int
+
+
+class ChannelInfo(BaseModel):
+    channel: str
+    symbol: str | None
+    status: Literal["connecting", "live", "stale", "failed"]
+    reason: str | None
+    seq: int
+    last_update_ts: int | None
+    exchange_ts: int | None
+    messages: int
+    rejected: int
+    superseded: int
+    last_rejection: str | None
+    subscribers: int
+    pinned: bool
+    link: str
+    link_state: Literal["connecting", "up", "failed"]
+    link_connects: int
+
+
+class LinkInfo(BaseModel):
+    name: str
+    endpoint: str
+    state: Literal["connecting", "up", "failed"]
+    reason: str | None
+    connects: int
+    attempts: int
+    topics: int
+    last_message_ts: int | None
+
+
+class ChannelReport(BaseModel):
+    channels: list[ChannelInfo]
+    links: list[LinkInfo]
+    unknown_topic_messages: int
+    open_streams: int
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not ready"]
+    problems: list[str]
+
+
+_DESCRIPTIONS = {
+    304: "Not modified (If-None-Match matched the ETag)",
+    400: "A parameter outside its allowed values",
+    401: "Missing or wrong bearer token",
+    404: "Not found (no such path), or the private feed is not configured",
+    429: "A cap was reached",
+    503: "No data yet; come back after Retry-After seconds",
+}
+PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+
+
+def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses for problem answers with these status codes."""
+    responses: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        if code == 304:
+            responses[code] = {"description": _DESCRIPTIONS[code], "content": {}}
+            continue
+        response: dict[str, Any] = {
+            "description": _DESCRIPTIONS[code],
+            "content": {PROBLEM_MEDIA_TYPE: {"schema": PROBLEM_REF}},
+        }
+        if code == 503:
+            response["headers"] = {"Retry-After": {"schema": {"type": "integer"}}}
+        if code == 401:
+            response["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
+        responses[code] = response
+    return responses
+
+
+def snapshot(model: Any, *codes: int) -> dict[int | str, dict[str, Any]]:
+    """Responses of a snapshot route: the envelope, ETag, and problems."""
+    return {
+        200: {
+            "model": Envelope[model],
+            "headers": {"ETag": {"schema": {"type": "string"}}},
+        },
+        **problems(304, 400, 404, 429, 503, *codes),
+    }

@@ -1,0 +1,185 @@
+"""Prometheus metrics: what operators watch.
+
+Counts that the gateway keeps anyway (messages and rejects per channel, link
+connects, open streams, events sent, overflow closes) are read at scrape time by
+:class:`GatewayCollector`, so the ingest path does no metric work of its own.
+REST requests are timed by :class:`RequestMetrics`, an ASGI middleware.
+
+Labels stay bounded: channel kinds, steps and ranges come from fixed sets, and
+a symbol is named only if it was configured at start (``COINSUPER_SUBSCRIBE``
+or ``GATEWAY_METRIC_SYMBOLS``); any other is ``other``. Routes are labelled by
+their template, never by the path a client sent.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.channels import Channel
+
+if TYPE_CHECKING:
+    from app.gateway import Gateway
+
+OTHER = "other"
+
+
+class LabelPolicy:
+    """Turns channels and links into bounded label values."""
+
+    def __init__(self, symbols: set[str]) -> None:
+        self.symbols = symbols
+
+    def symbol(self, channel: Channel) -> str:
+        if channel.symbol is None:
+            return ""
+        return channel.symbol if channel.symbol in self.symbols else OTHER
+
+    def labels(self, channel: Channel) -> tuple[str, str, str]:
+        """(kind, symbol, parameter): the parameter is a step or range, from a fixed set."""
+        return channel.kind.value, self.symbol(channel), channel.param or ""
+
+
+class GatewayCollector(Collector):
+    """Reads the gateway's own counters at scrape time."""
+
+    def __init__(self, gateway: Gateway, policy: LabelPolicy) -> None:
+        self.gateway = gateway
+        self.policy = policy
+
+    def collect(self) -> Iterator[Metric]:
+        gateway = self.gateway
+        now_ms = time.time_ns() // 1_000_000
+        names = ["kind", "symbol", "param"]
+        messages = CounterMetricFamily(
+            "coinsuper_upstream_messages", "Upstream messages accepted, per channel", labels=names
+        )
+        rejected = CounterMetricFamily(
+            "coinsuper_upstream_rejected", "Upstream messages rejected, per channel", labels=names
+        )
+        age = GaugeMetricFamily(
+            "coinsuper_message_age_seconds",
+            "Seconds since the channel's last upstream message",
+            labels=names,
+        )
+        live = GaugeMetricFamily(
+            "coinsuper_channel_live", "1 when the channel is live, else 0", labels=names
+        )
+        subscribers = GaugeMetricFamily(
+            "coinsuper_channel_subscribers", "Streams following the channel", labels=names
+        )
+        # Channels that map to the same labels (other symbols) are summed.
+        sums: dict[tuple[str, str, str], list[float]] = {}
+        for tracked in list(gateway.registry.tracked.values()):
+            channel = tracked.channel
+            key = self.policy.labels(channel)
+            state = gateway.hub.state(channel)
+            row = sums.setdefault(key, [0, 0, 0, 0, -1.0])
+            row[0] += state.messages if state else 0
+            row[1] += state.rejected if state else 0
+            row[2] += gateway.status(channel, now_ms)[0] == "live"
+            row[3] += gateway.hub.subscribers(channel)
+            if state is not None and state.received_ts is not None:
+                seconds = (now_ms - state.received_ts) / 1000
+                row[4] = max(row[4], seconds)
+        for key, (count, bad, is_live, subs, seconds) in sums.items():
+            labels = list(key)
+            messages.add_metric(labels, count)
+            rejected.add_metric(labels, bad)
+            live.add_metric(labels, is_live)
+            subscribers.add_metric(labels, subs)
+            if seconds >= 0:
+                age.add_metric(labels, seconds)
+        yield from (messages, rejected, age, live, subscribers)
+
+        link_up = GaugeMetricFamily(
+            "coinsuper_link_up",
+            "1 when the upstream link is connected and subscribed",
+            labels=["link"],
+        )
+        reconnects = CounterMetricFamily(
+            "coinsuper_link_reconnects", "Upstream reconnections, per link", labels=["link"]
+        )
+        failed = GaugeMetricFamily(
+            "coinsuper_link_failed", "1 when the broker refused the link's login", labels=["link"]
+        )
+        links: dict[str, list[float]] = {}
+        for tracked in list(gateway.registry.tracked.values()):
+            link = tracked.link
+            name = (
+                link.name
+                if link.name in ("public", "private")
+                else ":".join(p for p in self.policy.labels(tracked.channel) if p)
+            )
+            row = links.setdefault(name, [0, 0, 0])
+            row[0] = max(row[0], link.state.value == "up")
+            row[1] = max(row[1], max(link.connects - 1, 0))
+            row[2] = max(row[2], link.state.value == "failed")
+        for name, (up, again, refused) in links.items():
+            link_up.add_metric([name], up)
+            reconnects.add_metric([name], again)
+            failed.add_metric([name], refused)
+        yield from (link_up, reconnects, failed)
+
+        streams = GaugeMetricFamily("coinsuper_open_streams", "Open streams")
+        streams.add_metric([], gateway.open_streams)
+        sent = CounterMetricFamily("coinsuper_events_sent", "Events sent to stream clients")
+        sent.add_metric([], gateway.events_sent)
+        closed = CounterMetricFamily(
+            "coinsuper_stream_overflow_closes", "Streams closed because their buffer overflowed"
+        )
+        closed.add_metric([], gateway.overflow_closes)
+        unknown = CounterMetricFamily(
+            "coinsuper_upstream_unknown_topic_messages", "Upstream messages on no followed topic"
+        )
+        unknown.add_metric([], gateway.registry.unknown_messages)
+        yield from (streams, sent, closed, unknown)
+
+
+class RequestMetrics:
+    """Counts and times HTTP requests by route template, method and status."""
+
+    def __init__(self, app: ASGIApp, registry: CollectorRegistry) -> None:
+        self.app = app
+        self.histogram = Histogram(
+            "coinsuper_http_request_duration_seconds",
+            "HTTP requests (streams: time to the response's start)",
+            ["route", "method", "status"],
+            registry=registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        started = False
+
+        async def timed_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start" and not started:
+                started = True
+                self._observe(scope, message["status"], start)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, timed_send)
+        except Exception:
+            if not started:
+                self._observe(scope, 500, start)
+            raise
+
+    def _observe(self, scope: Scope, status: int, start: float) -> None:
+        route = scope.get("route")
+        template = getattr(route, "path", None) or "unmatched"
+        method = scope.get("method", "GET")
+        if method not in ("GET", "HEAD", "OPTIONS", "POST"):
+            method = "other"
+        self.histogram.labels(template, method, str(status)).observe(time.perf_counter() - start)
