@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import schemathesis
-from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
@@ -67,9 +66,31 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 schema = schemathesis.openapi.from_path(str(SPEC))
 
 
+@schemathesis.check
+def no_server_error(ctx: object, response: schemathesis.Response, case: schemathesis.Case) -> None:
+    """No 5xx, but for the contract's own 503 "no data yet": a problem with Retry-After."""
+    if response.status_code < 500:
+        return
+    headers = {key.lower(): value for key, value in response.headers.items()}
+    contract_503 = (
+        response.status_code == 503
+        and "retry-after" in headers
+        and str(headers.get("content-type", [""])[0]).startswith("application/problem+json")
+        and response.json()["title"] == "No data yet"
+    )
+    if not contract_503:
+        raise AssertionError(f"server error {response.status_code}: {response.text[:200]}")
+
+
 @schema.exclude(path="/v1/stream").parametrize()
 def test_the_running_app_keeps_to_its_schema(case: schemathesis.Case, running: str) -> None:
     case.call_and_validate(
         base_url=running,
-        checks=[not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance],
+        checks=[no_server_error, status_code_conformance, content_type_conformance, response_schema_conformance],
     )
+
+
+def test_the_contracts_503_is_not_a_server_error(running: str) -> None:
+    case = schema["/v1/depth/{symbol}"]["GET"].Case(path_parameters={"symbol": "QQ_USD"}, query={"wait": "0"})
+    response = case.call_and_validate(base_url=running, checks=[no_server_error, response_schema_conformance])
+    assert response.status_code == 503
