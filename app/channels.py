@@ -236,6 +236,38 @@ class TopicTemplates:
     orders: str = "/ws/personal/v1/order/change/{email}"
     fills: str = "/ws/personal/v1/trade/change/{email}"
 
+    def parse(self, env: str, topic: str) -> Channel | None:
+        """The channel a full topic belongs to, or None (the inverse of :meth:`topic`)."""
+        if not topic.startswith(env):
+            return None
+        sub = topic[len(env) :]
+        fields = {
+            "symbol": r"(?P<symbol>[A-Z0-9]{2,12}_[A-Z0-9]{2,12})",
+            "step": r"(?P<step>[0-9.]+)",
+            "range_ms": r"(?P<range_ms>[0-9]+)",
+            "email": r"(?P<email>[^/]+)",
+        }
+        for kind in Kind:
+            template: str = getattr(self, kind.value)
+            pattern = re.escape(template)
+            for name, group in fields.items():
+                pattern = pattern.replace(re.escape("{" + name + "}"), group)
+            match = re.fullmatch(pattern, sub)
+            if match is None:
+                continue
+            values = match.groupdict()
+            try:
+                if kind is Kind.ORDERBOOK:
+                    return Channel.orderbook(values["symbol"], values["step"])
+                if kind is Kind.KLINE:
+                    return Channel.kline(values["symbol"], values["range_ms"])
+                if kind in (Kind.DEPTH, Kind.TRADES):
+                    return Channel(kind, normalize_symbol(values["symbol"]))
+                return Channel(kind)
+            except InvalidInput:
+                return None
+        return None
+
     def topic(self, env: str, channel: Channel, email: str = "") -> str:
         """The full upstream topic of a channel: ``$env`` followed by the sub-topic."""
         template: str = getattr(self, channel.kind.value)

@@ -1,8 +1,10 @@
-"""The command line: ``coinsuper-gateway serve | simulate | demo``.
+"""The command line: ``coinsuper-gateway serve | demo | replay | simulate | channels | openapi``.
 
-Settings come from the environment (API.md); a flag given here wins over its
-variable. A wrong setting stops the program with exit status 2 and one line
-naming the variable, the problem and what is allowed.
+Settings come from the environment (API.md); each has a flag of its own on
+``serve``, ``demo`` and ``replay`` (``--gateway-port`` for ``GATEWAY_PORT``, and
+short ones for the common few), and a flag wins over its variable. A wrong
+setting stops the program with exit status 2 and one line naming the variable,
+the problem and what is allowed.
 """
 
 from __future__ import annotations
@@ -14,25 +16,37 @@ import json
 import logging
 import os
 import secrets
+import signal
 import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import httpx
 import uvicorn
 
 from app import __version__
-from app.config import Settings, load_settings
+from app.config import HELP, Settings, load_settings
 from app.errors import ConfigError
+from app.gateway import Gateway
 from app.http.app import create_app
 from app.logs import setup_logging
+from app.recording import Recorder, ReplaySource
 from app.simulator import Simulator
 from app.simulator.broker import BrokerPorts, DemoAccount
 
 log = logging.getLogger("coinsuper_gateway")
 
 DEMO_CHANNELS = "orderbook:BTC_USD:0.01,trades:BTC_USD,depth:BTC_USD,kline:BTC_USD:1m"
+SHORT_FLAGS = {
+    "gateway_host": "--host",
+    "gateway_port": "--port",
+    "coinsuper_url": "--url",
+    "coinsuper_subscribe": "--subscribe",
+    "gateway_log_level": "--log-level",
+}
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -51,9 +65,14 @@ class GatewayServer(uvicorn.Server):
         self._captured_signals.clear()
 
 
-async def _serve(settings: Settings) -> None:
+def _logging(settings: Settings, *hidden: str) -> None:
+    secret = [settings.coinsuper_secret_key.get_secret_value(), *settings.tokens, *hidden]
+    setup_logging(settings.gateway_log_level, secret, settings.gateway_log_format == "json")
+
+
+async def _serve(settings: Settings, gateway: Gateway | None = None) -> None:
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, gateway),
         host=settings.gateway_host,
         port=settings.gateway_port,
         log_config=None,
@@ -63,19 +82,30 @@ async def _serve(settings: Settings) -> None:
     await GatewayServer(config).serve()
 
 
-async def _simulate(ports: BrokerPorts, seed: int | None, speed: float, faults: float) -> None:
-    simulator = Simulator(ports, seed=seed, speed=speed, private_faults=faults)
+async def _simulate(args: argparse.Namespace) -> None:
+    ports = BrokerPorts(host=args.host, tcp=args.tcp_port, ws=args.ws_port)
+    recorder = Recorder(args.record) if args.record else None
+    simulator = Simulator(
+        ports,
+        seed=args.seed,
+        speed=args.speed,
+        private_faults=args.private_faults,
+        recorder=recorder,
+    )
     await simulator.start()
+    account = simulator.account
     print(
         f"simulated exchange: mqtt://{ports.host}:{ports.tcp} and ws://{ports.host}:{ports.ws}/mqtt"
-        f" (access key {simulator.account.access_key!r}, secret key"
-        f" {simulator.account.secret_key!r}, e-mail {simulator.account.email!r})",
+        f" (access key {account.access_key!r}, secret key {account.secret_key!r},"
+        f" e-mail {account.email!r})",
         flush=True,
     )
     try:
         await asyncio.Event().wait()
     finally:
         await simulator.stop()
+        if recorder is not None:
+            recorder.close()
 
 
 async def _demo(overrides: dict[str, Any], seed: int | None) -> None:
@@ -91,17 +121,16 @@ async def _demo(overrides: dict[str, Any], seed: int | None) -> None:
     if not os.environ.get("GATEWAY_TOKENS") and not os.environ.get("GATEWAY_TOKENS_FILE"):
         defaults["gateway_tokens"] = "demo-" + secrets.token_urlsafe(12)
     settings = load_settings(**{**defaults, **overrides})
-    setup_logging(
-        settings.gateway_log_level,
-        [account.secret_key, *settings.tokens],
-        settings.gateway_log_format == "json",
-    )
+    _logging(settings, account.secret_key)
     simulator = Simulator(ports, account=account, seed=seed)
     await simulator.start()
+    asyncio.get_running_loop().add_signal_handler(
+        signal.SIGUSR1, lambda: asyncio.ensure_future(_toggle_exchange(simulator))
+    )
     base = f"http://{settings.gateway_host}:{settings.gateway_port}"
     lines = [
         f"coinsuper-gateway demo: the gateway follows a simulated exchange at {settings.coinsuper_url}",
-        f"  open            {base}/v1/channels",
+        f"  open            {base}/",
         f"  order book      curl '{base}/v1/orderbook/BTC_USD?step=0.01'",
         f"  live stream     curl -N '{base}/v1/stream?channels=trades:BTC_USD,orderbook:BTC_USD:0.01'",
     ]
@@ -111,12 +140,63 @@ async def _demo(overrides: dict[str, Any], seed: int | None) -> None:
             f"  private data    curl -H 'Authorization: Bearer {token}' {base}/v1/account/assets",
             f"  demo token      {token}",
         ]
-    lines.append("  stop            Ctrl-C")
+    lines += [
+        f"  exchange down   kill -USR1 {os.getpid()}   (again to bring it back)",
+        "  stop            Ctrl-C",
+    ]
     print("\n" + "\n".join(lines) + "\n", flush=True)
     try:
         await _serve(settings)
     finally:
         await simulator.stop()
+
+
+async def _toggle_exchange(simulator: Simulator) -> None:
+    """SIGUSR1 in the demo: stop the simulated broker, or start it again."""
+    if simulator.broker_running:
+        log.warning("demo: simulated exchange stopped (SIGUSR1 again to restart it)")
+        await simulator.stop_broker()
+    else:
+        await simulator.start_broker()
+        log.warning("demo: simulated exchange started again")
+
+
+async def _replay(settings: Settings, files: list[str], speed: float) -> None:
+    source = ReplaySource(files, speed)
+    await _serve(settings, Gateway(settings, replay=source))
+
+
+def _channels(url: str, token: str | None) -> int:
+    """Print a running gateway's channels as a table."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        body = httpx.get(url.rstrip("/") + "/v1/channels", headers=headers, timeout=10).json()
+    except (httpx.HTTPError, ValueError) as exc:
+        print(f"coinsuper-gateway: cannot read {url}/v1/channels: {exc}", file=sys.stderr)
+        return 1
+    if "channels" not in body:
+        print(f"coinsuper-gateway: {body.get('detail', body)}", file=sys.stderr)
+        return 1
+    columns = [
+        "channel",
+        "status",
+        "seq",
+        "messages",
+        "rejected",
+        "subscribers",
+        "link_state",
+        "reason",
+    ]
+    rows = [
+        [str(item.get(c) if item.get(c) is not None else "") for c in columns]
+        for item in body["channels"]
+    ]
+    widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(columns)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for row in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    print(f"{len(rows)} channels, {body['open_streams']} open streams")
+    return 0
 
 
 def openapi_text() -> str:
@@ -125,35 +205,66 @@ def openapi_text() -> str:
     return json.dumps(app.openapi(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
-def write_openapi(output: str) -> None:
-    text = openapi_text()
-    if output == "-":
-        sys.stdout.write(text)
-    else:
-        with open(output, "w", encoding="utf-8") as handle:
-            handle.write(text)
+def _add_settings(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting, named after its variable."""
+    group = parser.add_argument_group(
+        "settings", "each also read from its environment variable; a flag wins"
+    )
+    for name, field in Settings.model_fields.items():
+        flags = [f"--{name.replace('_', '-')}"]
+        if name in SHORT_FLAGS:
+            flags.insert(0, SHORT_FLAGS[name])
+        default = field.default
+        shown = "" if isinstance(default, str) and not default else f", default {default}"
+        if "secret" in name or "password" in name or name == "gateway_tokens":
+            shown = ""
+        group.add_argument(
+            *flags, dest=name, metavar="VALUE", help=f"{HELP[name]} ({name.upper()}{shown})"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="coinsuper-gateway",
-        description="Coinsuper's MQTT push feed as REST snapshots and Server-Sent Events. "
-        "Settings are read from environment variables (see README); flags win over them.",
+        description="Coinsuper's MQTT push feed as REST snapshots and Server-Sent Events.",
+        epilog="Settings (environment variables, or flags of serve, demo and replay):\n"
+        + "\n".join(f"  {name.upper():34} {HELP[name]}" for name in Settings.model_fields),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=__version__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the gateway against COINSUPER_URL")
+    serve.add_argument(
+        "--record", metavar="FILE", help="append every upstream message to FILE (gzip JSON lines)"
+    )
+    serve.add_argument(
+        "--record-max-mb",
+        type=float,
+        default=64,
+        help="rotate the recording at this size (default 64)",
+    )
     demo = commands.add_parser(
         "demo", help="run the gateway against the built-in simulated exchange"
     )
-    for sub in (serve, demo):
-        sub.add_argument("--host", help="listen address (GATEWAY_HOST)")
-        sub.add_argument("--port", type=int, help="listen port (GATEWAY_PORT)")
-        sub.add_argument("--subscribe", help="channels to follow from start (COINSUPER_SUBSCRIBE)")
-        sub.add_argument("--log-level", help="debug, info, warning or error (GATEWAY_LOG_LEVEL)")
-    serve.add_argument("--url", help="upstream broker URL (COINSUPER_URL)")
     demo.add_argument("--seed", type=int, help="seed of the simulated market")
+    replay = commands.add_parser(
+        "replay", help="serve a gateway fed from recordings instead of a broker"
+    )
+    replay.add_argument("files", nargs="+", metavar="FILE", help="recordings, oldest first")
+    replay.add_argument(
+        "--speed", type=float, default=1.0, help="replay speed (default 1: as recorded)"
+    )
+    for sub in (serve, demo, replay):
+        _add_settings(sub)
+
+    channels = commands.add_parser(
+        "channels", help="print the channels of a running gateway as a table"
+    )
+    channels.add_argument(
+        "--url", default="http://127.0.0.1:8000", help="the gateway (default %(default)s)"
+    )
+    channels.add_argument("--token", help="bearer token, if the gateway requires one")
 
     spec = commands.add_parser("openapi", help="write the OpenAPI description of the HTTP API")
     spec.add_argument("--output", default="-", help="file to write (default: standard output)")
@@ -170,45 +281,52 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="rate (0-0.3) at which private pushes are each dropped, duplicated and reordered",
     )
+    simulate.add_argument(
+        "--record", metavar="FILE", help="write what it publishes to FILE, for replay"
+    )
     return parser
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    names = {
-        "host": "gateway_host",
-        "port": "gateway_port",
-        "subscribe": "coinsuper_subscribe",
-        "log_level": "gateway_log_level",
-        "url": "coinsuper_url",
-    }
     return {
-        setting: getattr(args, flag)
-        for flag, setting in names.items()
-        if getattr(args, flag, None) is not None
+        name: getattr(args, name)
+        for name in Settings.model_fields
+        if getattr(args, name, None) is not None
     }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "openapi":
+            text = openapi_text()
+            if args.output == "-":
+                sys.stdout.write(text)
+            else:
+                Path(args.output).write_text(text, encoding="utf-8")
+            return 0
+        if args.command == "channels":
+            return _channels(args.url, args.token)
         if args.command == "simulate":
             setup_logging("info")
-            ports = BrokerPorts(host=args.host, tcp=args.tcp_port, ws=args.ws_port)
             with contextlib.suppress(KeyboardInterrupt):
-                asyncio.run(_simulate(ports, args.seed, args.speed, args.private_faults))
-            return 0
-        if args.command == "openapi":
-            write_openapi(args.output)
+                asyncio.run(_simulate(args))
             return 0
         overrides = _overrides(args)
         settings = load_settings(**overrides)
         with contextlib.suppress(KeyboardInterrupt):
             if args.command == "serve":
-                hidden = [settings.coinsuper_secret_key.get_secret_value(), *settings.tokens]
-                setup_logging(
-                    settings.gateway_log_level, hidden, settings.gateway_log_format == "json"
+                _logging(settings)
+                recorder = (
+                    Recorder(args.record, max_bytes=int(args.record_max_mb * 1024 * 1024))
+                    if args.record
+                    else None
                 )
-                asyncio.run(_serve(settings))
+                gateway = Gateway(settings, recorder=recorder) if recorder else None
+                asyncio.run(_serve(settings, gateway))
+            elif args.command == "replay":
+                _logging(settings)
+                asyncio.run(_replay(settings, args.files, args.speed))
             else:
                 asyncio.run(_demo(overrides, args.seed))
     except ConfigError as exc:

@@ -25,6 +25,59 @@ URL_SCHEMES = ("mqtt", "mqtts", "ws", "wss")
 _TOPICS = TopicTemplates()
 
 
+# One line of help per setting, for `--help` and the README.
+HELP: dict[str, str] = {
+    "coinsuper_url": "upstream broker: mqtt://, mqtts://, ws:// or wss:// URL",
+    "coinsuper_env": "topic prefix ($env)",
+    "coinsuper_access_key": "API access key (public client ids; the private login)",
+    "coinsuper_secret_key": "API secret key (signs the private login)",
+    "coinsuper_email": "account e-mail (public client ids; private topics)",
+    "coinsuper_public_username": "public login user",
+    "coinsuper_public_password": "public login password (the published value)",
+    "coinsuper_subscribe": "channels subscribed at start and never released, comma-separated",
+    "coinsuper_shared_link": "all public topics on one connection (the exchange wants one per topic)",
+    "coinsuper_qos": "subscription QoS: 0, 1 or 2",
+    "coinsuper_keepalive_s": "MQTT keepalive, seconds",
+    "coinsuper_reconnect_min_s": "first reconnect delay, seconds (doubles, jittered)",
+    "coinsuper_reconnect_max_s": "longest reconnect delay, seconds",
+    "coinsuper_silence_s": "a public link silent this long is taken as dead, seconds",
+    "coinsuper_topic_depth": "depth topic template",
+    "coinsuper_topic_orderbook": "order-book topic template",
+    "coinsuper_topic_kline": "candle topic template",
+    "coinsuper_topic_trades": "trade topic template",
+    "coinsuper_topic_assets": "asset topic template",
+    "coinsuper_topic_orders": "order topic template",
+    "coinsuper_topic_fills": "fill topic template",
+    "gateway_host": "listen address",
+    "gateway_port": "listen port",
+    "gateway_tokens": "bearer tokens for private data, comma-separated",
+    "gateway_tokens_file": "file of bearer tokens, one a line",
+    "gateway_require_token": "require a token on public routes too",
+    "gateway_cors_origins": "origins allowed by CORS, comma-separated (none by default)",
+    "gateway_closed_orders": "cancelled orders kept",
+    "gateway_fill_log": "fills kept",
+    "gateway_idle_release_s": "release a channel nobody used for this long, seconds",
+    "gateway_max_upstream": "cap on upstream subscriptions",
+    "gateway_max_channels_per_stream": "cap on channels in one stream",
+    "gateway_max_streams": "cap on open streams",
+    "gateway_max_streams_per_client": "cap on open streams of one token or address",
+    "gateway_send_timeout_s": "close a stream whose sends are blocked this long, seconds",
+    "gateway_stale_factor": "stale after this many push intervals without a push",
+    "gateway_heartbeat_s": "heartbeat comment on idle streams, seconds",
+    "gateway_retry_ms": "retry: sent to EventSource clients, ms",
+    "gateway_trade_log": "distinct trades kept per symbol",
+    "gateway_candle_history": "candles kept per channel",
+    "gateway_replay_events": "events kept for resuming streams",
+    "gateway_replay_age_s": "age of the oldest event kept for resuming, seconds",
+    "gateway_client_buffer": "pending events per stream before it is closed as too slow",
+    "gateway_wait_default_ms": "how long a first REST request waits for data, ms",
+    "gateway_wait_max_ms": "the longest ?wait= allowed, ms",
+    "gateway_log_level": "debug, info, warning or error",
+    "gateway_log_format": "text or json (JSON lines)",
+    "gateway_metric_symbols": "symbols named in metric labels besides the subscribed ones",
+}
+
+
 class Settings(BaseSettings):
     """Everything the gateway can be told, with the defaults of API.md."""
 

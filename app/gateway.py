@@ -9,11 +9,13 @@ import logging
 import secrets
 import time
 from collections import Counter
+from collections.abc import Callable
 
 from app.channels import Channel, Kind
 from app.config import Settings
 from app.fanout import ReplayBuffer
 from app.hub import LocalHub
+from app.recording import Recorder, ReplaySource
 from app.registry import Registry
 from app.store import ChannelState, Store
 from app.upstream import LinkState
@@ -30,8 +32,19 @@ def now_ms() -> int:
 class Gateway:
     """One gateway process: what the HTTP side and the command line work with."""
 
-    def __init__(self, settings: Settings, *, epoch: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        epoch: str | None = None,
+        replay: ReplaySource | None = None,
+        recorder: Recorder | None = None,
+    ) -> None:
         self.settings = settings
+        self.replay = replay
+        self.recorder = recorder
+        # The clock of staleness and answers: the wall clock, or a replay's.
+        self.now: Callable[[], int] = replay.now_ms if replay is not None else now_ms
         store = Store(
             epoch or secrets.token_hex(4),
             trade_capacity=settings.gateway_trade_log,
@@ -40,24 +53,26 @@ class Gateway:
             fill_capacity=settings.gateway_fill_log,
             stale_factor=settings.gateway_stale_factor,
         )
-        replay = ReplayBuffer(
+        buffer = ReplayBuffer(
             settings.gateway_replay_events, int(settings.gateway_replay_age_s * 1000)
         )
-        self.hub = LocalHub(store, replay)
-        self.registry = Registry(settings, self.hub)
+        self.hub = LocalHub(store, buffer)
+        self.registry = Registry(settings, self.hub, replay=replay, recorder=recorder)
         self.statuses: dict[str, str] = {}
         self.open_streams = 0
         self.streams_by_client: Counter[str] = Counter()
         self.overflow_closes = 0
         self.events_sent = 0
-        self.started_ms = now_ms()
+        self.started_ms = self.now()
         self._monitor_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         for channel in self.settings.subscribe_channels:
             if not channel.is_private:
                 self.registry.demand(channel, pinned=True)
-        if self.settings.private_configured:
+        if self.replay is not None:
+            self.replay.start(self.registry.on_message)
+        elif self.settings.private_configured:
             self.registry.open_private()
         elif self.settings.coinsuper_secret_key.get_secret_value():
             log.warning(
@@ -73,6 +88,10 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._monitor_task
         await self.registry.stop()
+        if self.replay is not None:
+            await self.replay.stop()
+        if self.recorder is not None:
+            self.recorder.close()
 
     # --- statuses ----------------------------------------------------------
 
@@ -107,7 +126,9 @@ class Gateway:
                 log.exception("monitor pass failed")
 
     def _check_statuses(self) -> None:
-        now = now_ms()
+        if self.recorder is not None:
+            self.recorder.flush()
+        now = self.now()
         seen = set()
         for tracked in list(self.registry.tracked.values()):
             channel = tracked.channel
@@ -126,6 +147,12 @@ class Gateway:
                 )
         for name in set(self.statuses) - seen:
             del self.statuses[name]
+
+    @property
+    def private_enabled(self) -> bool:
+        """The private routes answer: the private feed is configured, or a
+        replayed recording holds private topics."""
+        return self.settings.private_configured or "private" in self.registry.links
 
     def is_stale(self, channel: Channel, state: ChannelState, now: int) -> bool:
         if channel.is_private:

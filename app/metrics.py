@@ -55,7 +55,7 @@ class GatewayCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         gateway = self.gateway
-        now_ms = time.time_ns() // 1_000_000
+        now_ms = gateway.now()
         names = ["kind", "symbol", "param"]
         messages = CounterMetricFamily(
             "coinsuper_upstream_messages", "Upstream messages accepted, per channel", labels=names

@@ -26,7 +26,8 @@ from app.config import Settings
 from app.credentials import Login, private_login, public_client_id
 from app.errors import TooMany
 from app.hub import Hub
-from app.upstream import Backoff, Endpoint, UpstreamLink
+from app.recording import Recorder, ReplayLink, ReplaySource
+from app.upstream import Backoff, Endpoint, Link, UpstreamLink
 
 log = logging.getLogger("coinsuper_gateway.registry")
 
@@ -41,7 +42,7 @@ class Tracked:
 
     channel: Channel
     topic: str
-    link: UpstreamLink
+    link: Link
     pinned: bool
     last_demand: float
 
@@ -50,16 +51,24 @@ class Registry:
     """The channels subscribed upstream, and their links."""
 
     def __init__(
-        self, settings: Settings, hub: Hub, clock: Callable[[], float] = time.monotonic
+        self,
+        settings: Settings,
+        hub: Hub,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        replay: ReplaySource | None = None,
+        recorder: Recorder | None = None,
     ) -> None:
         self.settings = settings
         self.hub = hub
         self.clock = clock
+        self.replay = replay
+        self.recorder = recorder
         self.endpoint = Endpoint.from_url(settings.coinsuper_url)
         self.templates = settings.topics
         self.tracked: dict[str, Tracked] = {}
         self.by_topic: dict[str, Channel] = {}
-        self.links: dict[str, UpstreamLink] = {}
+        self.links: dict[str, Link] = {}
         self.unknown_topics: Counter[str] = Counter()
         self.unknown_messages = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -89,7 +98,7 @@ class Registry:
         log.info("subscribing %s upstream (topic %s)", channel.name, topic)
         return tracked
 
-    def _link_for(self, channel: Channel, topic: str) -> UpstreamLink:
+    def _link_for(self, channel: Channel, topic: str) -> Link:
         if self.settings.coinsuper_shared_link:
             link = self.links.get(SHARED_LINK)
             if link is None:
@@ -104,8 +113,10 @@ class Registry:
         link.start()
         return link
 
-    def _public_link(self, name: str, id_topic: str, topics: set[str]) -> UpstreamLink:
+    def _public_link(self, name: str, id_topic: str, topics: set[str]) -> Link:
         settings = self.settings
+        if self.replay is not None:
+            return ReplayLink(name, topics, self.replay)
         login = Login(
             public_client_id(
                 settings.coinsuper_access_key.get_secret_value(), settings.coinsuper_email, id_topic
@@ -169,7 +180,11 @@ class Registry:
 
     def on_message(self, topic: str, payload: bytes, received_ts: int) -> None:
         """Route one upstream message to its channel's state."""
+        if self.recorder is not None:
+            self.recorder.write(topic, payload, received_ts)
         channel = self.by_topic.get(topic)
+        if channel is None and self.replay is not None:
+            channel = self._follow_recorded(topic)
         if channel is None:
             self.unknown_messages += 1
             if topic not in self.unknown_topics and len(self.unknown_topics) < _LOGGED_TOPICS_CAP:
@@ -183,6 +198,23 @@ class Registry:
             return
         if reason is not None:
             log.warning("rejected a payload on %s (channel %s): %s", topic, channel.name, reason)
+
+    def _follow_recorded(self, topic: str) -> Channel | None:
+        """In a replay, every channel the recording holds is followed."""
+        channel = self.templates.parse(self.settings.coinsuper_env, topic)
+        if channel is None:
+            return None
+        if channel.is_private and self.replay is not None:
+            link = self.links.setdefault(PRIVATE_LINK, ReplayLink(PRIVATE_LINK, set(), self.replay))
+            link.topics.add(topic)
+            self.tracked[channel.name] = Tracked(channel, topic, link, True, self.clock())
+            self.by_topic[topic] = channel
+            return channel
+        try:
+            self.demand(channel, pinned=True)
+        except TooMany:
+            return None
+        return channel
 
     # --- release -----------------------------------------------------------
 
@@ -219,6 +251,6 @@ class Registry:
         for task in list(self._tasks):
             task.cancel()
 
-    def link_of(self, channel: Channel) -> UpstreamLink | None:
+    def link_of(self, channel: Channel) -> Link | None:
         tracked = self.tracked.get(channel.name)
         return tracked.link if tracked is not None else None

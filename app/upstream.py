@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Literal
+from typing import Literal, Protocol
 from urllib.parse import urlsplit
 
 import aiomqtt
@@ -43,6 +43,25 @@ class LinkState(StrEnum):
     CONNECTING = "connecting"  # never connected yet, or reconnecting after a drop
     UP = "up"  # connected and subscribed
     FAILED = "failed"  # the broker refused the login or a subscription
+
+
+class Link(Protocol):
+    """What the registry and the reports need of a link: an MQTT one, or a
+    stand-in fed from a recording."""
+
+    name: str
+    state: LinkState
+    connects: int
+    topics: set[str]
+
+    @property
+    def reason(self) -> str | None: ...
+
+    def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    async def add_topic(self, topic: str) -> None: ...
+    async def remove_topic(self, topic: str) -> None: ...
+    def describe(self) -> dict[str, object]: ...
 
 
 @dataclass(frozen=True, slots=True)

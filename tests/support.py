@@ -176,7 +176,12 @@ class GatewayProcess:
     """``python -m app serve`` with its own settings, on a free port."""
 
     def __init__(
-        self, workdir: Path, env: dict[str, str], command: str = "serve", port: int | None = None
+        self,
+        workdir: Path,
+        env: dict[str, str],
+        command: str = "serve",
+        port: int | None = None,
+        extra_args: list[str] | None = None,
     ) -> None:
         self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -190,7 +195,7 @@ class GatewayProcess:
         }
         self._log_file = self.log.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "app", command],
+            [sys.executable, "-m", "app", command, *(extra_args or [])],
             cwd=REPO,
             env=full_env,
             stdout=self._log_file,

@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.channels import Channel, Kind, normalize_symbol
 from app.errors import InvalidInput, NotConfigured, NotReady
-from app.gateway import Gateway, now_ms
+from app.gateway import Gateway
 from app.http import schemas
 from app.http.auth import TokenCheck
 from app.store import ChannelState
@@ -44,7 +44,7 @@ def public_access(request: Request) -> None:
 def private_access(request: Request, *, allow_query: bool = False) -> None:
     """Private routes: 404 while the private feed is not configured, then 401
     without a valid token."""
-    if not gateway_of(request).settings.private_configured:
+    if not gateway_of(request).private_enabled:
         raise NotConfigured(
             "the private feed (assets, orders, fills) is not configured: it needs "
             "COINSUPER_ACCESS_KEY, COINSUPER_SECRET_KEY and COINSUPER_EMAIL"
@@ -96,10 +96,10 @@ async def answer(
     if state is None and await gateway.hub.wait_for_data(channel, wait_ms / 1000):
         state = gateway.readable_state(channel)
     if state is None:
-        status, reason = gateway.status(channel, now_ms())
+        status, reason = gateway.status(channel, gateway.now())
         why = f" (upstream {status}: {reason})" if reason else f" (upstream {status})"
         raise NotReady(f"{channel.name} has no data yet{why}; try again shortly", retry_after=1)
-    stale = gateway.is_stale(channel, state, now_ms())
+    stale = gateway.is_stale(channel, state, gateway.now())
     etag = gateway.hub.etag(state, stale)
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if etag in _etags(request.headers.get("if-none-match")):
@@ -289,7 +289,7 @@ async def channels(gateway: GatewayDep) -> JSONResponse:
     registry = gateway.registry
     return JSONResponse(
         {
-            "channels": gateway.channel_report(now_ms()),
+            "channels": gateway.channel_report(gateway.now()),
             "links": [link.describe() for link in registry.links.values()],
             "unknown_topic_messages": registry.unknown_messages,
             "open_streams": gateway.open_streams,
@@ -325,7 +325,7 @@ async def healthz() -> JSONResponse:
 )
 async def readyz(gateway: GatewayDep) -> JSONResponse:
     """Readiness: upstream up and data fresh on every configured channel."""
-    ready, problems = gateway.readiness(now_ms())
+    ready, problems = gateway.readiness(gateway.now())
     return JSONResponse(
         {"status": "ready" if ready else "not ready", "problems": problems},
         status_code=200 if ready else 503,

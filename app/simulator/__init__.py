@@ -15,6 +15,7 @@ from functools import partial
 from amqtt.broker import Broker
 
 from app.channels import KLINE_RANGES, TopicTemplates
+from app.recording import Recorder
 from app.simulator.account import DemoTrader, PrivateFaults
 from app.simulator.broker import BrokerPorts, DemoAccount, make_broker
 from app.simulator.market import Market
@@ -53,6 +54,7 @@ class Simulator:
         speed: float = 1.0,
         private_faults: float = 0.0,
         skew_s: float = 60.0,
+        recorder: Recorder | None = None,
     ) -> None:
         self.ports = ports or BrokerPorts()
         self.account = account or DemoAccount()
@@ -70,6 +72,7 @@ class Simulator:
             for kind in ("assets", "orders", "fills")
         }
         self.skew_s = skew_s
+        self.recorder = recorder
         self._broker: Broker | None = None
         self._task: asyncio.Task[None] | None = None
         self.schedules = self._schedules()
@@ -142,8 +145,14 @@ class Simulator:
         if broker is not None:
             await broker.shutdown()
 
+    @property
+    def broker_running(self) -> bool:
+        return self._broker is not None
+
     async def _publish(self, topic: str, payload: bytes) -> None:
         if self._broker is not None:
+            if self.recorder is not None:
+                self.recorder.write(topic, payload, time.time_ns() // 1_000_000)
             await self._broker.internal_message_broadcast(topic, payload, qos=0)
 
     async def stop(self) -> None:
