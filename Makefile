@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
-# Debian packages the tests need: Mosquitto is the broker the integration tests start.
-DEBIAN_PACKAGES := mosquitto
+# Debian packages the tests need: Mosquitto, the broker the integration tests
+# start, and Chromium, the browser the page test drives (through Playwright).
+DEBIAN_PACKAGES := mosquitto chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo serve test lint format openapi system-deps clean

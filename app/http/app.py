@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry
 
 from app import __version__
@@ -18,6 +21,7 @@ from app.http import problems, rest, schemas, stream
 from app.http.auth import TokenCheck
 from app.metrics import GatewayCollector, LabelPolicy, RequestMetrics
 
+STATIC = Path(__file__).resolve().parent.parent / "static"
 DESCRIPTION = """Coinsuper's MQTT push feed (order books, depth charts, candles, trades, and
 an account's balances, orders and fills) as REST snapshots and Server-Sent Events.
 
@@ -68,6 +72,17 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     problems.install(app)
     app.include_router(rest.router)
     app.include_router(stream.router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get(
+        "/",
+        tags=["operations"],
+        response_class=FileResponse,
+        responses={200: {"content": {"text/html": {"schema": {"type": "string"}}}}},
+    )
+    async def page() -> FileResponse:
+        """The live page: order book, depth, candles, trades, channel states."""
+        return FileResponse(STATIC / "index.html", media_type="text/html")
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -1,0 +1,242 @@
+// The live page: one EventSource for the market channels of a symbol, one for
+// the private channels when a token is given. Numbers arrive as exact decimal
+// strings and are shown as such; the charts alone convert them to draw.
+"use strict";
+
+const FIAT = new Set(["USD", "EUR", "GBP", "JPY", "KRW", "CNY", "HKD", "AUD", "CAD", "SGD"]);
+const RANGES = ["1m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "12h", "1d", "1w"];
+const LEVELS = 12;
+const TAPE = 30;
+const $ = (id) => document.getElementById(id);
+
+let market = null;      // EventSource of the market channels
+let account = null;     // EventSource of the private channels
+let panels = {};        // channel name → panel element
+const statuses = {};    // channel name → {status, reason}
+
+// --- charts -----------------------------------------------------------------
+
+const chartLayout = { layout: { background: { color: "#1a1e24" }, textColor: "#c0c6cf" },
+  grid: { vertLines: { color: "#242a31" }, horzLines: { color: "#242a31" } } };
+const depthChart = LightweightCharts.createOptionsChart($("depth-chart"), { ...chartLayout, autoSize: true });
+const bidsDepth = depthChart.addSeries(LightweightCharts.AreaSeries,
+  { lineColor: "#26a69a", topColor: "rgba(38,166,154,0.4)", bottomColor: "rgba(38,166,154,0.05)" });
+const asksDepth = depthChart.addSeries(LightweightCharts.AreaSeries,
+  { lineColor: "#ef5350", topColor: "rgba(239,83,80,0.4)", bottomColor: "rgba(239,83,80,0.05)" });
+const candleChart = LightweightCharts.createChart($("candle-chart"),
+  { ...chartLayout, autoSize: true, timeScale: { timeVisible: true } });
+const candles = candleChart.addSeries(LightweightCharts.CandlestickSeries, {});
+
+// --- helpers ----------------------------------------------------------------
+
+function normalize(text) {
+  const m = text.trim().toUpperCase().match(/^([A-Z0-9]{2,12})[_\/-]([A-Z0-9]{2,12})$/);
+  return m ? `${m[1]}_${m[2]}` : null;
+}
+
+function stepsFor(symbol) {
+  return FIAT.has(symbol.split("_")[1]) ? ["1.0", "0.1", "0.01"] : ["0.0001", "0.000001", "0.00000001"];
+}
+
+function fillSelect(select, values, wanted) {
+  select.innerHTML = values.map((v) => `<option>${v}</option>`).join("");
+  select.value = values.includes(wanted) ? wanted : values[values.length - 1];
+}
+
+function row(cells, cls) {
+  const tr = document.createElement("tr");
+  if (cls) tr.className = cls;
+  for (const cell of cells) {
+    const td = document.createElement("td");
+    td.textContent = cell;
+    tr.appendChild(td);
+  }
+  return tr;
+}
+
+function time(ms) {
+  return new Date(ms).toLocaleTimeString();
+}
+
+function candle(data) {
+  return { time: data.open_ts / 1000, open: Number(data.open), high: Number(data.high),
+    low: Number(data.low), close: Number(data.close) };
+}
+
+async function getJSON(url, headers) {
+  const response = await fetch(url, { headers: headers || {} });
+  return { status: response.status, body: response.status === 304 ? null : await response.json() };
+}
+
+// --- status -----------------------------------------------------------------
+
+function setStatus(channel, status, reason) {
+  statuses[channel] = { status, reason };
+  const panel = panels[channel];
+  if (panel) panel.dataset.status = status;
+  renderStatuses();
+}
+
+function renderStatuses() {
+  const body = $("status").tBodies[0];
+  body.replaceChildren(...Object.entries(statuses).sort().map(([name, s]) => {
+    const tr = row([name, s.status, s.reason || ""]);
+    tr.dataset.channel = name;
+    tr.children[1].className = `state-${s.status}`;
+    return tr;
+  }));
+}
+
+function setConnection(state) {
+  const badge = $("connection");
+  badge.dataset.state = state;
+  badge.textContent = state;
+  if (state === "disconnected") {
+    for (const name of Object.keys(panels)) setStatus(name, "stale", "the gateway cannot be reached");
+  }
+}
+
+// --- market -----------------------------------------------------------------
+
+function renderBook(envelope) {
+  const { bids, asks } = envelope.data;
+  $("asks").replaceChildren(...asks.slice(0, LEVELS).reverse().map(([p, q]) => row([p, q])));
+  $("bids").replaceChildren(...bids.slice(0, LEVELS).map(([p, q]) => row([p, q])));
+  const spread = bids.length && asks.length ? (Number(asks[0][0]) - Number(bids[0][0])).toPrecision(4) : "–";
+  $("spread-cell").textContent = `spread ${spread}`;
+  $("book-note").textContent = `seq ${envelope.seq}`;
+  if (envelope.stale) setStatus(envelope.channel, "stale", "no recent update");
+}
+
+function renderDepth(envelope) {
+  const points = (levels) => levels.map(([p, q]) => ({ time: Number(p), value: Number(q) }))
+    .sort((a, b) => a.time - b.time)
+    .filter((point, i, all) => i === 0 || point.time > all[i - 1].time);
+  bidsDepth.setData(points(envelope.data.bids));
+  asksDepth.setData(points(envelope.data.asks));
+}
+
+function addTrade(data, atTop) {
+  const tr = row([time(data.ts), data.price, data.quantity, data.side], data.side);
+  const body = $("trades").tBodies[0];
+  if (atTop) body.prepend(tr); else body.appendChild(tr);
+  while (body.rows.length > TAPE) body.deleteRow(body.rows.length - 1);
+}
+
+async function loadHistory(symbol, range) {
+  const trades = await getJSON(`/v1/trades/${symbol}?limit=${TAPE}&wait=0`);
+  $("trades").tBodies[0].replaceChildren();
+  if (trades.status === 200) trades.body.data.forEach((t) => addTrade(t, false));
+  const klines = await getJSON(`/v1/klines/${symbol}?range=${range}&limit=500&wait=0`);
+  candles.setData(klines.status === 200 ? klines.body.data.map(candle) : []);
+  await refreshStatuses();
+}
+
+// Every channel of the gateway, not only those this page follows.
+async function refreshStatuses() {
+  try {
+    const channels = await getJSON("/v1/channels");
+    if (channels.status !== 200) return;
+    for (const item of channels.body.channels) setStatus(item.channel, item.status, item.reason);
+  } catch (err) {
+    setConnection("disconnected");
+  }
+}
+
+function follow() {
+  const symbol = normalize($("symbol").value) || "BTC_USD";
+  $("symbol").value = symbol;
+  fillSelect($("step"), stepsFor(symbol), $("step").value || (stepsFor(symbol).includes("0.01") ? "0.01" : "0.00000001"));
+  fillSelect($("range"), RANGES, $("range").value || "1m");
+  const step = $("step").value;
+  const range = $("range").value;
+  panels = {
+    [`orderbook:${symbol}:${step}`]: $("book-panel"),
+    [`depth:${symbol}`]: $("depth-panel"),
+    [`trades:${symbol}`]: $("trade-panel"),
+    [`kline:${symbol}:${range}`]: $("candle-panel"),
+  };
+  for (const key of Object.keys(statuses)) delete statuses[key];
+  for (const name of Object.keys(panels)) setStatus(name, "connecting", null);
+  $("asks").replaceChildren();
+  $("bids").replaceChildren();
+  bidsDepth.setData([]);
+  asksDepth.setData([]);
+  if (market) market.close();
+  market = new EventSource(`/v1/stream?channels=${Object.keys(panels).join(",")}`);
+  market.onopen = () => { setConnection("live"); loadHistory(symbol, range); };
+  market.onerror = () => setConnection("disconnected");
+  market.addEventListener("orderbook", (e) => renderBook(JSON.parse(e.data)));
+  market.addEventListener("depth", (e) => renderDepth(JSON.parse(e.data)));
+  market.addEventListener("trade", (e) => addTrade(JSON.parse(e.data).data, true));
+  market.addEventListener("kline", (e) => {
+    try { candles.update(candle(JSON.parse(e.data).data)); } catch (err) { /* an older candle */ }
+  });
+  market.addEventListener("status", (e) => {
+    const s = JSON.parse(e.data);
+    setStatus(s.channel, s.status, s.reason);
+  });
+  market.addEventListener("reset", () => loadHistory(symbol, range));
+}
+
+// --- account ----------------------------------------------------------------
+
+function renderBalances(envelope) {
+  const rows = Object.entries(envelope.data.balances).map(([c, b]) => row([c, b.total, b.available]));
+  $("balances").tBodies[0].replaceChildren(...rows);
+}
+
+function addOrder(order) {
+  const body = $("orders").tBodies[0];
+  const existing = body.querySelector(`tr[data-order="${order.order_no}"]`);
+  const tr = row([order.order_no, order.symbol, order.side, order.price, order.remaining_quantity, order.state], order.side);
+  tr.dataset.order = order.order_no;
+  if (existing) existing.replaceWith(tr); else body.prepend(tr);
+  while (body.rows.length > 20) body.deleteRow(body.rows.length - 1);
+}
+
+function addFill(fill, atTop) {
+  const body = $("fills").tBodies[0];
+  const tr = row([fill.deal_no, fill.symbol, fill.side, fill.price, fill.quantity, fill.liquidity], fill.side);
+  if (atTop) body.prepend(tr); else body.appendChild(tr);
+  while (body.rows.length > 20) body.deleteRow(body.rows.length - 1);
+}
+
+async function followAccount() {
+  if (account) { account.close(); account = null; }
+  const token = $("token").value.trim();
+  sessionStorage.setItem("token", token);
+  const panel = $("private-panel");
+  if (!token) { panel.hidden = true; return; }
+  const auth = { Authorization: `Bearer ${token}` };
+  const orders = await getJSON("/v1/account/orders?wait=0", auth);
+  panel.hidden = false;
+  if (orders.status !== 200 && orders.status !== 503) {
+    $("private-note").textContent = orders.body ? orders.body.detail : `answer ${orders.status}`;
+    return;
+  }
+  $("private-note").textContent = "";
+  if (orders.status === 200) orders.body.data.slice().reverse().forEach(addOrder);
+  const fills = await getJSON("/v1/account/fills?limit=20&wait=0", auth);
+  if (fills.status === 200) fills.body.data.forEach((f) => addFill(f, false));
+  const assets = await getJSON("/v1/account/assets?wait=0", auth);
+  if (assets.status === 200) renderBalances(assets.body);
+  panels.assets = panel;
+  account = new EventSource(`/v1/stream?channels=assets,orders,fills&access_token=${encodeURIComponent(token)}`);
+  account.addEventListener("assets", (e) => renderBalances(JSON.parse(e.data)));
+  account.addEventListener("order", (e) => addOrder(JSON.parse(e.data).data));
+  account.addEventListener("fill", (e) => addFill(JSON.parse(e.data).data, true));
+  account.addEventListener("status", (e) => {
+    const s = JSON.parse(e.data);
+    setStatus(s.channel, s.status, s.reason);
+  });
+}
+
+$("symbol").addEventListener("change", () => { $("step").value = ""; follow(); });
+$("step").addEventListener("change", follow);
+$("range").addEventListener("change", follow);
+$("token").addEventListener("change", followAccount);
+$("token").value = sessionStorage.getItem("token") || new URLSearchParams(location.hash.slice(1)).get("token") || "";
+follow();
+followAccount();
+setInterval(refreshStatuses, 5000);
