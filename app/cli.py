@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import secrets
 import signal
 import socket
@@ -50,10 +51,18 @@ SHORT_FLAGS = {
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A port nothing listens on, below the ephemeral range (32768 and up on
+    Linux), so that no outgoing connection can take it before it is bound."""
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(20000, 32000)
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise OSError("no free port between 20000 and 32000")
 
 
 class GatewayServer(uvicorn.Server):

@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -32,11 +33,19 @@ ACCESS_KEY = "test-access-key"
 EMAIL = "tester@example.test"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on, below the ephemeral range (32768 and up on
+    Linux), so that no outgoing connection can take it before it is bound."""
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(20000, 32000)
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise OSError("no free port between 20000 and 32000")
 
 
 def md5hex(text: str) -> str:
