@@ -19,7 +19,7 @@ import itertools
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -69,6 +69,7 @@ class TradeWindow:
     order, newest first, is reversed here so that logs append in order)."""
 
     trades: tuple[Trade, ...]
+    raw: bytes = field(default=b"", compare=False)  # the push as received
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,9 +126,12 @@ def decode(channel: Channel, payload: bytes) -> Update | Rejection:
     if decoder is None:
         return Rejection(f"no decoder for {channel.kind.value}")
     try:
-        return decoder(channel, doc)
+        update = decoder(channel, doc)
     except _Bad as exc:
         return Rejection(str(exc))
+    if isinstance(update, TradeWindow):
+        return TradeWindow(update.trades, payload)
+    return update
 
 
 def _refuse_constant(name: str) -> Any:
@@ -201,12 +205,37 @@ def _choice(doc: dict[str, Any], key: str, mapping: dict[str, str]) -> str:
 
 def _levels(doc: dict[str, Any], key: str, price_key: str, *, descending: bool) -> list[list[str]]:
     """Price levels as ``[price, quantity]`` pairs, sorted best first."""
+    # The hot loop of ingest: checks inlined, one pass; _dec says what was wrong.
     levels = []
+    match = _DECIMAL_RE.match
     for entry in _list(doc, key):
-        item = _obj(entry, f"an entry of '{key}'")
-        levels.append([_dec(item, price_key), _dec(item, "quantity")])
-    levels.sort(key=lambda level: Decimal(level[0]), reverse=descending)
+        if type(entry) is not dict:
+            raise _Bad(f"an entry of '{key}' is not an object")
+        price, quantity = entry.get(price_key), entry.get("quantity")
+        if (
+            type(price) is not str
+            or type(quantity) is not str
+            or not match(price)
+            or not match(quantity)
+        ):
+            levels.append([_dec(entry, price_key), _dec(entry, "quantity")])  # raises
+        levels.append([str(price), str(quantity)])
+    prices = [Decimal(level[0]) for level in levels]
+    ordered = (
+        all(a > b for a, b in itertools.pairwise(prices))
+        if descending
+        else all(a < b for a, b in itertools.pairwise(prices))
+    )
+    if not ordered:  # the exchange sends them best first; sort only if it did not
+        levels = [
+            level
+            for _, level in sorted(zip(prices, levels, strict=True), key=_first, reverse=descending)
+        ]
     return levels
+
+
+def _first(pair: tuple[Decimal, list[str]]) -> Decimal:
+    return pair[0]
 
 
 # --- one decoder per channel kind -------------------------------------------

@@ -18,6 +18,7 @@ otherwise it is told to reset.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -92,6 +93,12 @@ class Subscription:
         self.wake = asyncio.Event()
         self.overflowed = False
         self.closed = False
+        # Kept by the stream that sends, read by Fanout.tick: no timer per event.
+        self.heartbeat_due = False
+        self.last_sent = time.monotonic()
+        self.sending_since: float | None = None
+        self.sender: asyncio.Task[None] | None = None
+        self.stalled = False
 
     def offer(self, event: Event) -> None:
         if self.overflowed:
@@ -113,16 +120,12 @@ class Subscription:
         self.wake.clear()
         return events
 
-    async def wait(self, timeout: float) -> bool:
-        """Wait until something is pending; False when ``timeout`` passed first."""
-        if self.pending or self.overflowed or self.closed:
-            return True
-        try:
-            async with asyncio.timeout(timeout):
-                await self.wake.wait()
-        except TimeoutError:
-            return False
-        return True
+    async def wait(self) -> None:
+        """Wait until something is pending, the stream is closed, or a
+        heartbeat is due (see :meth:`Fanout.tick`)."""
+        if not (self.pending or self.overflowed or self.closed or self.heartbeat_due):
+            self.wake.clear()
+            await self.wake.wait()
 
     def close(self) -> None:
         self.closed = True
@@ -134,12 +137,15 @@ class Fanout:
 
     def __init__(self) -> None:
         self.by_channel: dict[str, set[Subscription]] = {}
+        self.everyone: set[Subscription] = set()
 
     def add(self, subscription: Subscription) -> None:
+        self.everyone.add(subscription)
         for name in subscription.channels:
             self.by_channel.setdefault(name, set()).add(subscription)
 
     def remove(self, subscription: Subscription) -> None:
+        self.everyone.discard(subscription)
         for name in subscription.channels:
             subscribers = self.by_channel.get(name)
             if subscribers is not None:
@@ -155,6 +161,23 @@ class Fanout:
             subscription.offer(event)
 
     def close_all(self) -> None:
-        for subscribers in self.by_channel.values():
-            for subscription in subscribers:
-                subscription.close()
+        for subscription in list(self.everyone):
+            subscription.close()
+
+    def tick(self, now: float, heartbeat_s: float, send_timeout_s: float) -> int:
+        """Run about once a second: asks for a heartbeat on streams idle for
+        ``heartbeat_s``, and cancels the sender of a stream whose send has been
+        blocked for ``send_timeout_s`` (a client that stopped reading). Returns
+        how many were cancelled."""
+        cancelled = 0
+        for subscription in list(self.everyone):
+            since = subscription.sending_since
+            if since is not None and now - since > send_timeout_s:
+                if subscription.sender is not None and not subscription.sender.done():
+                    subscription.stalled = True
+                    subscription.sender.cancel()
+                    cancelled += 1
+            elif since is None and now - subscription.last_sent >= heartbeat_s:
+                subscription.heartbeat_due = True
+                subscription.wake.set()
+        return cancelled

@@ -63,6 +63,7 @@ class Gateway:
         self.streams_by_client: Counter[str] = Counter()
         self.overflow_closes = 0
         self.events_sent = 0
+        self.stalled_closes = 0
         self.started_ms = self.now()
         self._monitor_task: asyncio.Task[None] | None = None
 
@@ -120,6 +121,10 @@ class Gateway:
         while True:
             await asyncio.sleep(MONITOR_INTERVAL_S)
             try:
+                settings = self.settings
+                self.stalled_closes += self.hub.tick_streams(
+                    time.monotonic(), settings.gateway_heartbeat_s, settings.gateway_send_timeout_s
+                )
                 await self.registry.release_idle()
                 self._check_statuses()
             except Exception:  # the monitor must outlive any one fault

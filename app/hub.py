@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from app.channels import Channel
+from app.channels import Channel, Kind
 from app.decode import Rejection, decode
 from app.fanout import Cursor, Fanout, ReplayBuffer, Subscription
 from app.store import ChannelState, Event, Store
@@ -56,6 +56,7 @@ class Hub(Protocol):
     def close_stream(self, subscription: Subscription) -> None: ...
     def subscribers(self, channel: Channel) -> int: ...
     def close_all_streams(self) -> None: ...
+    def tick_streams(self, now: float, heartbeat_s: float, send_timeout_s: float) -> int: ...
 
 
 class LocalHub:
@@ -74,6 +75,8 @@ class LocalHub:
         """Decode one upstream message of ``channel`` and deliver what it makes.
         A rejected payload is counted; its reason is returned the first time it
         is seen on the channel, for the caller to log once."""
+        if channel.kind is Kind.TRADES and self.store.same_window(channel, payload, received_ts):
+            return None  # the exchange repeats its window every push: nothing new, still fresh
         update = decode(channel, payload)
         if isinstance(update, Rejection):
             return update.reason if self.store.reject(channel, update.reason) else None
@@ -176,3 +179,6 @@ class LocalHub:
 
     def close_all_streams(self) -> None:
         self.fanout.close_all()
+
+    def tick_streams(self, now: float, heartbeat_s: float, send_timeout_s: float) -> int:
+        return self.fanout.tick(now, heartbeat_s, send_timeout_s)

@@ -81,6 +81,8 @@ class ChannelState:
     deals_seen: OrderedDict[str, None] = field(default_factory=OrderedDict)
     # Pushes that changed nothing: duplicates, and states older than the one held.
     superseded: int = 0
+    # The last accepted trade push, as received (a repeat of it is nothing new).
+    last_payload: bytes = b""
 
     @property
     def has_data(self) -> bool:
@@ -128,6 +130,16 @@ class Store:
     def drop(self, channel: Channel) -> None:
         """Forget a channel released upstream: its state would only grow stale."""
         self.channels.pop(channel.name, None)
+
+    def same_window(self, channel: Channel, payload: bytes, received_ts: int) -> bool:
+        """True (and the channel counted fresh) when a trade push is the same
+        bytes as the last accepted one: it holds no new trade."""
+        state = self.state(channel)
+        if state.last_payload != payload or not state.has_data:
+            return False
+        state.messages += 1
+        self._touch(state, None, received_ts)
+        return True
 
     def reject(self, channel: Channel, reason: str) -> bool:
         """Count a rejected payload; True the first time this reason is seen on
@@ -203,6 +215,7 @@ class Store:
     ) -> list[Event]:
         assert state.trades is not None
         fresh = state.trades.apply(update.trades)
+        state.last_payload = update.raw
         events = []
         for trade in fresh:
             item = dumps(trade.to_data())

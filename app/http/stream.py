@@ -9,23 +9,21 @@ else was sent for the heartbeat interval.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-import anyio
-from fastapi import APIRouter, Query, Request
-from sse_starlette import EventSourceResponse
+from fastapi import APIRouter, Query, Request, Response
 
 from app.channels import Channel, parse_channel_list
 from app.errors import TooMany
-from app.fanout import Subscription
 from app.gateway import Gateway
 from app.http import schemas
+from app.http.eventstream import EventStreamResponse
 from app.http.rest import GatewayDep, private_access, tokens_of
+from app.hub import Opening
 
 router = APIRouter()
 log = logging.getLogger("coinsuper_gateway.stream")
@@ -46,7 +44,7 @@ missed event once, in order); a `: heartbeat` comment is sent when idle."""
 @router.get(
     "/v1/stream",
     tags=["streams"],
-    response_class=EventSourceResponse,
+    response_class=Response,
     responses={
         200: {
             "description": STREAM_DESCRIPTION,
@@ -65,7 +63,7 @@ async def stream(
     access_token: Annotated[
         str | None, Query(description="bearer token, for clients that cannot set headers")
     ] = None,
-) -> EventSourceResponse:
+) -> EventStreamResponse:
     """Follow channels as Server-Sent Events (see API.md for events and ids)."""
     settings = gateway.settings
     wanted = parse_channel_list(channels or "", cap=settings.gateway_max_channels_per_stream)
@@ -90,17 +88,10 @@ async def stream(
         if not channel.is_private:
             gateway.registry.demand(channel)
     resume_from = request.headers.get("last-event-id") or last_event_id
-    shutdown = anyio.Event()
-    return EventSourceResponse(
-        _events(gateway, wanted, resume_from, client, shutdown),
-        ping=0,  # heartbeats are sent by _events, only when the stream is idle
-        headers={"Cache-Control": "no-cache"},
-        # A client that stops reading blocks its own sends only; past this it is closed.
-        send_timeout=settings.gateway_send_timeout_s,
-        # On SIGTERM the stream ends itself, so that the response is completed.
-        shutdown_event=shutdown,
-        shutdown_grace_period=2,
-    )
+    # Registered now, and released by the body's finally, which is sure to run
+    # (the response closes the body however the stream ends).
+    opening = gateway.hub.open_stream(wanted, resume_from, settings.gateway_client_buffer)
+    return EventStreamResponse(_events(gateway, wanted, opening, client), opening.subscription)
 
 
 def _client_key(request: Request) -> str:
@@ -111,23 +102,11 @@ def _client_key(request: Request) -> str:
     return "address:" + (request.client.host if request.client else "unknown")
 
 
-async def _close_on(shutdown: anyio.Event, subscription: Subscription) -> None:
-    await shutdown.wait()
-    subscription.close()
-
-
 async def _events(
-    gateway: Gateway,
-    channels: list[Channel],
-    resume_from: str | None,
-    client: str,
-    shutdown: anyio.Event,
+    gateway: Gateway, channels: list[Channel], opening: Opening, client: str
 ) -> AsyncIterator[bytes]:
     settings = gateway.settings
-    # Registered here, where the finally below is sure to run, not in the route.
-    opening = gateway.hub.open_stream(channels, resume_from, settings.gateway_client_buffer)
     subscription = opening.subscription
-    watcher = asyncio.create_task(_close_on(shutdown, subscription))
     gateway.open_streams += 1
     gateway.streams_by_client[client] += 1
     try:
@@ -143,7 +122,7 @@ async def _events(
         gateway.events_sent += len(opening.backlog)
         yield b"".join(first)
         while True:
-            woken = await subscription.wait(settings.gateway_heartbeat_s)
+            await subscription.wait()
             if subscription.overflowed:
                 gateway.overflow_closes += 1
                 log.info(
@@ -155,15 +134,14 @@ async def _events(
                 return
             if subscription.closed:
                 return
-            if not woken:
-                yield HEARTBEAT
-                continue
             events = subscription.take()
             if events:
                 gateway.events_sent += len(events)
                 yield b"".join(event.frame for event in events)
+            elif subscription.heartbeat_due:
+                yield HEARTBEAT
+            subscription.heartbeat_due = False
     finally:
-        watcher.cancel()
         gateway.hub.close_stream(subscription)
         gateway.open_streams -= 1
         gateway.streams_by_client[client] -= 1

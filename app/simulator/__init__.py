@@ -10,6 +10,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from functools import partial
 
 from amqtt.broker import Broker
@@ -18,7 +19,7 @@ from app.channels import KLINE_RANGES, TopicTemplates
 from app.recording import Recorder
 from app.simulator.account import DemoTrader, PrivateFaults
 from app.simulator.broker import BrokerPorts, DemoAccount, make_broker
-from app.simulator.market import Market
+from app.simulator.market import DEFAULT_SYMBOLS, Market, SymbolSpec
 
 log = logging.getLogger("coinsuper_gateway.simulator")
 
@@ -55,12 +56,19 @@ class Simulator:
         private_faults: float = 0.0,
         skew_s: float = 60.0,
         recorder: Recorder | None = None,
+        extra_symbols: int = 0,
+        book_interval: float | None = None,
     ) -> None:
         self.ports = ports or BrokerPorts()
         self.account = account or DemoAccount()
         self.env = env
         self.templates = templates or TopicTemplates()
-        self.market = Market(seed=seed)
+        extra = tuple(
+            SymbolSpec(f"SIM{i:02d}_USD", Decimal(100 + 10 * i), 2) for i in range(extra_symbols)
+        )
+        self.market = Market(DEFAULT_SYMBOLS + extra, seed=seed)
+        # Order books pushed every this many seconds exactly (benchmarks), else every 1–2 s.
+        self.book_interval = book_interval
         self.trade_rate = trade_rate
         self.speed = speed
         self.rng = random.Random(seed)
@@ -105,7 +113,7 @@ class Simulator:
                     Schedule(
                         self._topic(t.orderbook, symbol=symbol, step=step),
                         partial(market.orderbook, symbol, step),
-                        every_1_to_2,
+                        (self.book_interval,) * 2 if self.book_interval else every_1_to_2,
                     )
                 )
             for range_ms in KLINE_RANGES.values():

@@ -1,0 +1,97 @@
+"""What the benchmarks share: the machine line, process CPU and memory, and
+starting the simulator and the gateway as processes of their own."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from app.cli import free_port  # noqa: E402
+
+__all__ = ["REPO", "ProcessStats", "free_port", "machine", "start_gateway", "start_simulator", "wait_until"]
+
+
+def machine() -> str:
+    cpu = "unknown cpu"
+    with open("/proc/cpuinfo") as handle:
+        for line in handle:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (
+        f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB, Python {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}"
+    )
+
+
+class ProcessStats:
+    """CPU seconds and resident memory of one process, from /proc."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.ticks = os.sysconf("SC_CLK_TCK")
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / self.ticks
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+
+def wait_until(check: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():  # type: ignore[operator]
+                return
+        except (httpx.HTTPError, OSError, KeyError, ValueError):
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def start_simulator(extra_symbols: int = 0, book_interval: float | None = None) -> tuple[subprocess.Popen[bytes], int]:
+    tcp, ws = free_port(), free_port()
+    args = [sys.executable, "-m", "app", "simulate", "--tcp-port", str(tcp), "--ws-port", str(ws), "--seed", "1",
+            "--extra-symbols", str(extra_symbols)]
+    if book_interval:
+        args += ["--book-interval", str(book_interval)]
+    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return process, tcp
+
+
+def start_gateway(broker_port: int, channels: list[str], **env: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    full_env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("COINSUPER_", "GATEWAY_"))},
+        "COINSUPER_URL": f"mqtt://127.0.0.1:{broker_port}",
+        "COINSUPER_ACCESS_KEY": "demo-access-key",
+        "COINSUPER_EMAIL": "demouser@demo.domain",
+        "COINSUPER_SUBSCRIBE": ",".join(channels),
+        "GATEWAY_PORT": str(port),
+        "GATEWAY_LOG_LEVEL": "warning",
+        "GATEWAY_MAX_STREAMS": "50000",
+        "GATEWAY_MAX_STREAMS_PER_CLIENT": "50000",
+        "GATEWAY_MAX_UPSTREAM": "1000",
+        **env,
+    }
+    process = subprocess.Popen([sys.executable, "-m", "app", "serve"], cwd=REPO, env=full_env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    wait_until(lambda: all(c["status"] == "live" for c in httpx.get(base + "/v1/channels").json()["channels"])
+               and len(httpx.get(base + "/v1/channels").json()["channels"]) == len(channels), 60, "channels live")
+    return process, base

@@ -1,0 +1,192 @@
+"""Fan-out: N SSE clients spread over C order-book channels pushed every I
+seconds, against the gateway, or against nginx + nchan fed the same events.
+
+    .venv/bin/python bench/fanout.py --clients 10000 --channels 20 --interval 0.5 --seconds 30
+    .venv/bin/python bench/fanout.py --target nchan ...   # the reference
+
+The simulator publishes the books (stamped with the publish time), the gateway
+follows them, and bench/loadgen.py (a process of its own) opens the clients and
+reports deliveries, lag from publish to receipt, and clients that ended early.
+This driver samples the server's CPU and resident memory (before the clients,
+after they connected, during the measured window) and prints the figures with
+the machine they ran on. For nchan, a bridge reads the gateway's stream of the
+same channels and publishes each event, as is, to nchan's publisher location;
+the clients then read nchan, so its lag includes the bridge's hop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from common import REPO, ProcessStats, free_port, machine, start_gateway, start_simulator, wait_until
+
+NCHAN_CONF = """
+load_module /usr/lib/nginx/modules/ngx_nchan_module.so;
+worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+worker_rlimit_nofile 60000;
+events {{ worker_connections 50000; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir};
+  proxy_temp_path {dir};
+  fastcgi_temp_path {dir};
+  uwsgi_temp_path {dir};
+  scgi_temp_path {dir};
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    location ~ ^/pub/(\\w+)$ {{ nchan_publisher; nchan_channel_id $1; nchan_message_buffer_length 20; }}
+    location ~ ^/sub/(\\w+)$ {{ nchan_subscriber eventsource; nchan_channel_id $1; }}
+  }}
+}}
+"""
+
+
+def nchan_id(channel: str) -> str:
+    return channel.replace(":", "_").replace(".", "_")
+
+
+def start_nchan(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path("/usr/lib/nginx/modules/ngx_nchan_module.so").exists():
+        raise SystemExit("nchan is not installed: apt-get install nginx libnginx-mod-nchan")
+    port = free_port()
+    conf = workdir / "nginx.conf"
+    conf.write_text(NCHAN_CONF.format(dir=workdir, port=port))
+    process = subprocess.Popen([nginx, "-c", str(conf), "-p", str(workdir)], stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    wait_until(lambda: httpx.post(base + "/pub/probe", content=b"x").status_code in (200, 201, 202), 10, "nginx")
+    return process, base
+
+
+def nchan_worker(master: subprocess.Popen[bytes]) -> int:
+    children = Path(f"/proc/{master.pid}/task/{master.pid}/children").read_text().split()
+    return int(children[0]) if children else master.pid
+
+
+def bridge(gateway: str, nchan: str, channels: list[str], stop: threading.Event) -> None:
+    """Reads the gateway's stream of every channel; publishes each event's data to nchan."""
+
+    async def run() -> None:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(10, read=None)) as http:
+            url = f"{gateway}/v1/stream?channels={','.join(channels)}"
+            async with http.stream("GET", url) as response:
+                event: dict[str, str] = {}
+                async for line in response.aiter_lines():
+                    if stop.is_set():
+                        return
+                    if line:
+                        key, _, value = line.partition(":")
+                        event[key] = value.removeprefix(" ")
+                        continue
+                    if event.get("event") == "orderbook":
+                        channel = json.loads(event["data"])["channel"]
+                        await http.post(f"{nchan}/pub/{nchan_id(channel)}", content=event["data"].encode())
+                    event = {}
+
+    asyncio.run(run())
+
+
+def run_loadgen(base: str, path: str, channels: list[str], args: argparse.Namespace,
+                server: ProcessStats) -> dict[str, Any]:
+    command = [sys.executable, str(REPO / "bench" / "loadgen.py"), "--url", base, "--path", path,
+               "--channels", ",".join(channels), "--clients", str(args.clients),
+               "--seconds", str(args.seconds), "--warmup", str(args.warmup)]
+    rss_before = server.rss_kib()
+    loadgen = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    assert loadgen.stdout is not None
+    connected = json.loads(loadgen.stdout.readline())
+    time.sleep(2)
+    rss_connected = server.rss_kib()
+    time.sleep(max(0.0, args.warmup - 2))
+    cpu_start, wall_start = server.cpu_seconds(), time.monotonic()
+    result: dict[str, Any] = json.loads(loadgen.stdout.readline())
+    cpu = server.cpu_seconds() - cpu_start
+    wall = time.monotonic() - wall_start
+    loadgen.wait(30)
+    result.update(
+        connected_at_start=connected["clients"],
+        rss_before_kib=rss_before,
+        rss_connected_kib=rss_connected,
+        kib_per_client=round((rss_connected - rss_before) / max(1, connected["clients"]), 1),
+        server_cpu_share=round(cpu / wall, 2),
+        deliveries_per_core_second=round(result["events_per_second"] / max(cpu / wall, 0.01)),
+    )
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--target", choices=["gateway", "nchan"], default="gateway")
+    parser.add_argument("--clients", type=int, default=10000)
+    parser.add_argument("--channels", type=int, default=20)
+    parser.add_argument("--interval", type=float, default=0.5, help="seconds between pushes of each book")
+    parser.add_argument("--seconds", type=float, default=30, help="measured window")
+    parser.add_argument("--warmup", type=float, default=8)
+    args = parser.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    channels = [f"orderbook:SIM{i:02d}_USD:0.01" for i in range(args.channels)]
+    simulator, broker_port = start_simulator(extra_symbols=args.channels, book_interval=args.interval)
+    processes: list[subprocess.Popen[bytes]] = [simulator]
+    stop = threading.Event()
+    try:
+        gateway, base = start_gateway(broker_port, channels)
+        processes.append(gateway)
+        if args.target == "gateway":
+            server = ProcessStats(gateway.pid)
+            result = run_loadgen(base, "/v1/stream?channels={channel}", channels, args, server)
+            final = {c["channel"]: c["seq"] for c in httpx.get(base + "/v1/channels").json()["channels"]}
+        else:
+            workdir = Path(tempfile.mkdtemp(prefix="nchan-"))
+            nginx, nchan_base = start_nchan(workdir)
+            processes.append(nginx)
+            feeder = threading.Thread(target=bridge, args=(base, nchan_base, channels, stop), daemon=True)
+            feeder.start()
+            server = ProcessStats(nchan_worker(nginx))
+            ids = [nchan_id(c) for c in channels]
+            result = run_loadgen(nchan_base, "/sub/{channel}", ids, args, server)
+            final = {}
+        print(f"machine: {machine()}")
+        print(f"fan-out against {args.target}: {args.clients} clients over {args.channels} order books "
+              f"pushed every {args.interval} s; measured {result['measured_seconds']} s")
+        print(f"  connected: {result['connected_at_start']} (in {result['connect_seconds']} s); "
+              f"ended early: {result['ended_early']}")
+        print(f"  memory: {result['rss_before_kib']} KiB before clients, {result['rss_connected_kib']} KiB "
+              f"connected: {result['kib_per_client']} KiB per client")
+        print(f"  deliveries: {result['events_per_second']}/s with the server at {result['server_cpu_share']} "
+              f"of a core: {result['deliveries_per_core_second']} per core-second")
+        print(f"  lag publish→receipt: p50 {result['lag_ms']['p50']} ms, p99 {result['lag_ms']['p99']} ms, "
+              f"max {result['lag_ms']['max']} ms")
+        if final:
+            behind = {ch: final.get(ch, 0) - low for ch, (low, _high) in result["last_seq"].items()}
+            print(f"  every client's last book vs the channel's at the end: at most {max(behind.values())} behind")
+        print(json.dumps(result))
+    finally:
+        stop.set()
+        for process in reversed(processes):
+            process.terminate()
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

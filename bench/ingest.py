@@ -1,0 +1,77 @@
+"""Ingest throughput: upstream messages per second through decoding, the store,
+the replay buffer and the fan-out, in this process, with no stream and with
+many (subscriptions whose buffers are filled, as a stream's would be).
+
+    .venv/bin/python bench/ingest.py --messages 50000 --subscribers 0,1000,10000
+
+The messages are the simulator's own payloads (books, depth charts, trade
+windows, candles), taken from a run of its market, fed in a loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+
+from common import machine
+
+from app.channels import parse_channel
+from app.fanout import Subscription
+from app.gateway import Gateway
+from app.config import load_settings
+from app.simulator.market import Market
+
+
+def payloads(count: int) -> list[tuple[str, bytes]]:
+    market = Market(seed=3)
+    now = 1_800_000_000_000
+    out: list[tuple[str, bytes]] = []
+    rng = random.Random(3)
+    while len(out) < count:
+        now += 100
+        market.tick(now, 5.0, 0.1)
+        kind = rng.choice(["book", "book", "trades", "depth", "kline"])
+        if kind == "book":
+            out.append(("orderbook:BTC_USD:0.01", market.orderbook("BTC_USD", "0.01", now)))
+        elif kind == "trades":
+            out.append(("trades:BTC_USD", market.tickers("BTC_USD")))
+        elif kind == "depth":
+            out.append(("depth:BTC_USD", market.depth("BTC_USD")))
+        else:
+            out.append(("kline:BTC_USD:1m", market.kline("BTC_USD", 60_000, now)))
+    return out
+
+
+def run(messages: list[tuple[str, bytes]], subscribers: int) -> tuple[float, int]:
+    gateway = Gateway(load_settings(gateway_replay_events=100_000))
+    hub = gateway.hub
+    channels = {name: parse_channel(name) for name, _ in messages}
+    names = list(channels)
+    for i in range(subscribers):
+        subscription = Subscription({names[i % len(names)]}, capacity=1_000_000)
+        hub.fanout.add(subscription)
+    started = time.perf_counter()
+    now = 1_800_000_000_000
+    for index, (name, payload) in enumerate(messages):
+        hub.ingest(channels[name], payload, now + index)
+    elapsed = time.perf_counter() - started
+    return len(messages) / elapsed, hub.store.seq
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=50_000)
+    parser.add_argument("--subscribers", default="0,1000,10000", help="comma-separated counts to try")
+    args = parser.parse_args()
+    messages = payloads(args.messages)
+    print(f"machine: {machine()}")
+    for count in (int(c) for c in args.subscribers.split(",")):
+        rate, events = run(messages, count)
+        print(f"ingest with {count} subscriptions: {rate:,.0f} messages/s on one core ({events} events made)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
