@@ -9,6 +9,7 @@ it as a ``400`` problem without knowing the rules itself.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -79,6 +80,7 @@ FIAT_QUOTES = frozenset({"USD", "EUR", "GBP", "JPY", "KRW", "CNY", "HKD", "AUD",
 _SYMBOL_RE = re.compile(r"^([A-Za-z0-9]{2,12})[_/\-]([A-Za-z0-9]{2,12})$")
 
 
+@functools.lru_cache(maxsize=4096)  # pure, and on every request's path
 def normalize_symbol(text: str) -> str:
     """Return the topic form ``BTC_USD`` of any accepted spelling of a symbol."""
     match = _SYMBOL_RE.match(text.strip())
@@ -102,6 +104,7 @@ def steps_for(symbol: str) -> tuple[str, ...]:
     return FIAT_STEPS if quote in FIAT_QUOTES else CRYPTO_STEPS
 
 
+@functools.lru_cache(maxsize=4096)
 def normalize_step(symbol: str, text: str) -> str:
     """Return the exchange's own spelling of a step given by value (``1``, ``0.10``)."""
     allowed = steps_for(symbol)
@@ -119,6 +122,7 @@ def normalize_step(symbol: str, text: str) -> str:
     )
 
 
+@functools.lru_cache(maxsize=1024)
 def normalize_range(text: str) -> str:
     """Return the candle range label for a label or a length in milliseconds."""
     text = text.strip()
