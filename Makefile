@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 DEBIAN_PACKAGES := mosquitto chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo serve test lint format openapi system-deps clean
+.PHONY: demo serve test lint format openapi system-deps bench bench-deps clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,16 @@ format: $(STAMP)
 
 test: system-deps $(STAMP) lint  ## install what the tests need, then run them
 	$(BIN)/pytest -q
+
+bench-deps:  ## Debian packages the benchmarks need: wrk, nginx with nchan (the reference)
+	@missing=""; for p in wrk nginx libnginx-mod-nchan; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
+
+bench: bench-deps $(STAMP)  ## every benchmark, with the figures of the README's table (several minutes)
+	cd bench && ../$(BIN)/python ingest.py
+	cd bench && ../$(BIN)/python rest.py
+	cd bench && ../$(BIN)/python fanout.py --clients 10000 --channels 20 --interval 0.5
+	cd bench && ../$(BIN)/python fanout.py --target nchan --clients 10000 --channels 20 --interval 0.5
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
