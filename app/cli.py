@@ -106,6 +106,8 @@ async def _serve(settings: Settings, gateway: Gateway | None = None) -> None:
         log_config=None,
         access_log=True,
         timeout_graceful_shutdown=5,
+        ws_ping_interval=settings.gateway_heartbeat_s,  # WebSocket heartbeats
+        ws_ping_timeout=settings.gateway_heartbeat_s,
     )
     await GatewayServer(config, app.state.gateway.hub.close_all_streams).serve()
 

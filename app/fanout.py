@@ -144,6 +144,19 @@ class Fanout:
         for name in subscription.channels:
             self.by_channel.setdefault(name, set()).add(subscription)
 
+    def retarget(self, subscription: Subscription, channels: frozenset[str]) -> None:
+        """Make a subscription follow exactly ``channels`` (registering it)."""
+        for name in subscription.channels - channels:
+            subscribers = self.by_channel.get(name)
+            if subscribers is not None:
+                subscribers.discard(subscription)
+                if not subscribers:
+                    del self.by_channel[name]
+        for name in channels - subscription.channels:
+            self.by_channel.setdefault(name, set()).add(subscription)
+        subscription.channels = channels
+        self.everyone.add(subscription)
+
     def remove(self, subscription: Subscription) -> None:
         self.everyone.discard(subscription)
         for name in subscription.channels:

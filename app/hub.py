@@ -17,7 +17,7 @@ from typing import Protocol
 from app.channels import Channel, Kind
 from app.decode import Rejection, decode
 from app.fanout import Cursor, Fanout, ReplayBuffer, Subscription
-from app.store import ChannelState, Event, Store
+from app.store import ChannelState, Event, Store, restamped
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +28,7 @@ class Opening:
     subscription: Subscription
     backlog: list[Event]
     reset: bool
+    position: str  # the id of the newest event when the stream opened: the client's cursor
 
 
 class Hub(Protocol):
@@ -53,7 +54,17 @@ class Hub(Protocol):
     def open_stream(
         self, channels: Iterable[Channel], last_event_id: str | None, buffer: int
     ) -> Opening: ...
+    def extend_stream(
+        self,
+        subscription: Subscription,
+        channels: Iterable[Channel],
+        last_event_id: str | None,
+        *,
+        restamp: bool = False,
+    ) -> tuple[list[Event], bool]: ...
+    def shrink_stream(self, subscription: Subscription, channels: Iterable[Channel]) -> None: ...
     def close_stream(self, subscription: Subscription) -> None: ...
+    def position(self) -> str: ...
     def subscribers(self, channel: Channel) -> int: ...
     def close_all_streams(self) -> None: ...
     def tick_streams(self, now: float, heartbeat_s: float, send_timeout_s: float) -> int: ...
@@ -149,9 +160,29 @@ class LocalHub:
     ) -> Opening:
         """Register a stream and say what it starts with. Synchronous, so that
         no event can fall between the backlog and the live subscription."""
-        channel_list = list(channels)
+        subscription = Subscription((), buffer)
+        backlog, reset = self.extend_stream(subscription, channels, last_event_id)
+        return Opening(subscription, backlog, reset, self.position())
+
+    def position(self) -> str:
+        """The id of the newest event: a stream that has its backlog stands here."""
+        return f"{self.epoch}-{self.store.seq}"
+
+    def extend_stream(
+        self,
+        subscription: Subscription,
+        channels: Iterable[Channel],
+        last_event_id: str | None,
+        *,
+        restamp: bool = False,
+    ) -> tuple[list[Event], bool]:
+        """Add channels to a stream; returns what to send first for them (the
+        missed events after ``last_event_id``, else their current snapshots)
+        and whether the id could not be resumed. With ``restamp`` the
+        snapshots carry the current sequence number as their id, so that ids
+        on a stream that already runs never go back."""
+        channel_list = [c for c in channels if c.name not in subscription.channels]
         names = frozenset(channel.name for channel in channel_list)
-        subscription = Subscription(names, buffer)
         cursor = Cursor.parse(last_event_id) if last_event_id else None
         backlog: list[Event] | None = None
         if cursor is not None and cursor.epoch == self.epoch and cursor.seq <= self.store.seq:
@@ -159,8 +190,18 @@ class LocalHub:
         reset = last_event_id is not None and backlog is None
         if backlog is None:
             backlog = self._current_snapshots(channel_list)
-        self.fanout.add(subscription)
-        return Opening(subscription, backlog, reset)
+            if restamp:
+                backlog = [restamped(event, self.epoch, self.store.seq) for event in backlog]
+        self.fanout.retarget(subscription, subscription.channels | names)
+        return backlog, reset
+
+    def shrink_stream(self, subscription: Subscription, channels: Iterable[Channel]) -> None:
+        """Stop a stream's channels; what was pending for them is dropped."""
+        names = frozenset(channel.name for channel in channels)
+        self.fanout.retarget(subscription, subscription.channels - names)
+        for key, event in list(subscription.pending.items()):
+            if event.channel in names:
+                del subscription.pending[key]
 
     def _current_snapshots(self, channels: list[Channel]) -> list[Event]:
         events = []

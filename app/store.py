@@ -41,6 +41,7 @@ class Event:
     frame: bytes  # the whole SSE frame: id, event and data lines
     conflatable: bool  # a later event of the same channel and name supersedes it
     received_ts: int
+    message: str  # the WebSocket text frame: {"id", "event", "data"}
 
     @property
     def key(self) -> tuple[str, str]:
@@ -49,6 +50,25 @@ class Event:
 
 def sse_frame(event_id: str, name: str, data: bytes) -> bytes:
     return b"id: " + event_id.encode() + b"\nevent: " + name.encode() + b"\ndata: " + data + b"\n\n"
+
+
+def ws_message(event_id: str, name: str, data: bytes) -> str:
+    return f'{{"id":"{event_id}","event":"{name}","data":{data.decode()}}}'
+
+
+def restamped(event: Event, epoch: str, seq: int) -> Event:
+    """The same event under another id: a snapshot sent as the state at ``seq``."""
+    event_id = f"{epoch}-{seq}"
+    return Event(
+        seq,
+        event.channel,
+        event.name,
+        event.data,
+        sse_frame(event_id, event.name, event.data),
+        event.conflatable,
+        event.received_ts,
+        ws_message(event_id, event.name, event.data),
+    )
 
 
 @dataclass(slots=True)
@@ -172,7 +192,14 @@ class Store:
         self.seq += 1
         event_id = f"{self.epoch}-{self.seq}"
         return Event(
-            self.seq, channel, name, data, sse_frame(event_id, name, data), conflatable, received_ts
+            self.seq,
+            channel,
+            name,
+            data,
+            sse_frame(event_id, name, data),
+            conflatable,
+            received_ts,
+            ws_message(event_id, name, data),
         )
 
     def _envelope(self, state: ChannelState) -> bytes:

@@ -30,8 +30,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-
-from common import REPO, ProcessStats, free_port, machine, start_gateway, start_simulator, wait_until
+from common import (
+    REPO,
+    ProcessStats,
+    free_port,
+    machine,
+    start_gateway,
+    start_simulator,
+    wait_until,
+)
 
 NCHAN_CONF = """
 load_module /usr/lib/nginx/modules/ngx_nchan_module.so;

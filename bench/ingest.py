@@ -18,9 +18,9 @@ import time
 from common import machine
 
 from app.channels import parse_channel
+from app.config import load_settings
 from app.fanout import Subscription
 from app.gateway import Gateway
-from app.config import load_settings
 from app.simulator.market import Market
 
 

@@ -26,7 +26,7 @@ EVENT = re.compile(rb'"seq":(\d+),"exchange_ts":(\d+)')
 
 
 class Client:
-    __slots__ = ("channel", "ended", "events", "last_seq", "connected")
+    __slots__ = ("channel", "connected", "ended", "events", "last_seq")
 
     def __init__(self, channel: str) -> None:
         self.channel = channel

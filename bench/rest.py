@@ -17,7 +17,6 @@ import subprocess
 import sys
 
 import httpx
-
 from common import machine, start_gateway, start_simulator, wait_until
 
 

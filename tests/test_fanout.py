@@ -8,7 +8,7 @@ from app.store import Event
 
 def event(seq: int, channel: str = "trades:BTC_USD", conflatable: bool = False, ts: int = 0) -> Event:
     name = "orderbook" if conflatable else "trade"
-    return Event(seq, channel, name, b"{}", f"id: e-{seq}\n\n".encode(), conflatable, ts)
+    return Event(seq, channel, name, b"{}", f"id: e-{seq}\n\n".encode(), conflatable, ts, "")
 
 
 def test_cursor_parse() -> None:
@@ -70,8 +70,46 @@ def test_replay_knows_when_it_cannot() -> None:
     assert aged.since(0, frozenset({"trades:BTC_USD"})) is None
 
 
-async def test_wait_wakes_on_offer_and_times_out() -> None:
+async def test_wait_wakes_on_offer_and_tick_asks_for_heartbeats() -> None:
     sub = Subscription({"trades:BTC_USD"}, 10)
-    assert await sub.wait(0.01) is False
+    fanout = Fanout()
+    fanout.add(sub)
+    try:
+        await asyncio.wait_for(sub.wait(), 0.05)
+        raise AssertionError("woke with nothing pending")
+    except TimeoutError:
+        pass
     asyncio.get_running_loop().call_later(0.01, sub.offer, event(1))
-    assert await sub.wait(5) is True
+    await asyncio.wait_for(sub.wait(), 5)
+    assert [e.seq for e in sub.take()] == [1]
+    fanout.tick(sub.last_sent + 20, heartbeat_s=15, send_timeout_s=30)
+    await asyncio.wait_for(sub.wait(), 5)
+    assert sub.heartbeat_due
+
+
+async def test_tick_cancels_a_send_blocked_past_the_timeout() -> None:
+    sub = Subscription({"trades:BTC_USD"}, 10)
+    fanout = Fanout()
+    fanout.add(sub)
+    sub.sender = asyncio.create_task(asyncio.sleep(60))
+    sub.sending_since = 100.0
+    assert fanout.tick(100.0 + 5, heartbeat_s=15, send_timeout_s=10) == 0
+    assert fanout.tick(100.0 + 11, heartbeat_s=15, send_timeout_s=10) == 1
+    assert sub.stalled
+    try:
+        await sub.sender
+    except asyncio.CancelledError:
+        pass
+    assert sub.sender.cancelled()
+
+
+def test_retarget_moves_a_subscription_between_channels() -> None:
+    fanout = Fanout()
+    sub = Subscription((), 10)
+    fanout.retarget(sub, frozenset({"a", "b"}))
+    assert fanout.subscribers("a") == 1 and fanout.subscribers("b") == 1
+    fanout.retarget(sub, frozenset({"b", "c"}))
+    assert fanout.subscribers("a") == 0 and fanout.subscribers("c") == 1
+    fanout.publish(event(1, "a"))
+    fanout.publish(event(2, "c"))
+    assert [e.seq for e in sub.take()] == [2]

@@ -34,6 +34,15 @@ def test_the_stream_route_is_described() -> None:
     assert stream["responses"]["429"]["content"]["application/problem+json"]
 
 
+def test_the_websocket_endpoint_and_its_messages_are_described() -> None:
+    spec = json.loads(SPEC.read_text())
+    ws = spec["paths"]["/v1/ws"]["get"]
+    assert "101" in ws["responses"] and "last_event_id" in ws["description"]
+    schemas = spec["components"]["schemas"]
+    assert schemas["WsSubscribe"]["properties"]["op"]["const"] == "subscribe"
+    assert {"WsUnsubscribe", "WsAck", "WsEvent", "WsError"} <= schemas.keys()
+
+
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     workdir: Path = tmp_path_factory.mktemp("schemathesis")
@@ -82,7 +91,7 @@ def no_server_error(ctx: object, response: schemathesis.Response, case: schemath
         raise AssertionError(f"server error {response.status_code}: {response.text[:200]}")
 
 
-@schema.exclude(path="/v1/stream").parametrize()
+@schema.exclude(path_regex="^/v1/(stream|ws)$").parametrize()
 def test_the_running_app_keeps_to_its_schema(case: schemathesis.Case, running: str) -> None:
     case.call_and_validate(
         base_url=running,

@@ -18,7 +18,7 @@ from starlette.types import Receive, Scope, Send
 from app import __version__
 from app.config import Settings
 from app.gateway import Gateway
-from app.http import problems, rest, schemas, stream
+from app.http import problems, rest, schemas, stream, ws
 from app.http.auth import TokenCheck
 from app.http.eventstream import RAW_SEND
 from app.metrics import GatewayCollector, LabelPolicy, RequestMetrics
@@ -82,6 +82,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     problems.install(app)
     app.include_router(rest.router)
     app.include_router(stream.router)
+    app.include_router(ws.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get(
@@ -123,4 +124,39 @@ def describe(app: FastAPI) -> dict[str, Any]:
             item["get"]["security"] = [{"bearer": []}]
     for unused in ("HTTPValidationError", "ValidationError"):
         components["schemas"].pop(unused, None)
+    # OpenAPI has no WebSocket operation: the upgrade is described as a GET,
+    # and its messages as schemas.
+    for model in (schemas.WsSubscribe, schemas.WsUnsubscribe, schemas.WsAck, schemas.WsEvent):
+        components["schemas"][model.__name__] = model.model_json_schema()
+    error = schemas.WsError.model_json_schema()
+    components["schemas"]["WsError"] = error
+    spec["paths"]["/v1/ws"] = {
+        "get": {
+            "tags": ["streams"],
+            "summary": "Follow channels over a WebSocket",
+            "description": schemas.WS_DESCRIPTION,
+            "operationId": "websocket_stream_v1_ws_get",
+            "parameters": [
+                {
+                    "name": "access_token",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "string"},
+                    "description": "bearer token, for private channels",
+                },
+            ],
+            "responses": {"101": {"description": "Switching protocols to a WebSocket"}},
+            "x-websocket-messages": {
+                "client": [
+                    {"$ref": "#/components/schemas/WsSubscribe"},
+                    {"$ref": "#/components/schemas/WsUnsubscribe"},
+                ],
+                "gateway": [
+                    {"$ref": "#/components/schemas/WsAck"},
+                    {"$ref": "#/components/schemas/WsEvent"},
+                    {"$ref": "#/components/schemas/WsError"},
+                ],
+            },
+        }
+    }
     return spec

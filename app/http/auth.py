@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from fastapi import Request
+from starlette.requests import HTTPConnection
 
 from app.errors import Unauthorized
 
@@ -39,7 +39,7 @@ class TokenCheck:
             matched |= hmac.compare_digest(candidate, digest)
         return matched
 
-    def require(self, request: Request, *, allow_query: bool = False) -> None:
+    def require(self, request: HTTPConnection, *, allow_query: bool = False) -> None:
         """Raise :class:`Unauthorized` unless the request carries a valid token."""
         presented = None
         header = request.headers.get("authorization")

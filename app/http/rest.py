@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import HTTPConnection
 
 from app.channels import Channel, Kind, normalize_symbol
 from app.errors import InvalidInput, NotConfigured, NotReady
@@ -22,7 +23,7 @@ JSON = "application/json"
 MAX_LIMIT = 1000
 
 
-def gateway_of(request: Request) -> Gateway:
+def gateway_of(request: HTTPConnection) -> Gateway:
     gateway: Gateway = request.app.state.gateway
     return gateway
 
@@ -36,18 +37,18 @@ async def _gateway(request: Request) -> Gateway:
 GatewayDep = Annotated[Gateway, Depends(_gateway)]
 
 
-def tokens_of(request: Request) -> TokenCheck:
+def tokens_of(request: HTTPConnection) -> TokenCheck:
     tokens: TokenCheck = request.app.state.tokens
     return tokens
 
 
-def public_access(request: Request) -> None:
+def public_access(request: HTTPConnection) -> None:
     """Public routes are open unless GATEWAY_REQUIRE_TOKEN asks for a token."""
     if gateway_of(request).settings.gateway_require_token:
         tokens_of(request).require(request)
 
 
-def private_access(request: Request, *, allow_query: bool = False) -> None:
+def private_access(request: HTTPConnection, *, allow_query: bool = False) -> None:
     """Private routes: 404 while the private feed is not configured, then 401
     without a valid token."""
     if not gateway_of(request).private_enabled:

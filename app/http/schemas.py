@@ -163,6 +163,60 @@ class Readiness(BaseModel):
     problems: list[str]
 
 
+class WsSubscribe(BaseModel):
+    """Client → gateway: follow channels (resuming after ``last_event_id``)."""
+
+    op: Literal["subscribe"]
+    channels: list[str] = Field(examples=[["orderbook:BTC_USD:0.01", "trades:BTC_USD"]])
+    last_event_id: str | None = None
+
+
+class WsUnsubscribe(BaseModel):
+    """Client → gateway: stop following channels."""
+
+    op: Literal["unsubscribe"]
+    channels: list[str]
+
+
+class WsAck(BaseModel):
+    """Gateway → client: an op was done. ``position`` (subscribe) is the id to
+    resume from if the connection drops before any event."""
+
+    op: Literal["subscribed", "unsubscribed"]
+    channels: list[str]
+    reset: bool | None = Field(
+        None, description="subscribe: the given last_event_id could not be resumed"
+    )
+    position: str | None = None
+
+
+class WsEvent(BaseModel):
+    """Gateway → client: one event, exactly what the SSE stream carries."""
+
+    id: str | None = Field(description="EPOCH-SEQ; null for reset")
+    event: str = Field(examples=["orderbook", "trade", "status", "reset"])
+    data: dict[str, Any]
+
+
+class WsError(Problem):
+    """Gateway → client: an op was refused; the connection stays open."""
+
+    op: Literal["error"]
+
+
+WS_DESCRIPTION = """A WebSocket (text frames of JSON) with the events, ids and guarantees of
+`/v1/stream`, on which the client adds and drops channels as it goes.
+
+Client → gateway: `WsSubscribe` and `WsUnsubscribe`. Gateway → client: `WsAck`
+for each op, or `WsError` (the problem fields of REST; the connection stays);
+then `WsEvent` frames. Subscribing sends the current snapshots of the new
+channels, or with `last_event_id` every missed event once, in order (or an
+event `reset` first when it cannot). Heartbeats are WebSocket pings. A client
+whose buffer overflows is closed with code 1013 and resumes with its last id.
+Private channels need the bearer token (header, or `access_token` in the
+query); the caps of `/v1/stream` apply."""
+
+
 _DESCRIPTIONS = {
     304: "Not modified (If-None-Match matched the ETag)",
     400: "A parameter outside its allowed values",

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
+from starlette.requests import HTTPConnection
 
 from app.channels import Channel, parse_channel_list
 from app.errors import TooMany
@@ -71,7 +72,7 @@ async def stream(
         private_access(request, allow_query=True)
     elif settings.gateway_require_token:
         tokens_of(request).require(request, allow_query=True)
-    client = _client_key(request)
+    client = client_key(request)
     if gateway.streams_by_client[client] >= settings.gateway_max_streams_per_client:
         raise TooMany(
             "open streams per client",
@@ -94,7 +95,7 @@ async def stream(
     return EventStreamResponse(_events(gateway, wanted, opening, client), opening.subscription)
 
 
-def _client_key(request: Request) -> str:
+def client_key(request: HTTPConnection) -> str:
     """Streams are counted per token where one is given, else per address."""
     token = request.headers.get("authorization") or request.query_params.get("access_token")
     if token:
@@ -119,6 +120,9 @@ async def _events(
             }
             first.append(b"event: reset\ndata: " + json.dumps(reason).encode() + b"\n\n")
         first.extend(event.frame for event in opening.backlog)
+        # An id with no data moves the client's Last-Event-ID without an event:
+        # dropped before any event, it still resumes from here, losing nothing.
+        first.append(f"id: {opening.position}\n\n".encode())
         gateway.events_sent += len(opening.backlog)
         yield b"".join(first)
         while True:

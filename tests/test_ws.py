@@ -1,0 +1,189 @@
+"""The WebSocket endpoint (driven with httpx-ws) and the Python client library,
+against a gateway fed by Mosquitto."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from typing import Any
+
+import httpx
+import pytest
+from httpx_ws import WebSocketDisconnect, aconnect_ws
+
+from app.client import GatewayStream, StreamEvent
+from tests.support import Mosquitto, wait_for
+from tests.test_streams import CHANNELS, Tape, World, start_flowing, world  # noqa: F401  (fixture)
+
+BOOK, TRADES = CHANNELS.split(",")[1], CHANNELS.split(",")[0]
+
+
+class Frames:
+    """A WebSocket session in a thread: sends ops, collects every frame."""
+
+    def __init__(self, base: str, headers: dict[str, str] | None = None) -> None:
+        self.frames: list[dict[str, Any]] = []
+        self.closed: int | None = None
+        self._outbox: asyncio.Queue[str] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run(base, headers or {})), daemon=True)
+        self._thread.start()
+        wait_for(lambda: self._outbox is not None, 10, "the WebSocket to open")
+
+    async def _run(self, base: str, headers: dict[str, str]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._outbox = asyncio.Queue()
+        async with httpx.AsyncClient(headers=headers) as http, aconnect_ws(base + "/v1/ws", http) as ws:
+
+            async def sender() -> None:
+                assert self._outbox is not None
+                while True:
+                    await ws.send_text(await self._outbox.get())
+
+            task = asyncio.create_task(sender())
+            try:
+                while True:
+                    self.frames.append(json.loads(await ws.receive_text()))
+            except WebSocketDisconnect as exc:
+                self.closed = exc.code
+            finally:
+                task.cancel()
+
+    def send(self, message: Any) -> None:
+        assert self._loop is not None and self._outbox is not None
+        text = message if isinstance(message, str) else json.dumps(message)
+        self._loop.call_soon_threadsafe(self._outbox.put_nowait, text)
+
+    def ops(self, op: str) -> list[dict[str, Any]]:
+        return [f for f in list(self.frames) if f.get("op") == op]
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [f for f in list(self.frames) if f.get("event") == name]
+
+    def last_id(self) -> str:
+        return [f["id"] for f in list(self.frames) if f.get("id")][-1]
+
+    def close(self) -> None:
+        if self._loop is not None:
+            for task in asyncio.all_tasks(self._loop):
+                self._loop.call_soon_threadsafe(task.cancel)
+        self._thread.join(5)
+
+
+def trade_data(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [f["data"]["data"] for f in frames]
+
+
+def test_subscribe_unsubscribe_resume_and_errors(world: World) -> None:
+    gw = world.gateway()
+    try:
+        start_flowing(world, gw)
+        tape = world.tape
+        ws = Frames(gw.base)
+        ws.send({"op": "subscribe", "channels": [BOOK, TRADES]})
+        wait_for(lambda: ws.ops("subscribed"), 5, "the acknowledgement")
+        ack = ws.ops("subscribed")[0]
+        assert ack["channels"] == [BOOK, TRADES] and ack["reset"] is False and ack["position"].count("-") == 1
+        wait_for(lambda: ws.events("orderbook"), 5, "the book's snapshot")
+        tape.add(3)
+        wait_for(lambda: len(ws.events("trade")) == 3, 5, "three trade frames")
+        assert trade_data(ws.events("trade")) == tape.as_events(5, 8)
+        frame = ws.events("trade")[0]
+        assert set(frame) == {"id", "event", "data"} and frame["data"]["channel"] == TRADES
+
+        ws.send({"op": "unsubscribe", "channels": [TRADES]})
+        wait_for(lambda: ws.ops("unsubscribed"), 5, "the acknowledgement")
+        tape.add(2)
+        books = len(ws.events("orderbook"))
+        tape.push_book()
+        wait_for(lambda: len(ws.events("orderbook")) > books, 5, "books still coming")
+        assert len(ws.events("trade")) == 3  # none since the unsubscribe
+
+        # Bad ops get an error frame with the problem fields; the connection stays.
+        for bad in ("not json", {"op": "dance"}, {"op": "subscribe", "channels": ["candles:BTC_USD"]},
+                    {"op": "subscribe", "channels": "trades:BTC_USD"}, {"op": "subscribe", "channels": ["fills"]}):
+            ws.send(bad)
+        wait_for(lambda: len(ws.ops("error")) == 5, 5, "five error frames")
+        errors = ws.ops("error")
+        assert [e["status"] for e in errors] == [400, 400, 400, 400, 404]
+        assert all({"type", "title", "detail"} <= e.keys() for e in errors)
+        assert "subscribe, unsubscribe" in errors[1]["detail"] and "orderbook" in errors[2]["detail"]
+        last_id = ws.last_id()
+        ws.close()
+
+        # Missed while away: resumed with last_event_id, each once, in order.
+        # (The two trades made while trades were unsubscribed lie before the
+        # last id: not missed, not sent.)
+        tape.add(4)
+        tape.add(1)
+        again = Frames(gw.base)
+        again.send({"op": "subscribe", "channels": [TRADES], "last_event_id": last_id})
+        wait_for(lambda: len(again.events("trade")) == 5, 5, "the five missed trades")
+        assert trade_data(again.events("trade")) == tape.as_events(10)
+        again.close()
+    finally:
+        gw.stop()
+
+
+class Follower:
+    """The client library in a thread of its own, collecting what it yields."""
+
+    def __init__(self, stream: GatewayStream) -> None:
+        self.stream = stream
+        self.events: list[StreamEvent] = []
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+        self._thread.start()
+
+    async def _run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        try:
+            async for event in self.stream:
+                self.events.append(event)
+        except asyncio.CancelledError:
+            pass
+
+    def trades(self) -> list[dict[str, Any]]:
+        return [e.data["data"] for e in list(self.events) if e.event == "trade"]
+
+    def stop(self) -> None:
+        if self._loop is not None and self._task is not None:
+            self._loop.call_soon_threadsafe(self._task.cancel)
+        self._thread.join(10)
+
+
+@pytest.mark.parametrize("transport", ["sse", "websocket"])
+def test_the_client_resumes_by_itself_through_drops_and_a_broker_restart(
+    world: World, mosquitto: Mosquitto, transport: str
+) -> None:
+    # A small buffer: a push of 30 new trades overflows it, and the gateway drops the client.
+    gw = world.gateway(GATEWAY_CLIENT_BUFFER="20", GATEWAY_STALE_FACTOR="1000")
+    try:
+        start_flowing(world, gw)
+        tape = world.tape
+        follower = Follower(GatewayStream(gw.base, [TRADES], transport=transport, first_delay=0.1))  # type: ignore[arg-type]
+        wait_for(lambda: gw.http.get("/v1/channels").json()["open_streams"] == 1, 10, "the client connected")
+        start = len(tape.trades)
+        for _ in range(3):
+            tape.add(30)  # each push: 30 trade events at once, more than the buffer holds
+        wait_for(lambda: len(follower.trades()) == 90, 20, "the first 90 trades")
+        assert gw.http.get("/v1/channels").json()["open_streams"] == 1
+
+        mosquitto.kill()
+        wait_for(lambda: gw.channels()[TRADES]["link_state"] != "up", 10, "the link down")
+        mosquitto.start()
+        world.publisher.client.reconnect()
+        wait_for(lambda: gw.channels()[TRADES]["link_state"] == "up", 15, "the link up again")
+        for _ in range(3):
+            tape.add(30)
+        tape.add(5)
+        wait_for(lambda: len(follower.trades()) == 185, 30, "every trade")
+        assert follower.trades() == tape.as_events(start)  # every distinct trade once, in order
+        assert follower.stream.reconnects >= 1  # it was dropped, and came back by itself
+        assert [e for e in follower.events if e.event == "reset"] == []
+        follower.stop()
+    finally:
+        gw.stop()
