@@ -146,7 +146,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=30, help="measured window")
     parser.add_argument("--warmup", type=float, default=8)
     args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     channels = [f"orderbook:SIM{i:02d}_USD:0.01" for i in range(args.channels)]
     simulator, broker_port = start_simulator(extra_symbols=args.channels, book_interval=args.interval)

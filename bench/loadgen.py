@@ -101,7 +101,7 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         if index % args.batch == args.batch - 1:
             await asyncio.sleep(args.batch_pause)  # the listen backlog is finite
     deadline = time.monotonic() + 60
-    while sum(c.connected or c.ended for c in clients) < len(clients) and time.monotonic() < deadline:
+    while sum(c.connected or c.ended for c in clients) < len(clients) and time.monotonic() < deadline:  # noqa: ASYNC110 (polls a count)
         await asyncio.sleep(0.2)
     connect_s = time.monotonic() - started
     print(json.dumps({"phase": "connected", "clients": sum(c.connected for c in clients)}), flush=True)
@@ -149,7 +149,7 @@ if __name__ == "__main__":
     parser.add_argument("--batch", type=int, default=250, help="connections opened at once")
     parser.add_argument("--batch-pause", type=float, default=0.05)
     arguments = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     try:
         import uvloop
