@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from app.fanout import Cursor, Fanout, ReplayBuffer, Subscription
 from app.store import Event
@@ -96,10 +97,8 @@ async def test_tick_cancels_a_send_blocked_past_the_timeout() -> None:
     assert fanout.tick(100.0 + 5, heartbeat_s=15, send_timeout_s=10) == 0
     assert fanout.tick(100.0 + 11, heartbeat_s=15, send_timeout_s=10) == 1
     assert sub.stalled
-    try:
+    with contextlib.suppress(asyncio.CancelledError):
         await sub.sender
-    except asyncio.CancelledError:
-        pass
     assert sub.sender.cancelled()
 
 
