@@ -2,10 +2,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.support import Mosquitto
+from tests.support import Mosquitto, Publisher
+
+if TYPE_CHECKING:
+    from tests.test_streams import World
 
 
 @pytest.fixture
@@ -16,3 +20,15 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
         yield broker
     finally:
         broker.kill()
+
+
+@pytest.fixture
+def world(mosquitto: Mosquitto, tmp_path: Path) -> Iterator[World]:
+    """Mosquitto, a publisher playing the exchange, and a tape of trades."""
+    from tests.test_streams import Tape, World
+
+    publisher = Publisher(mosquitto.tcp_port)
+    try:
+        yield World(tmp_path, mosquitto, publisher, Tape(publisher))
+    finally:
+        publisher.close()

@@ -10,7 +10,6 @@ import json
 import random
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,15 +74,6 @@ class World:
         }, port=port)
         wait_for(lambda: all(c["link_state"] == "up" for c in gw.channels().values()), 15, "links up")
         return gw
-
-
-@pytest.fixture
-def world(mosquitto: Mosquitto, tmp_path: Path) -> Iterator[World]:
-    publisher = Publisher(mosquitto.tcp_port)
-    try:
-        yield World(tmp_path, mosquitto, publisher, Tape(publisher))
-    finally:
-        publisher.close()
 
 
 def trades_of(stream: EventStream) -> list[dict[str, Any]]:
