@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
 import signal
 import sys
@@ -34,6 +33,7 @@ sys.path.insert(0, str(REPO))
 from app.cli import free_port  # noqa: E402
 from app.simulator import Simulator  # noqa: E402
 from app.simulator.broker import BrokerPorts  # noqa: E402
+from common import machine  # noqa: E402
 
 SYMBOL = "BTC_USD"
 CHANNELS = "trades:BTC_USD,orderbook:BTC_USD:0.01"
@@ -98,16 +98,6 @@ async def restart_broker_now_and_then(sim: Simulator, until: float, rng: random.
         await sim.stop_broker()
         await asyncio.sleep(down)
         await sim.start_broker()
-
-
-def machine() -> str:
-    cpu = "unknown cpu"
-    with open("/proc/cpuinfo") as handle:
-        for line in handle:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return f"{platform.node()}: {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}, {platform.system()} {platform.release()}"
 
 
 async def main(minutes: float, clients: int, seed: int) -> int:

@@ -7,7 +7,6 @@ import contextlib
 import hashlib
 import json
 import os
-import random
 import shutil
 import signal
 import socket
@@ -23,6 +22,8 @@ import httpx
 import paho.mqtt.client as paho
 import pytest
 
+from app.cli import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = Path(__file__).resolve().parent / "samples"
 ENV = "exchange_ha_prod_hk"
@@ -31,21 +32,6 @@ PUBLIC_PASSWORD = "da65be18f44b33b69603c39fd03ddf49"
 PUBLISHER = ("publisher", "publisher-secret-1")
 ACCESS_KEY = "test-access-key"
 EMAIL = "tester@example.test"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on, below the ephemeral range (32768 and up on
-    Linux), so that no outgoing connection can take it before it is bound."""
-    rng = random.SystemRandom()
-    for _ in range(200):
-        port = rng.randrange(20000, 32000)
-        with socket.socket() as sock:
-            try:
-                sock.bind((host, port))
-            except OSError:
-                continue
-            return port
-    raise OSError("no free port between 20000 and 32000")
 
 
 def md5hex(text: str) -> str:
