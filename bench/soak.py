@@ -30,10 +30,11 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from common import machine  # noqa: E402
+
 from app.cli import free_port  # noqa: E402
 from app.simulator import Simulator  # noqa: E402
 from app.simulator.broker import BrokerPorts  # noqa: E402
-from common import machine  # noqa: E402
 
 SYMBOL = "BTC_USD"
 CHANNELS = "trades:BTC_USD,orderbook:BTC_USD:0.01"
