@@ -134,7 +134,8 @@ async def test_duplicated_dropped_and_reordered_pushes_make_no_duplicates() -> N
     async with simulated(faults=0.15) as sim, served(sim) as client:
         await until(lambda: _status(client, "orders", "live"), 10, "the private link up")
         await until(lambda: _count(sim, "fills", 8), 60, "at least 8 fills sent")
-        await asyncio.sleep(1)  # let the last pushes arrive
+        await sim.pause()  # nothing more is published...
+        await asyncio.sleep(1)  # ...and what was has arrived
         sent = list(sim.faults.sent)
         fill_topic, order_topic = sim.private_topics["fills"], sim.private_topics["orders"]
         sent_fills = [json.loads(p) for t, p in sent if t == fill_topic]

@@ -163,12 +163,16 @@ class Simulator:
                 self.recorder.write(topic, payload, time.time_ns() // 1_000_000)
             await self._broker.internal_message_broadcast(topic, payload, qos=0)
 
-    async def stop(self) -> None:
+    async def pause(self) -> None:
+        """Stop the market and the account (the broker stays up): nothing more is published."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+
+    async def stop(self) -> None:
+        await self.pause()
         await self.stop_broker()
 
     async def _run(self) -> None:
