@@ -132,8 +132,13 @@ async def _simulate(args: argparse.Namespace) -> None:
         f" e-mail {account.email!r})",
         flush=True,
     )
+    # SIGTERM and SIGINT end it cleanly, so that a recording is complete.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
     finally:
         await simulator.stop()
         if recorder is not None:
