@@ -9,9 +9,11 @@ runs one extra task per stream (the disconnect listener) and sends the bytes
 the store encoded, as they are.
 
 The body is an async iterator of bytes. The stream ends when it ends, when the
-client disconnects (``on_disconnect`` is called, which wakes the iterator), or
-when a send stays blocked for ``send_timeout`` seconds (a client that stopped
-reading). Nothing here knows about events: frames come encoded.
+client disconnects (the subscription is closed, which wakes the iterator), or
+when a send stays blocked past ``GATEWAY_SEND_TIMEOUT_S``: the response notes
+when each send starts, and :meth:`app.fanout.Fanout.tick` cancels a sender
+blocked too long (a client that stopped reading). Nothing here knows about
+events: frames come encoded.
 """
 
 from __future__ import annotations
