@@ -77,7 +77,7 @@ CRYPTO_STEPS = ("0.0001", "0.000001", "0.00000001")
 # crypto steps (UPSTREAM.md, "Parameters").
 FIAT_QUOTES = frozenset({"USD", "EUR", "GBP", "JPY", "KRW", "CNY", "HKD", "AUD", "CAD", "SGD"})
 
-_SYMBOL_RE = re.compile(r"^([A-Za-z0-9]{2,12})[_/\-]([A-Za-z0-9]{2,12})$")
+_SYMBOL_RE = re.compile(r"^([A-Za-z0-9]{2,12})[_/\-]([A-Za-z0-9]{2,12})\Z")
 
 
 @functools.lru_cache(maxsize=4096)  # pure, and on every request's path
@@ -128,7 +128,7 @@ def normalize_range(text: str) -> str:
     text = text.strip()
     if text in KLINE_RANGES:
         return text
-    if text.isdigit() and int(text) in RANGE_BY_MS:
+    if text.isascii() and text.isdigit() and int(text) in RANGE_BY_MS:
         return RANGE_BY_MS[int(text)]
     raise InvalidInput(
         "range",

@@ -51,7 +51,7 @@ class StreamRefused(Exception):
 
 def _position(event_id: str) -> tuple[str, int]:
     epoch, _, seq = event_id.rpartition("-")
-    return epoch, int(seq) if seq.isdigit() else -1
+    return epoch, int(seq) if seq.isascii() and seq.isdigit() else -1
 
 
 class GatewayStream:

@@ -29,7 +29,9 @@ from app.channels import KLINE_RANGES, Channel, Kind, display_symbol
 # payload (50 trades, or a 50-level depth chart) is a few kilobytes.
 MAX_PAYLOAD_BYTES = 256 * 1024
 
-_DECIMAL_RE = re.compile(r"^[0-9]{1,40}(\.[0-9]{1,40})?$")
+_DECIMAL_RE = re.compile(r"^[0-9]{1,40}(\.[0-9]{1,40})?\Z")
+# Many decimals joined by newlines, checked in one call.
+_DECIMALS_RE = re.compile(r"(?:[0-9]{1,40}(?:\.[0-9]{1,40})?\n)*[0-9]{1,40}(?:\.[0-9]{1,40})?")
 # Timestamps in milliseconds between 2001 and 2286: anything else is a wrong value.
 _TS_MIN, _TS_MAX = 10**12, 10**13 - 1
 
@@ -180,7 +182,13 @@ def _dec_number(doc: dict[str, Any], key: str) -> str:
 
 def _ts(doc: dict[str, Any], key: str, *, as_string: bool = False) -> int:
     value = doc.get(key)
-    if as_string and isinstance(value, str) and value.isdigit() and len(value) <= 13:
+    if (
+        as_string
+        and isinstance(value, str)
+        and value.isascii()
+        and value.isdigit()
+        and len(value) <= 13
+    ):
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not _TS_MIN <= value <= _TS_MAX:
         raise _Bad(f"'{key}' is not a timestamp in milliseconds")
@@ -205,21 +213,30 @@ def _choice(doc: dict[str, Any], key: str, mapping: dict[str, str]) -> str:
 
 def _levels(doc: dict[str, Any], key: str, price_key: str, *, descending: bool) -> list[list[str]]:
     """Price levels as ``[price, quantity]`` pairs, sorted best first."""
-    # The hot loop of ingest: checks inlined, one pass; _dec says what was wrong.
+    entries = _list(doc, key)
+    # The hot path of ingest: all values checked by one regular expression over
+    # them joined; on any doubt, the slow path below says what was wrong.
+    try:
+        prices = [entry[price_key] for entry in entries]
+        quantities = [entry["quantity"] for entry in entries]
+    except (TypeError, KeyError, IndexError):
+        return _levels_checked(entries, key, price_key, descending=descending)
+    if not _all_decimals(prices + quantities):
+        return _levels_checked(entries, key, price_key, descending=descending)
+    return _best_first([[p, q] for p, q in zip(prices, quantities, strict=True)], descending)
+
+
+def _levels_checked(
+    entries: list[Any], key: str, price_key: str, *, descending: bool
+) -> list[list[str]]:
     levels = []
-    match = _DECIMAL_RE.match
-    for entry in _list(doc, key):
-        if type(entry) is not dict:
-            raise _Bad(f"an entry of '{key}' is not an object")
-        price, quantity = entry.get(price_key), entry.get("quantity")
-        if (
-            type(price) is not str
-            or type(quantity) is not str
-            or not match(price)
-            or not match(quantity)
-        ):
-            levels.append([_dec(entry, price_key), _dec(entry, "quantity")])  # raises
-        levels.append([str(price), str(quantity)])
+    for entry in entries:
+        item = _obj(entry, f"an entry of '{key}'")
+        levels.append([_dec(item, price_key), _dec(item, "quantity")])
+    return _best_first(levels, descending)
+
+
+def _best_first(levels: list[list[str]], descending: bool) -> list[list[str]]:
     prices = [Decimal(level[0]) for level in levels]
     ordered = (
         all(a > b for a, b in itertools.pairwise(prices))
@@ -292,27 +309,55 @@ _SIDES = {"BUY": "buy", "SELL": "sell"}
 def _trades(channel: Channel, doc: Any) -> TradeWindow:
     if not isinstance(doc, list):
         raise _Bad("payload is not an array")
-    trades = []
-    for entry in doc:
-        item = _obj(entry, "a trade")
-        _symbol(item, channel)
-        trades.append(
-            Trade(
-                price=_dec(item, "price"),
-                quantity=_dec(item, "quantity"),
-                side=_choice(item, "action", _SIDES),
-                ts=_ts(item, "timestamp"),
+    trades = _trades_fast(channel, doc)
+    if trades is None:  # something is wrong: the checked path says what
+        trades = []
+        for entry in doc:
+            item = _obj(entry, "a trade")
+            _symbol(item, channel)
+            trades.append(
+                Trade(
+                    price=_dec(item, "price"),
+                    quantity=_dec(item, "quantity"),
+                    side=_choice(item, "action", _SIDES),
+                    ts=_ts(item, "timestamp"),
+                )
             )
-        )
     trades.reverse()
     if any(a.ts > b.ts for a, b in itertools.pairwise(trades)):
         raise _Bad("trades are not newest first")
     return TradeWindow(tuple(trades))
 
 
-_ID_RE = re.compile(r"^[0-9A-Za-z_-]{1,40}$")
-_STATE_RE = re.compile(r"^[A-Z_]{1,20}$")
-_PAIR_RE = re.compile(r"^[A-Za-z0-9]{2,12}/[A-Za-z0-9]{2,12}$")
+def _trades_fast(channel: Channel, doc: list[Any]) -> list[Trade] | None:
+    """The trades of a well-formed push, checked in bulk; None if anything is off."""
+    try:
+        symbols = {entry["symbol"] for entry in doc}
+        prices = [entry["price"] for entry in doc]
+        quantities = [entry["quantity"] for entry in doc]
+        sides = [_SIDES[entry["action"]] for entry in doc]
+        stamps = [entry["timestamp"] for entry in doc]
+    except (TypeError, KeyError, IndexError):
+        return None
+    if not doc:
+        return []
+    if symbols != {channel.display_symbol} or not _all_decimals(prices + quantities):
+        return None
+    if not all(type(ts) is int and _TS_MIN <= ts <= _TS_MAX for ts in stamps):
+        return None
+    return [Trade(p, q, s, t) for p, q, s, t in zip(prices, quantities, sides, stamps, strict=True)]
+
+
+def _all_decimals(values: list[Any]) -> bool:
+    """Every value a decimal string: one regular expression over them all."""
+    if not all(type(v) is str and "\n" not in v for v in values):
+        return False
+    return not values or _DECIMALS_RE.fullmatch("\n".join(values)) is not None
+
+
+_ID_RE = re.compile(r"^[0-9A-Za-z_-]{1,40}\Z")
+_STATE_RE = re.compile(r"^[A-Z_]{1,20}\Z")
+_PAIR_RE = re.compile(r"^[A-Za-z0-9]{2,12}/[A-Za-z0-9]{2,12}\Z")
 
 
 def _ident(doc: dict[str, Any], key: str) -> str:

@@ -36,7 +36,7 @@ class Cursor:
     @classmethod
     def parse(cls, text: str) -> Cursor | None:
         epoch, sep, seq = text.strip().rpartition("-")
-        if not sep or not epoch or not seq.isdigit() or len(seq) > 18:
+        if not sep or not epoch or not (seq.isascii() and seq.isdigit()) or len(seq) > 18:
             return None
         return cls(epoch, int(seq))
 

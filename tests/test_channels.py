@@ -73,3 +73,8 @@ def test_topics_follow_the_documented_templates() -> None:
     assert t.topic(env, parse_channel("depth:BTC_USD")) == env + "/api/ws/v1/market/depth/BTC_USD"
     assert t.topic(env, Channel(Kind.FILLS), "a@b.c") == env + "/ws/personal/v1/trade/change/a@b.c"
     assert t.topic(env, Channel(Kind.ASSETS), "a@b.c") == env + "/api/ws/personal/v1/asset/change/a@b.c"
+
+
+def test_ranges_refuse_non_ascii_digits() -> None:
+    with pytest.raises(InvalidInput):
+        Channel.kline("BTC_USD", "²")

@@ -139,3 +139,30 @@ def test_order_book_keeps_every_decimal_string_exactly(bids: list[tuple[str, str
     assert sorted(map(tuple, update.data["bids"])) == sorted(bids)
     assert sorted(map(tuple, update.data["asks"])) == sorted(asks)
     assert [Decimal(p) for p, _ in update.data["bids"]] == sorted((Decimal(p) for p, _ in bids), reverse=True)
+
+
+def test_a_trailing_newline_is_not_a_decimal() -> None:
+    raw = json.loads(sample("orderBook_BTC_USD_0.01.json"))
+    raw["bids"][0]["quantity"] = "0.8490\n"
+    assert rejected((BOOK, json.dumps(raw).encode())) == "'quantity' is not a decimal string"
+    trades = json.loads(sample("tickers_BTC_USD.json"))
+    trades[0]["price"] = "6089.34\n"
+    assert rejected((TRADES, json.dumps(trades).encode())) == "'price' is not a decimal string"
+
+
+@settings(max_examples=200)
+@given(st.integers(0, 18), st.sampled_from(["price", "quantity", "action", "timestamp", "symbol"]),
+       st.one_of(st.integers(), st.text(max_size=8), st.none(), st.lists(st.integers(), max_size=2)))
+def test_one_bad_trade_anywhere_rejects_the_push(index: int, key: str, value: object) -> None:
+    window = json.loads(sample("tickers_BTC_USD.json"))
+    valid = {"price": "1.5", "quantity": "2", "action": "BUY", "timestamp": window[index]["timestamp"],
+             "symbol": "BTC/USD"}
+    window[index][key] = value
+    result = decode(TRADES, json.dumps(window).encode())
+    if value == valid[key] or (key in ("price", "quantity") and isinstance(value, str)
+                               and value.isascii() and value.replace(".", "", 1).isdigit()
+                               and "." not in (value[0], value[-1]) and len(value) <= 40):
+        return  # the value happens to be valid
+    if key == "action" and value in ("BUY", "SELL"):
+        return
+    assert isinstance(result, Rejection), (key, value)

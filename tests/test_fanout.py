@@ -112,3 +112,8 @@ def test_retarget_moves_a_subscription_between_channels() -> None:
     fanout.publish(event(1, "a"))
     fanout.publish(event(2, "c"))
     assert [e.seq for e in sub.take()] == [2]
+
+
+def test_cursor_refuses_non_ascii_digits() -> None:
+    assert Cursor.parse("ab12-²") is None
+    assert Cursor.parse("ab12-٣") is None

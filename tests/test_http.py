@@ -82,6 +82,8 @@ def test_bad_parameters_are_400_problems_naming_what_is_allowed(world: World) ->
     body = problem(http.get("/v1/trades/BTC_USD?limit=0"), 400)
     assert "1 to 1000" in str(body["detail"])
     problem(http.get("/v1/trades/BTC_USD?limit=abc"), 400)
+    problem(http.get("/v1/trades/BTC_USD?limit=\u00b2"), 400)  # '²' is a digit to str.isdigit, not to int()
+    problem(http.get("/v1/kline/BTC_USD?range=\u00b2"), 400)
     problem(http.get("/v1/klines/BTC_USD?range=1m&limit=100000"), 400)
     body = problem(http.get("/v1/stream?channels=candles:BTC_USD"), 400)
     assert "orderbook" in str(body["detail"])

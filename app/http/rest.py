@@ -75,7 +75,8 @@ def parse_int(name: str, text: str | None, *, default: int, low: int, high: int)
     """An integer query parameter within [low, high]; a clear 400 otherwise."""
     if text is None or text == "":
         return default
-    if not text.strip().isdigit() or not low <= int(text) <= high:
+    text = text.strip()
+    if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
         raise InvalidInput(
             name, f"'{text[:20]}' is not allowed", f"an integer from {low} to {high}"
         )
