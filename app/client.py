@@ -49,6 +49,21 @@ class StreamRefused(Exception):
         self.problem = problem
 
 
+async def sse_blocks(lines: AsyncIterator[str]) -> AsyncGenerator[dict[str, str], None]:
+    """The field blocks of a Server-Sent Events stream (comments skipped),
+    one dict per blank-line-terminated block that has any field."""
+    fields: dict[str, str] = {}
+    async for line in lines:
+        if line:
+            if not line.startswith(":"):
+                key, _, value = line.partition(":")
+                fields[key] = value.removeprefix(" ")
+            continue
+        if fields:
+            yield fields
+        fields = {}
+
+
 def _position(event_id: str) -> tuple[str, int]:
     epoch, _, seq = event_id.rpartition("-")
     return epoch, int(seq) if seq.isascii() and seq.isdigit() else -1
@@ -129,20 +144,13 @@ class GatewayStream:
                 await response.aread()
                 raise StreamRefused(response.json())
             response.raise_for_status()
-            fields: dict[str, str] = {}
-            async for line in response.aiter_lines():
-                if line:
-                    if not line.startswith(":"):
-                        key, _, value = line.partition(":")
-                        fields[key] = value.removeprefix(" ")
-                    continue
+            async for fields in sse_blocks(response.aiter_lines()):
                 if "data" in fields:
                     yield StreamEvent(
                         fields.get("id"), fields.get("event", "message"), json.loads(fields["data"])
                     )
                 elif "id" in fields:  # a position: the cursor moves, no event
                     self._seen(StreamEvent(fields["id"], "position", {}))
-                fields = {}
 
     async def _websocket(self, http: httpx.AsyncClient) -> AsyncGenerator[StreamEvent, None]:
         url = f"{self.base_url}/v1/ws"

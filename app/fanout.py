@@ -140,9 +140,8 @@ class Fanout:
         self.everyone: set[Subscription] = set()
 
     def add(self, subscription: Subscription) -> None:
-        self.everyone.add(subscription)
-        for name in subscription.channels:
-            self.by_channel.setdefault(name, set()).add(subscription)
+        channels, subscription.channels = subscription.channels, frozenset()
+        self.retarget(subscription, channels)
 
     def retarget(self, subscription: Subscription, channels: frozenset[str]) -> None:
         """Make a subscription follow exactly ``channels`` (registering it)."""
@@ -158,13 +157,8 @@ class Fanout:
         self.everyone.add(subscription)
 
     def remove(self, subscription: Subscription) -> None:
+        self.retarget(subscription, frozenset())
         self.everyone.discard(subscription)
-        for name in subscription.channels:
-            subscribers = self.by_channel.get(name)
-            if subscribers is not None:
-                subscribers.discard(subscription)
-                if not subscribers:
-                    del self.by_channel[name]
 
     def subscribers(self, channel: str) -> int:
         return len(self.by_channel.get(channel, ()))

@@ -213,13 +213,14 @@ class Store:
         return dumps(head)[:-1] + b',"stale":'
 
     def _apply_snapshot(self, state: ChannelState, update: Snapshot, received_ts: int) -> Event:
+        data = dumps(update.data)  # once, for the answer, the event and the history
         if state.channel.kind is Kind.KLINE:
-            self._keep_candle(state, update)
+            self._keep_candle(state, int(update.data["open_ts"]), data)
         state.seq += 1
         state.exchange_ts = update.exchange_ts
         state.received_ts = received_ts
         state.head = self._envelope(state)
-        state.tail = b',"data":' + dumps(update.data) + b"}"
+        state.tail = b',"data":' + data + b"}"
         event = self._next_event(
             state.channel.name,
             state.channel.event_name,
@@ -230,9 +231,8 @@ class Store:
         state.last_event = event
         return event
 
-    def _keep_candle(self, state: ChannelState, update: Snapshot) -> None:
-        open_ts = int(update.data["open_ts"])
-        state.candles[open_ts] = dumps(update.data)
+    def _keep_candle(self, state: ChannelState, open_ts: int, data: bytes) -> None:
+        state.candles[open_ts] = data
         state.candles.move_to_end(open_ts)
         while len(state.candles) > self.candle_capacity:
             state.candles.popitem(last=False)

@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO))
 from common import machine  # noqa: E402
 
 from app.cli import free_port  # noqa: E402
+from app.client import sse_blocks  # noqa: E402
 from app.simulator import Simulator  # noqa: E402
 from app.simulator.broker import BrokerPorts  # noqa: E402
 
@@ -70,13 +71,7 @@ async def follow(base: str, client: Client, until: float, rng: random.Random) ->
 async def read_session(http: httpx.AsyncClient, base: str, client: Client, headers: dict[str, str]) -> None:
     async with http.stream("GET", f"{base}/v1/stream?channels={CHANNELS}", headers=headers) as response:
         response.raise_for_status()
-        event: dict[str, str] = {}
-        async for line in response.aiter_lines():
-            if line:
-                if not line.startswith(":"):
-                    key, _, value = line.partition(":")
-                    event[key] = value.removeprefix(" ")
-                continue
+        async for event in sse_blocks(response.aiter_lines()):
             if "data" in event:
                 client.events += 1
                 if event.get("event") == "reset":
@@ -86,7 +81,6 @@ async def read_session(http: httpx.AsyncClient, base: str, client: Client, heade
                     client.trades.append((data["price"], data["quantity"], data["side"], data["ts"]))
                 if "id" in event:
                     client.last_id = event["id"]
-            event = {}
 
 
 async def restart_broker_now_and_then(sim: Simulator, until: float, rng: random.Random, log: list[str]) -> None:

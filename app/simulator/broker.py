@@ -129,7 +129,6 @@ class BrokerPorts:
     host: str = "127.0.0.1"
     tcp: int = 18830
     ws: int = 18831
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def make_broker(
