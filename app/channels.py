@@ -128,7 +128,8 @@ def normalize_range(text: str) -> str:
     text = text.strip()
     if text in KLINE_RANGES:
         return text
-    if text.isascii() and text.isdigit() and int(text) in RANGE_BY_MS:
+    # Length first: int() refuses more than 4,300 digits (and it would be a 500).
+    if len(text) <= 18 and text.isascii() and text.isdigit() and int(text) in RANGE_BY_MS:
         return RANGE_BY_MS[int(text)]
     raise InvalidInput(
         "range",

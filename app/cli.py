@@ -99,6 +99,7 @@ def _logging(settings: Settings, *hidden: str) -> None:
 
 async def _serve(settings: Settings, gateway: Gateway | None = None) -> None:
     app = create_app(settings, gateway)
+    trusted = settings.trusted_proxies
     config = uvicorn.Config(
         app,
         host=settings.gateway_host,
@@ -106,6 +107,13 @@ async def _serve(settings: Settings, gateway: Gateway | None = None) -> None:
         log_config=None,
         access_log=True,
         timeout_graceful_shutdown=5,
+        # The connection limits (app/http/server.py) sit in the HTTP protocol.
+        http=app.state.connections.protocol(),
+        timeout_keep_alive=settings.gateway_keepalive_timeout_s,
+        # X-Forwarded-For only from the proxies named (none by default).
+        proxy_headers=bool(trusted),
+        forwarded_allow_ips=trusted or [],
+        ws_max_size=settings.gateway_ws_max_message_bytes,
         ws_ping_interval=settings.gateway_heartbeat_s,  # WebSocket heartbeats
         ws_ping_timeout=settings.gateway_heartbeat_s,
     )

@@ -9,6 +9,7 @@ repr of the settings never shows them.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -41,6 +42,9 @@ HELP: dict[str, str] = {
     "coinsuper_reconnect_min_s": "first reconnect delay, seconds (doubles, jittered)",
     "coinsuper_reconnect_max_s": "longest reconnect delay, seconds",
     "coinsuper_silence_s": "a public link silent this long is taken as dead, seconds",
+    "coinsuper_tls_ca_file": "trust this CA (PEM) for mqtts:// and wss:// instead of the system's",
+    "coinsuper_tls_cert_file": "client certificate (PEM) for the upstream",
+    "coinsuper_tls_key_file": "key (PEM) of the client certificate",
     "coinsuper_topic_depth": "depth topic template",
     "coinsuper_topic_orderbook": "order-book topic template",
     "coinsuper_topic_kline": "candle topic template",
@@ -75,6 +79,21 @@ HELP: dict[str, str] = {
     "gateway_log_level": "debug, info, warning or error",
     "gateway_log_format": "text or json (JSON lines)",
     "gateway_metric_symbols": "symbols named in metric labels besides the subscribed ones",
+    "gateway_trusted_proxies": "addresses whose X-Forwarded-For is believed, comma-separated",
+    "gateway_max_request_line": "longest request line, bytes (414 beyond)",
+    "gateway_max_header_bytes": "largest request head, bytes (431 beyond)",
+    "gateway_header_timeout_s": "a request head must be complete within this, seconds (408)",
+    "gateway_keepalive_timeout_s": "an idle kept-alive connection is closed after this, seconds",
+    "gateway_max_connections": "cap on open connections (0: the file limit less headroom)",
+    "gateway_max_connections_per_address": "cap on open connections of one address",
+    "gateway_stream_send_buffer": "kernel send buffer of a stream's socket, bytes",
+    "gateway_stream_write_buffer": "bytes a stream may queue in the server before it waits",
+    "gateway_ws_max_message_bytes": "largest WebSocket message a client may send, bytes",
+    "gateway_ws_ops_per_s": "WebSocket ops a connection may send per second (twice that in a burst)",
+    "gateway_no_data_release_s": "release a channel that got no data this long after subscribing, seconds",
+    "gateway_unknown_ttl_s": "how long a channel that never got data is answered 404, seconds",
+    "gateway_max_pending_upstream": "cap on channels waiting for their first data at once",
+    "gateway_max_clock_skew_s": "reject upstream timestamps this far ahead of the receive time, seconds",
 }
 
 
@@ -98,6 +117,9 @@ class Settings(BaseSettings):
     coinsuper_reconnect_min_s: float = Field(0.5, gt=0, le=60)
     coinsuper_reconnect_max_s: float = Field(5.0, gt=0, le=600)
     coinsuper_silence_s: float = Field(10.0, gt=0, le=3600)
+    coinsuper_tls_ca_file: str = ""
+    coinsuper_tls_cert_file: str = ""
+    coinsuper_tls_key_file: str = ""
     coinsuper_topic_depth: str = _TOPICS.depth
     coinsuper_topic_orderbook: str = _TOPICS.orderbook
     coinsuper_topic_kline: str = _TOPICS.kline
@@ -134,6 +156,21 @@ class Settings(BaseSettings):
     gateway_log_level: str = "info"
     gateway_log_format: str = "text"
     gateway_metric_symbols: str = ""
+    gateway_trusted_proxies: str = ""
+    gateway_max_request_line: int = Field(8192, ge=256, le=1_048_576)
+    gateway_max_header_bytes: int = Field(65536, ge=1024, le=16_777_216)
+    gateway_header_timeout_s: float = Field(10.0, gt=0, le=600)
+    gateway_keepalive_timeout_s: int = Field(5, ge=1, le=3600)
+    gateway_max_connections: int = Field(0, ge=0)
+    gateway_max_connections_per_address: int = Field(1000, ge=1)
+    gateway_stream_send_buffer: int = Field(32768, ge=4096, le=16_777_216)
+    gateway_stream_write_buffer: int = Field(32768, ge=1024, le=16_777_216)
+    gateway_ws_max_message_bytes: int = Field(65536, ge=1024, le=16_777_216)
+    gateway_ws_ops_per_s: float = Field(20.0, gt=0, le=10_000)
+    gateway_no_data_release_s: float = Field(30.0, gt=0)
+    gateway_unknown_ttl_s: float = Field(600.0, ge=0)
+    gateway_max_pending_upstream: int = Field(16, ge=1, le=10_000)
+    gateway_max_clock_skew_s: float = Field(300.0, gt=0)
 
     @field_validator("coinsuper_url")
     @classmethod
@@ -194,16 +231,29 @@ class Settings(BaseSettings):
             fills=self.coinsuper_topic_fills,
         )
 
+    @field_validator("coinsuper_tls_ca_file", "coinsuper_tls_cert_file", "coinsuper_tls_key_file")
+    @classmethod
+    def _check_tls_file(cls, value: str) -> str:
+        return _readable(value)
+
+    @field_validator("gateway_trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: str) -> str:
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            try:
+                ipaddress.ip_network(part, strict=False)
+            except ValueError:
+                raise ValueError(f"'{part[:60]}' is not an address or network") from None
+        return value
+
+    @property
+    def trusted_proxies(self) -> list[str]:
+        return [part.strip() for part in self.gateway_trusted_proxies.split(",") if part.strip()]
+
     @field_validator("gateway_tokens_file")
     @classmethod
     def _check_tokens_file(cls, value: str) -> str:
-        if value:
-            try:
-                with open(value, encoding="utf-8") as handle:
-                    handle.read(1)
-            except OSError as exc:
-                raise ValueError(f"cannot read '{value[:200]}': {exc.strerror}") from None
-        return value
+        return _readable(value)
 
     @property
     def tokens(self) -> list[str]:
@@ -235,6 +285,17 @@ class Settings(BaseSettings):
     @property
     def cors_origins(self) -> list[str]:
         return [origin.strip() for origin in self.gateway_cors_origins.split(",") if origin.strip()]
+
+
+def _readable(path: str) -> str:
+    """A file setting: empty, or a file this process can read."""
+    if path:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                handle.read(1)
+        except OSError as exc:
+            raise ValueError(f"cannot read '{path[:200]}': {exc.strerror}") from None
+    return path
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -26,6 +26,7 @@ from app.channels import Channel
 
 if TYPE_CHECKING:
     from app.gateway import Gateway
+    from app.http.server import ConnectionGuard
 
 OTHER = "other"
 
@@ -49,9 +50,12 @@ class LabelPolicy:
 class GatewayCollector(Collector):
     """Reads the gateway's own counters at scrape time."""
 
-    def __init__(self, gateway: Gateway, policy: LabelPolicy) -> None:
+    def __init__(
+        self, gateway: Gateway, policy: LabelPolicy, connections: ConnectionGuard | None = None
+    ) -> None:
         self.gateway = gateway
         self.policy = policy
+        self.connections = connections
 
     def collect(self) -> Iterator[Metric]:
         gateway = self.gateway
@@ -139,7 +143,57 @@ class GatewayCollector(Collector):
             "coinsuper_upstream_unknown_topic_messages", "Upstream messages on no followed topic"
         )
         unknown.add_metric([], gateway.registry.unknown_messages)
-        yield from (streams, sent, closed, unknown)
+        stalled = CounterMetricFamily(
+            "coinsuper_stream_stalled_closes",
+            "Streams closed (socket included) because the client stopped reading",
+        )
+        stalled.add_metric([], gateway.stalled_closes)
+        gaps = CounterMetricFamily(
+            "coinsuper_trade_gaps",
+            "Trade pushes that shared nothing with a full previous one (trades may be missing)",
+            labels=names,
+        )
+        for key, count in self._gaps().items():
+            gaps.add_metric(list(key), count)
+        released = CounterMetricFamily(
+            "coinsuper_no_data_releases",
+            "Channels released because the exchange sent no data for them",
+        )
+        released.add_metric([], gateway.registry.no_data_releases)
+        yield from (streams, sent, closed, unknown, stalled, gaps, released)
+        if self.connections is not None:
+            yield from self._connections(self.connections)
+
+    def _gaps(self) -> dict[tuple[str, str, str], int]:
+        sums: dict[tuple[str, str, str], int] = {}
+        for tracked in list(self.gateway.registry.tracked.values()):
+            state = self.gateway.hub.state(tracked.channel)
+            if state is not None and state.gaps:
+                key = self.policy.labels(tracked.channel)
+                sums[key] = sums.get(key, 0) + state.gaps
+        return sums
+
+    @staticmethod
+    def _connections(guard: ConnectionGuard) -> Iterator[Metric]:
+        open_now = GaugeMetricFamily("coinsuper_open_connections", "Open HTTP connections")
+        open_now.add_metric([], guard.open)
+        cap = GaugeMetricFamily("coinsuper_connection_cap", "Cap on open HTTP connections")
+        cap.add_metric([], guard.limits.max_connections)
+        refused = CounterMetricFamily(
+            "coinsuper_connections_refused",
+            "Connections refused or closed by a limit, by reason",
+            labels=["reason"],
+        )
+        for reason in (
+            "overall",
+            "per_address",
+            "evicted",
+            "header_timeout",
+            "request_line",
+            "header_bytes",
+        ):
+            refused.add_metric([reason], guard.refused[reason])
+        yield from (open_now, cap, refused)
 
 
 class RequestMetrics:

@@ -301,13 +301,15 @@ def test_a_stalled_client_never_slows_the_others(world: World) -> None:
 
 
 def test_caps_on_streams_per_client_and_overall(world: World) -> None:
-    gw = world.gateway(GATEWAY_MAX_STREAMS_PER_CLIENT="2", GATEWAY_MAX_STREAMS="3")
+    gw = world.gateway(
+        GATEWAY_MAX_STREAMS_PER_CLIENT="2", GATEWAY_MAX_STREAMS="3", GATEWAY_TOKENS="abc,def"
+    )
     try:
         streams = [EventStream(f"{gw.base}/v1/stream?channels=trades:BTC_USD") for _ in range(2)]
         third = gw.http.get("/v1/stream?channels=trades:BTC_USD")
         assert third.status_code == 429 and third.json()["limit"] == "open streams per client"
         token_stream = EventStream(f"{gw.base}/v1/stream?channels=trades:BTC_USD&access_token=abc")
-        assert token_stream.status == 200  # another client (by token)
+        assert token_stream.status == 200  # another client (by its valid token)
         other = gw.http.get("/v1/stream?channels=trades:BTC_USD&access_token=def")
         assert other.status_code == 429 and other.json()["limit"] == "open streams"
         for stream in [*streams, token_stream]:

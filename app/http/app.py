@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from app.gateway import Gateway
 from app.http import problems, rest, schemas, stream, ws
 from app.http.auth import TokenCheck
 from app.http.eventstream import RAW_SEND
+from app.http.server import ConnectionGuard, Limits, connection_cap, raise_fd_limit
 from app.metrics import GatewayCollector, LabelPolicy, RequestMetrics
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -30,7 +32,14 @@ an account's balances, orders and fills) as REST snapshots and Server-Sent Event
 Prices, quantities and balances are decimal strings equal to what the exchange
 sent. Errors are `application/problem+json` (RFC 9457). Private routes need a
 bearer token (streams also take `access_token` in the query). When
-`GATEWAY_REQUIRE_TOKEN` is set, public routes need one too."""
+`GATEWAY_REQUIRE_TOKEN` is set, public routes need one too.
+
+On any route, the server itself answers a problem and closes the connection
+when a limit of the connection is passed: `414` (request line over
+`GATEWAY_MAX_REQUEST_LINE`), `431` (request head over
+`GATEWAY_MAX_HEADER_BYTES`), `408` (no complete head within
+`GATEWAY_HEADER_TIMEOUT_S`), `429` (open connections of one address) and `503`
+(open connections, with `Retry-After`)."""
 TAGS = [
     {"name": "market", "description": "Public market data, subscribed upstream on first demand"},
     {"name": "account", "description": "The configured account's private data"},
@@ -66,6 +75,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.gateway = the_gateway
+    app.state.connections = ConnectionGuard(limits_of(settings))
     app.state.tokens = TokenCheck(settings.tokens)
     if settings.cors_origins:
         app.add_middleware(
@@ -76,7 +86,9 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
             expose_headers=["ETag", "Retry-After"],
         )
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(GatewayCollector(the_gateway, LabelPolicy(settings.metric_symbols)))
+    registry.register(
+        GatewayCollector(the_gateway, LabelPolicy(settings.metric_symbols), app.state.connections)
+    )
     app.state.metrics = registry
     app.add_middleware(RequestMetrics, registry=registry)
     problems.install(app)
@@ -102,6 +114,19 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def limits_of(settings: Settings) -> Limits:
+    """The connection limits of the settings; raises the open-file limit first,
+    since the cap on connections is kept below it."""
+    return Limits(
+        max_connections=connection_cap(settings.gateway_max_connections, raise_fd_limit()),
+        max_per_address=settings.gateway_max_connections_per_address,
+        max_request_line=settings.gateway_max_request_line,
+        max_header_bytes=settings.gateway_max_header_bytes,
+        header_timeout_s=settings.gateway_header_timeout_s,
+        trusted=tuple(ip_network(p, strict=False) for p in settings.trusted_proxies),
+    )
 
 
 def describe(app: FastAPI) -> dict[str, Any]:

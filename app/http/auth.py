@@ -22,6 +22,15 @@ def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8")).digest()
 
 
+def presented_token(request: HTTPConnection) -> str | None:
+    """The bearer token a request carries (header, else ``access_token``), unchecked."""
+    header = request.headers.get("authorization")
+    if header:
+        scheme, _, value = header.partition(" ")
+        return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+    return request.query_params.get("access_token") or None
+
+
 class TokenCheck:
     """The configured tokens, kept only as digests."""
 

@@ -14,6 +14,13 @@ when a send stays blocked past ``GATEWAY_SEND_TIMEOUT_S``: the response notes
 when each send starts, and :meth:`app.fanout.Fanout.tick` cancels a sender
 blocked too long (a client that stopped reading). Nothing here knows about
 events: frames come encoded.
+
+However a stream ends, its connection is closed with it (a stalled one at
+once, dropping what is queued): a stream that is over must not keep a socket,
+a file descriptor and a kernel send queue. While it runs, what its connection
+may queue is bounded (``GATEWAY_STREAM_SEND_BUFFER`` in the kernel,
+``GATEWAY_STREAM_WRITE_BUFFER`` in the server), so that a client that stops
+reading costs little before the send timeout ends it.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from app.fanout import Subscription
+from app.http.server import TRANSPORT, bound_stream, end_connection
 
 # Where GatewayApp puts the server's own send in the scope.
 RAW_SEND = "coinsuper.raw_send"
@@ -41,17 +49,29 @@ HEADERS = [
 class EventStreamResponse(Response):
     """Streams an async iterator of SSE bytes to one client."""
 
-    def __init__(self, body: AsyncIterator[bytes], subscription: Subscription) -> None:
+    def __init__(
+        self,
+        body: AsyncIterator[bytes],
+        subscription: Subscription,
+        *,
+        send_buffer: int = 32768,
+        write_buffer: int = 32768,
+    ) -> None:
         # A Response for the framework's sake; nothing of Response.__init__ applies.
         self.status_code = 200
         self.background = None
         self.raw_headers = list(HEADERS)
         self.events = body
         self.subscription = subscription
+        self.send_buffer = send_buffer
+        self.write_buffer = write_buffer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         subscription = self.subscription
         subscription.sender = asyncio.current_task()
+        transport = scope.get(TRANSPORT)
+        if transport is not None:
+            bound_stream(transport, self.send_buffer, self.write_buffer)
         watcher = asyncio.create_task(self._watch(receive))
         # Body chunks go straight to the server: the middleware around the app
         # cares only for the start of a response, and a stream sends thousands.
@@ -76,6 +96,8 @@ class EventStreamResponse(Response):
             watcher.cancel()
             with contextlib.suppress(Exception):
                 await self.events.aclose()  # type: ignore[attr-defined]
+            if transport is not None:
+                end_connection(transport, at_once=subscription.stalled)
 
     async def _watch(self, receive: Receive) -> None:
         while True:

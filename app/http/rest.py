@@ -76,7 +76,8 @@ def parse_int(name: str, text: str | None, *, default: int, low: int, high: int)
     if text is None or text == "":
         return default
     text = text.strip()
-    if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
+    # Length first: int() refuses more than 4,300 digits, which would be a 500.
+    if not (len(text) <= 18 and text.isascii() and text.isdigit()) or not low <= int(text) <= high:
         raise InvalidInput(
             name, f"'{text[:20]}' is not allowed", f"an integer from {low} to {high}"
         )

@@ -22,6 +22,7 @@ from app.channels import Channel, parse_channel_list
 from app.errors import TooMany
 from app.gateway import Gateway
 from app.http import schemas
+from app.http.auth import presented_token
 from app.http.eventstream import EventStreamResponse
 from app.http.rest import GatewayDep, private_access, tokens_of
 from app.hub import Opening
@@ -35,7 +36,9 @@ STREAM_DESCRIPTION = """Server-Sent Events. Every event has an id `EPOCH-SEQ` an
 Events: `orderbook`, `depth`, `kline`, `assets` (the snapshot envelope, as REST);
 `trade`, `order`, `fill` (one item per event: `{channel, symbol, seq, exchange_ts,
 received_ts, data}`); `status` (`{channel, status, reason, ts}`, status one of
-connecting, live, stale, failed); `reset` (`{reason, epoch, channels}`: the given
+connecting, live, stale, failed; on a trades channel, reason `gap` with a
+`detail` says a push shared nothing with the previous full window, so trades
+may be missing between them); `reset` (`{reason, epoch, channels}`: the given
 `Last-Event-ID` cannot be resumed, fresh snapshots follow).
 
 The stream opens with `retry:` and the current snapshots (or, resuming, every
@@ -92,13 +95,19 @@ async def stream(
     # Registered now, and released by the body's finally, which is sure to run
     # (the response closes the body however the stream ends).
     opening = gateway.hub.open_stream(wanted, resume_from, settings.gateway_client_buffer)
-    return EventStreamResponse(_events(gateway, wanted, opening, client), opening.subscription)
+    return EventStreamResponse(
+        _events(gateway, wanted, opening, client),
+        opening.subscription,
+        send_buffer=settings.gateway_stream_send_buffer,
+        write_buffer=settings.gateway_stream_write_buffer,
+    )
 
 
 def client_key(request: HTTPConnection) -> str:
-    """Streams are counted per token where one is given, else per address."""
-    token = request.headers.get("authorization") or request.query_params.get("access_token")
-    if token:
+    """Streams are counted per valid token where one is given, else per
+    address: a made-up token is no way around the per-address cap."""
+    token = presented_token(request)
+    if token and tokens_of(request).accepts(token):
         return "token:" + hashlib.sha256(token.encode()).hexdigest()[:16]
     return "address:" + (request.client.host if request.client else "unknown")
 
@@ -146,6 +155,12 @@ async def _events(
                 yield HEARTBEAT
             subscription.heartbeat_due = False
     finally:
+        if subscription.stalled:
+            log.info(
+                "closed a stream of %s: it took nothing for %g s",
+                client,
+                settings.gateway_send_timeout_s,
+            )
         gateway.hub.close_stream(subscription)
         gateway.open_streams -= 1
         gateway.streams_by_client[client] -= 1

@@ -38,6 +38,7 @@ from app.fanout import Subscription
 from app.gateway import Gateway
 from app.http.problems import TYPE_BASE
 from app.http.rest import private_access, tokens_of
+from app.http.server import TRANSPORT, bound_stream, end_connection
 from app.http.stream import client_key
 from app.store import Event
 
@@ -45,6 +46,30 @@ router = APIRouter()
 log = logging.getLogger("coinsuper_gateway.ws")
 
 OVERFLOW = 1013  # "try again later": resume with the last id
+POLICY = 1008  # "policy violation": ops sent far past the rate
+
+
+class OpRate:
+    """A token bucket: ``rate`` ops a second, bursts of twice that. Ops past
+    it are refused with an error frame; ``refused`` counts them since the last
+    op allowed, and past a whole burst of them the connection is closed."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.burst = max(1.0, 2 * rate)
+        self.tokens = self.burst
+        self.last = time.monotonic()
+        self.refused = 0
+
+    def allow(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            self.refused = 0
+            return True
+        self.refused += 1
+        return False
 
 
 def _problem(error: GatewayError) -> str:
@@ -130,10 +155,12 @@ class Connection:
         self.gateway.hub.shrink_stream(self.subscription, channels)
         return json.dumps({"op": "unsubscribed", "channels": [c.name for c in channels]})
 
-    def handle(self, text: str) -> str:
+    def handle(self, text: str | None) -> str:
+        if text is None:
+            return _problem(InvalidInput("message", "a binary frame", "text frames of JSON"))
         try:
             message = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             return _problem(
                 InvalidInput("message", "not JSON", '{"op": "subscribe" | "unsubscribe", ...}')
             )
@@ -216,16 +243,40 @@ async def websocket_stream(websocket: WebSocket) -> None:
     gateway.hub.extend_stream(subscription, [], None)  # registered: closed with the others
     gateway.open_streams += 1
     gateway.streams_by_client[client] += 1
+    transport = websocket.scope.get(TRANSPORT)
+    if transport is not None:
+        bound_stream(
+            transport, settings.gateway_stream_send_buffer, settings.gateway_stream_write_buffer
+        )
     writer = asyncio.create_task(connection.send_events())
     subscription.sender = writer
+    ops = OpRate(settings.gateway_ws_ops_per_s)
     try:
         while True:
-            receiving = asyncio.ensure_future(websocket.receive_text())
+            receiving = asyncio.ensure_future(websocket.receive())
             done, _ = await asyncio.wait({receiving, writer}, return_when=asyncio.FIRST_COMPLETED)
             if writer in done:
                 receiving.cancel()
                 break
-            await connection.send(connection.handle(receiving.result()))
+            message = receiving.result()
+            if message["type"] == "websocket.disconnect":
+                break
+            if ops.allow(time.monotonic()):
+                reply = connection.handle(message.get("text"))
+            elif ops.refused > ops.burst:
+                await websocket.close(POLICY, "too many ops: sustained past the rate")
+                break
+            else:
+                reply = _problem(
+                    TooMany(
+                        "WebSocket ops per second",
+                        "this connection sends ops faster than allowed",
+                        int(ops.rate),
+                    )
+                )
+            await connection.send(reply)
+            # Queued frames are read without suspending: let the others run.
+            await asyncio.sleep(0)
     except (WebSocketDisconnect, RuntimeError, OSError):
         pass
     finally:
@@ -233,6 +284,14 @@ async def websocket_stream(websocket: WebSocket) -> None:
         writer.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await writer
+        if subscription.stalled:
+            log.info(
+                "closed a WebSocket of %s: it took nothing for %g s",
+                client,
+                settings.gateway_send_timeout_s,
+            )
+        if transport is not None and (subscription.stalled or subscription.overflowed):
+            end_connection(transport, at_once=subscription.stalled)
         gateway.hub.close_stream(subscription)
         gateway.open_streams -= 1
         gateway.streams_by_client[client] -= 1

@@ -1,0 +1,346 @@
+"""The HTTP server's connection layer: limits enforced where the bytes arrive.
+
+uvicorn's httptools protocol parses requests for every route, and it has no
+limit of its own on the request line or the header block (httptools buffers
+whatever comes), no deadline for a request head (a byte every few seconds keeps
+a connection forever), and no cap on open connections (the file-descriptor
+limit is then a full outage). :class:`GuardedProtocol` is that protocol with
+those limits; :class:`ConnectionGuard` is the state the connections share.
+
+Theory of operation:
+
+- A connection is admitted in ``connection_made`` if the gateway holds fewer
+  than ``GATEWAY_MAX_CONNECTIONS`` and its address fewer than
+  ``GATEWAY_MAX_CONNECTIONS_PER_ADDRESS`` (trusted proxies are not counted by
+  address). At the overall cap, the connection that has waited longest for a
+  request head is closed to make room: an idle keep-alive or a slowloris
+  connection costs nothing to drop, and a client that sends its request at
+  once (a health probe) gets in. Only when every connection is busy is the
+  new one refused, at once, with a ``503`` problem.
+- From the start of a connection, and from the start of every later request
+  on it, the request head must be complete within ``GATEWAY_HEADER_TIMEOUT_S``
+  (``408`` and close otherwise). Between requests uvicorn's keep-alive timeout
+  applies (``GATEWAY_KEEPALIVE_TIMEOUT_S``).
+- Bytes are counted as they arrive, before the parser buffers them: a request
+  line over ``GATEWAY_MAX_REQUEST_LINE`` is answered ``414``, a head over
+  ``GATEWAY_MAX_HEADER_BYTES`` ``431``, each a problem, and the connection is
+  closed.
+- The transport is put in the request's scope (``TRANSPORT``), so that a
+  stream can bound its own buffers and close its socket when it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import resource
+import socket
+import time
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network, ip_address
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from app.http.problems import PROBLEM_MEDIA_TYPE, TYPE_BASE
+
+log = logging.getLogger("coinsuper_gateway.http")
+
+# Where GuardedProtocol puts the connection's transport in the scope.
+TRANSPORT = "coinsuper.transport"
+# File descriptors kept back from the connection cap: upstream links, logs,
+# recordings, the listener itself.
+FD_HEADROOM = 256
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft limit on open files to the hard one; return the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1_048_576)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):  # pragma: no cover (a container may refuse)
+            pass
+    return soft
+
+
+def connection_cap(configured: int, fd_limit: int) -> int:
+    """The cap on open connections: the configured one (0: automatic), never
+    closer to the file-descriptor limit than the headroom."""
+    ceiling = max(16, fd_limit - max(FD_HEADROOM, fd_limit // 20))
+    return ceiling if configured <= 0 else min(configured, ceiling)
+
+
+@dataclass
+class Limits:
+    """The connection limits, from the settings (see README, "Limits and hardening")."""
+
+    max_connections: int = 10_000
+    max_per_address: int = 1000
+    max_request_line: int = 8192
+    max_header_bytes: int = 65536
+    header_timeout_s: float = 10.0
+    trusted: tuple[IPv4Network | IPv6Network, ...] = ()
+
+    def is_trusted(self, address: str) -> bool:
+        """Whether ``address`` is a trusted proxy (not counted by address)."""
+        if not self.trusted:
+            return False
+        try:
+            ip = ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.trusted)
+
+
+@dataclass
+class ConnectionGuard:
+    """What every connection of the server shares: counts, and who waits for a head."""
+
+    limits: Limits
+    open: int = 0
+    by_address: Counter[str] = field(default_factory=Counter)
+    # Connections waiting for a request head, oldest first.
+    waiting: OrderedDict[GuardedProtocol, float] = field(default_factory=OrderedDict)
+    refused: Counter[str] = field(default_factory=Counter)  # by reason, for /metrics
+
+    def protocol(self) -> type[GuardedProtocol]:
+        """The protocol class for uvicorn's ``http`` setting, bound to this guard."""
+        return type("GuardedHttpProtocol", (GuardedProtocol,), {"guard": self})
+
+    def make_room(self) -> bool:
+        """At the overall cap, close the connection that has waited longest
+        for a request head; False when none waits (every one is busy)."""
+        while self.waiting:
+            oldest, _ = self.waiting.popitem(last=False)
+            if not oldest.transport.is_closing():
+                oldest.reject(503, "connection closed to make room for another", close_only=True)
+                self.refused["evicted"] += 1
+                return True
+        return False
+
+
+_REASONS = {
+    408: "Request Timeout",
+    414: "URI Too Long",
+    429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
+    503: "Service Unavailable",
+}
+
+
+def problem_bytes(status: int, detail: str, extensions: dict[str, Any] | None = None) -> bytes:
+    """A whole HTTP/1.1 response carrying a problem, with ``Connection: close``."""
+    title = _REASONS[status]
+    body = json.dumps(
+        {
+            "type": TYPE_BASE + title.lower().replace(" ", "-"),
+            "title": title,
+            "status": status,
+            "detail": detail,
+            **(extensions or {}),
+        }
+    ).encode()
+    retry = b"retry-after: 1\r\n" if status in (429, 503) else b""
+    return (
+        f"HTTP/1.1 {status} {title}\r\n".encode()
+        + f"content-type: {PROBLEM_MEDIA_TYPE}\r\ncontent-length: {len(body)}\r\n".encode()
+        + retry
+        + b"connection: close\r\n\r\n"
+        + body
+    )
+
+
+class GuardedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the limits of the module docstring."""
+
+    guard: ConnectionGuard  # set on the class by ConnectionGuard.protocol
+
+    _address: str | None = None
+    _admitted = False
+    _head_bytes = 0
+    _in_head = True
+    _deadline: asyncio.TimerHandle | None = None
+
+    # --- admission ---------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        guard = self.guard
+        limits = guard.limits
+        address = self.client[0] if self.client else "unknown"
+        counted = not limits.is_trusted(address)
+        if counted and guard.by_address[address] >= limits.max_per_address:
+            guard.refused["per_address"] += 1
+            self.reject(
+                429,
+                "this address has as many connections open as it may",
+                {"limit": "connections per address", "cap": limits.max_per_address},
+            )
+            return
+        if guard.open >= limits.max_connections and not guard.make_room():
+            guard.refused["overall"] += 1
+            self.reject(
+                503,
+                "the gateway has as many connections open as it serves",
+                {"limit": "open connections", "cap": limits.max_connections},
+            )
+            return
+        self._admitted = True
+        guard.open += 1
+        if counted:
+            self._address = address
+            guard.by_address[address] += 1
+        self._await_head()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._release()
+        super().connection_lost(exc)
+
+    def _release(self) -> None:
+        self._stop_deadline()
+        if not self._admitted:
+            return
+        self._admitted = False
+        guard = self.guard
+        guard.open -= 1
+        if self._address is not None:
+            guard.by_address[self._address] -= 1
+            if guard.by_address[self._address] <= 0:
+                del guard.by_address[self._address]
+
+    def reject(
+        self,
+        status: int,
+        detail: str,
+        extensions: dict[str, Any] | None = None,
+        *,
+        close_only: bool = False,
+    ) -> None:
+        """Answer with a problem (unless ``close_only``) and close the connection."""
+        self._stop_deadline()
+        transport = self.transport
+        if not transport.is_closing():
+            if not close_only:
+                transport.write(problem_bytes(status, detail, extensions))
+            transport.close()
+            # A peer that does not read must not keep the socket by it.
+            asyncio.get_running_loop().call_later(1.0, transport.abort)
+
+    # --- the request head ----------------------------------------------------
+
+    def _await_head(self) -> None:
+        self._in_head = True
+        self._head_bytes = 0
+        self.guard.waiting[self] = time.monotonic()
+        if self._deadline is None:
+            self._deadline = self.loop.call_later(
+                self.guard.limits.header_timeout_s, self._head_too_slow
+            )
+
+    def _stop_deadline(self) -> None:
+        self.guard.waiting.pop(self, None)
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _head_too_slow(self) -> None:
+        self._deadline = None
+        self.guard.refused["header_timeout"] += 1
+        seconds = self.guard.limits.header_timeout_s
+        self.reject(408, f"the request head was not complete within {seconds:g} s")
+
+    def data_received(self, data: bytes) -> None:
+        if not self._admitted:
+            return
+        if not self._in_head:
+            super().data_received(data)
+            return
+        self._head_bytes += len(data)
+        super().data_received(data)
+        if self._in_head and not self.transport.is_closing():
+            self._check_head()
+
+    def _check_head(self) -> None:
+        limits = self.guard.limits
+        url = getattr(self, "url", b"")
+        if len(url) > limits.max_request_line or (
+            not self.headers and self._head_bytes > limits.max_request_line + 16
+        ):
+            self.guard.refused["request_line"] += 1
+            self.reject(
+                414,
+                f"the request line is longer than {limits.max_request_line} bytes",
+                {"limit": "request line bytes", "cap": limits.max_request_line},
+            )
+        elif self._head_bytes > limits.max_header_bytes:
+            self.guard.refused["header_bytes"] += 1
+            self.reject(
+                431,
+                f"the request head is larger than {limits.max_header_bytes} bytes",
+                {"limit": "request head bytes", "cap": limits.max_header_bytes},
+            )
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if not self._in_head:  # a later request on a kept-alive connection
+            self._await_head()
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._check_head()
+        if self.transport.is_closing():
+            return
+        self._stop_deadline()
+        self.scope[TRANSPORT] = self.transport  # type: ignore[literal-required]
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self.guard.waiting[self] = time.monotonic()  # idle: first to go at the cap
+
+    def handle_websocket_upgrade(self) -> None:
+        super().handle_websocket_upgrade()
+        # The WebSocket protocol takes the transport over: the slot is released
+        # when that protocol loses the connection.
+        upgraded: Any = self.transport.get_protocol()
+        lost = upgraded.connection_lost
+
+        def connection_lost(exc: Exception | None) -> None:
+            self._release()
+            lost(exc)
+
+        upgraded.connection_lost = connection_lost
+        scope = getattr(upgraded, "scope", None)
+        if isinstance(scope, dict):
+            scope[TRANSPORT] = self.transport
+
+
+def bound_stream(transport: Any, send_buffer: int, write_buffer: int) -> None:
+    """Bound what one stream's connection may hold: the kernel's send buffer
+    and the transport's queue before the writer waits (flow control)."""
+    transport.set_write_buffer_limits(high=write_buffer)
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+
+
+def end_connection(transport: Any, *, at_once: bool, grace_s: float = 1.0) -> None:
+    """Close a stream's connection when the stream ends. ``at_once`` (a client
+    that stopped reading) drops it with whatever is queued; otherwise what is
+    queued gets ``grace_s`` to go out before the socket is dropped all the same,
+    so that a peer that never reads cannot keep it."""
+    if at_once:
+        transport.abort()
+        return
+    if not transport.is_closing():
+        transport.close()
+    asyncio.get_running_loop().call_later(grace_s, transport.abort)
