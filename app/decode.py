@@ -15,6 +15,7 @@ float) and written back in plain notation, equal in value and digits.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import re
@@ -29,9 +30,14 @@ from app.channels import KLINE_RANGES, Channel, Kind, display_symbol
 # payload (50 trades, or a 50-level depth chart) is a few kilobytes.
 MAX_PAYLOAD_BYTES = 256 * 1024
 
-_DECIMAL_RE = re.compile(r"^[0-9]{1,40}(\.[0-9]{1,40})?\Z")
+# A plain decimal: no sign, no exponent, no leading zero ("007.5" is refused, "0.5" is not).
+_DECIMAL = r"(?:0|[1-9][0-9]{0,39})(?:\.[0-9]{1,40})?"
+_DECIMAL_RE = re.compile(_DECIMAL + r"\Z")
 # Many decimals joined by newlines, checked in one call.
-_DECIMALS_RE = re.compile(r"(?:[0-9]{1,40}(?:\.[0-9]{1,40})?\n)*[0-9]{1,40}(?:\.[0-9]{1,40})?")
+_DECIMALS_RE = re.compile(rf"(?:{_DECIMAL}\n)*{_DECIMAL}")
+_NONZERO_RE = re.compile(r"[1-9]")
+# The exchange's trade window holds the latest 50 trades (UPSTREAM.md).
+TRADE_WINDOW_MAX = 50
 # Timestamps in milliseconds between 2001 and 2286: anything else is a wrong value.
 _TS_MIN, _TS_MAX = 10**12, 10**13 - 1
 
@@ -112,8 +118,15 @@ class _Bad(Exception):
     """Raised inside this module only, turned into a Rejection at its edge."""
 
 
-def decode(channel: Channel, payload: bytes) -> Update | Rejection:
-    """Decode one payload of ``channel``'s topic."""
+def decode(
+    channel: Channel,
+    payload: bytes,
+    received_ts: int | None = None,
+    max_skew_ms: int = 300_000,
+) -> Update | Rejection:
+    """Decode one payload of ``channel``'s topic. With ``received_ts``, a
+    payload stamped more than ``max_skew_ms`` after it is rejected: a clock far
+    ahead is a wrong value, and kept it would outrank every genuine push."""
     if len(payload) > MAX_PAYLOAD_BYTES:
         return Rejection(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
     try:
@@ -121,7 +134,14 @@ def decode(channel: Channel, payload: bytes) -> Update | Rejection:
     except UnicodeDecodeError:
         return Rejection("payload is not UTF-8")
     try:
-        doc = json.loads(text, parse_float=Decimal, parse_constant=_refuse_constant)
+        doc = json.loads(
+            text,
+            parse_float=Decimal,
+            parse_constant=_refuse_constant,
+            object_pairs_hook=_unique_keys,
+        )
+    except _DuplicateKey:
+        return Rejection("payload has a duplicate key")
     except (ValueError, RecursionError):
         return Rejection("payload is not JSON")
     decoder = _DECODERS.get(channel.kind)
@@ -131,6 +151,10 @@ def decode(channel: Channel, payload: bytes) -> Update | Rejection:
         update = decoder(channel, doc)
     except _Bad as exc:
         return Rejection(str(exc))
+    if received_ts is not None and newest_ts(update) > received_ts + max_skew_ms:
+        return Rejection(
+            f"a timestamp is more than {max_skew_ms / 1000:g} s ahead of the receive time"
+        )
     if isinstance(update, TradeWindow):
         return TradeWindow(update.trades, payload)
     return update
@@ -138,6 +162,33 @@ def decode(channel: Channel, payload: bytes) -> Update | Rejection:
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(name)
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose keys are all distinct: with a key twice, which value
+    the exchange meant is a guess."""
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        raise _DuplicateKey
+    return doc
+
+
+def newest_ts(update: Update) -> int:
+    """The latest timestamp an update carries (0 when it carries none)."""
+    if isinstance(update, TradeWindow):
+        return update.trades[-1].ts if update.trades else 0
+    if isinstance(update, Snapshot):
+        return update.exchange_ts or 0
+    if isinstance(update, Balances):
+        stamps = [int(b["updated_ts"]) for b in update.balances.values()]
+        return max([update.exchange_ts, *stamps])
+    if isinstance(update, OrderChange):
+        return max(update.updated_ts, int(update.data["created_ts"]))
+    return update.ts
 
 
 # --- field readers ---------------------------------------------------------
@@ -211,8 +262,21 @@ def _choice(doc: dict[str, Any], key: str, mapping: dict[str, str]) -> str:
     return mapping[value]
 
 
-def _levels(doc: dict[str, Any], key: str, price_key: str, *, descending: bool) -> list[list[str]]:
-    """Price levels as ``[price, quantity]`` pairs, sorted best first."""
+@dataclass(frozen=True, slots=True)
+class _Side:
+    """One side of a book, best first: the pairs as sent, and their prices."""
+
+    levels: list[list[str]]
+    prices: list[Decimal]
+
+    @property
+    def best(self) -> Decimal | None:
+        return self.prices[0] if self.prices else None
+
+
+def _levels(doc: dict[str, Any], key: str, price_key: str, *, descending: bool) -> _Side:
+    """Price levels as ``[price, quantity]`` pairs, sorted best first; two
+    levels at one price are refused."""
     entries = _list(doc, key)
     # The hot path of ingest: all values checked by one regular expression over
     # them joined; on any doubt, the slow path below says what was wrong.
@@ -223,20 +287,18 @@ def _levels(doc: dict[str, Any], key: str, price_key: str, *, descending: bool) 
         return _levels_checked(entries, key, price_key, descending=descending)
     if not _all_decimals(prices + quantities):
         return _levels_checked(entries, key, price_key, descending=descending)
-    return _best_first([[p, q] for p, q in zip(prices, quantities, strict=True)], descending)
+    return _best_first([[p, q] for p, q in zip(prices, quantities, strict=True)], key, descending)
 
 
-def _levels_checked(
-    entries: list[Any], key: str, price_key: str, *, descending: bool
-) -> list[list[str]]:
+def _levels_checked(entries: list[Any], key: str, price_key: str, *, descending: bool) -> _Side:
     levels = []
     for entry in entries:
         item = _obj(entry, f"an entry of '{key}'")
         levels.append([_dec(item, price_key), _dec(item, "quantity")])
-    return _best_first(levels, descending)
+    return _best_first(levels, key, descending)
 
 
-def _best_first(levels: list[list[str]], descending: bool) -> list[list[str]]:
+def _best_first(levels: list[list[str]], key: str, descending: bool) -> _Side:
     prices = [Decimal(level[0]) for level in levels]
     ordered = (
         all(a > b for a, b in itertools.pairwise(prices))
@@ -244,11 +306,51 @@ def _best_first(levels: list[list[str]], descending: bool) -> list[list[str]]:
         else all(a < b for a, b in itertools.pairwise(prices))
     )
     if not ordered:  # the exchange sends them best first; sort only if it did not
-        levels = [
-            level
-            for _, level in sorted(zip(prices, levels, strict=True), key=_first, reverse=descending)
-        ]
-    return levels
+        if len(set(prices)) != len(prices):
+            raise _Bad(f"'{key}' has two levels at one price")
+        pairs = sorted(zip(prices, levels, strict=True), key=_first, reverse=descending)
+        levels = [level for _, level in pairs]
+        prices = [price for price, _ in pairs]
+    return _Side(levels, prices)
+
+
+def _not_crossed(bids: _Side, asks: _Side) -> None:
+    best_bid, best_ask = bids.best, asks.best
+    if best_bid is not None and best_ask is not None and best_bid >= best_ask:
+        raise _Bad("the book is crossed: the best bid is not below the best ask")
+
+
+@functools.lru_cache(maxsize=64)
+def _step_places(step: str) -> int | None:
+    """Decimal places of a power-of-ten step (0.01 → 2, 1.0 → 0); None for another step."""
+    number = Decimal(step).normalize()
+    sign, digits, exponent = number.as_tuple()
+    if sign or digits != (1,) or not isinstance(exponent, int):
+        return None
+    return max(0, -exponent)
+
+
+def _on_grid(side: _Side, key: str, step: str) -> None:
+    """Every price a multiple of the step: no digit past the step's places."""
+    places = _step_places(step)
+    if places is None:
+        return
+    for level in side.levels:
+        if _NONZERO_RE.search(level[0].partition(".")[2], places):
+            raise _Bad(f"a price of '{key}' is off the book's step {step}")
+
+
+def _no_zero_quantity(side: _Side, key: str) -> None:
+    for level in side.levels:
+        if not _NONZERO_RE.search(level[1]):
+            raise _Bad(f"a level of '{key}' has zero quantity")
+
+
+def _cumulative(side: _Side, key: str) -> None:
+    """A depth chart's quantities add up away from the mid price."""
+    quantities = [Decimal(level[1]) for level in side.levels]
+    if any(a > b for a, b in itertools.pairwise(quantities)):
+        raise _Bad(f"the quantities of '{key}' are not cumulative")
 
 
 def _first(pair: tuple[Decimal, list[str]]) -> Decimal:
@@ -264,23 +366,30 @@ def _orderbook(channel: Channel, doc: Any) -> Snapshot:
     step = book.get("step")
     if not isinstance(step, str) or (channel.param is not None and step != channel.param):
         raise _Bad(f"'step' is not the topic's step {channel.param}")
-    data = {
-        "step": step,
-        "bids": _levels(book, "bids", "limitPrice", descending=True),
-        "asks": _levels(book, "asks", "limitPrice", descending=False),
-    }
+    bids = _levels(book, "bids", "limitPrice", descending=True)
+    asks = _levels(book, "asks", "limitPrice", descending=False)
+    for side, key in ((bids, "bids"), (asks, "asks")):
+        _no_zero_quantity(side, key)
+        _on_grid(side, key, step)
+    _not_crossed(bids, asks)
+    data = {"step": step, "bids": bids.levels, "asks": asks.levels}
     return Snapshot(data, _ts(book, "timestamp"))
 
 
 def _depth(channel: Channel, doc: Any) -> Snapshot:
     depth = _obj(doc)
     _symbol(depth, channel)
+    bids = _levels(depth, "bids", "price", descending=True)
+    asks = _levels(depth, "asks", "price", descending=False)
+    _cumulative(bids, "bids")
+    _cumulative(asks, "asks")
+    _not_crossed(bids, asks)
     data = {
         "depth_percent": _dec(depth, "depthPercent"),
         "asks_min_price": _dec(depth, "asksMinPrice"),
         "bids_max_price": _dec(depth, "bidsMaxPrice"),
-        "bids": _levels(depth, "bids", "price", descending=True),
-        "asks": _levels(depth, "asks", "price", descending=False),
+        "bids": bids.levels,
+        "asks": asks.levels,
     }
     return Snapshot(data, None)
 
@@ -309,6 +418,8 @@ _SIDES = {"BUY": "buy", "SELL": "sell"}
 def _trades(channel: Channel, doc: Any) -> TradeWindow:
     if not isinstance(doc, list):
         raise _Bad("payload is not an array")
+    if len(doc) > TRADE_WINDOW_MAX:
+        raise _Bad(f"the trade window holds more than {TRADE_WINDOW_MAX} trades")
     trades = _trades_fast(channel, doc)
     if trades is None:  # something is wrong: the checked path says what
         trades = []

@@ -5,6 +5,7 @@
     ├── TooMany           a client reached a cap                         → 429
     ├── Unauthorized      missing or wrong bearer token                  → 401
     ├── NotConfigured     the feed asked for is not configured           → 404
+    ├── UnknownChannel    the exchange sent no data for a channel        → 404
     └── NotReady          a channel has no data yet                      → 503
 
 Upstream faults never become exceptions that reach a client: a bad payload is a
@@ -79,6 +80,15 @@ class NotConfigured(GatewayError):
     status = 404
     title = "Not configured"
     type_slug = "not-configured"
+
+
+class UnknownChannel(GatewayError):
+    """A channel the exchange sent no data for when it was last subscribed:
+    most likely a symbol or step that does not exist there."""
+
+    status = 404
+    title = "No data from the exchange"
+    type_slug = "unknown-channel"
 
 
 class NotReady(GatewayError):

@@ -56,7 +56,7 @@ class Gateway:
         buffer = ReplayBuffer(
             settings.gateway_replay_events, int(settings.gateway_replay_age_s * 1000)
         )
-        self.hub = LocalHub(store, buffer)
+        self.hub = LocalHub(store, buffer, int(settings.gateway_max_clock_skew_s * 1000))
         self.registry = Registry(settings, self.hub, replay=replay, recorder=recorder)
         self.statuses: dict[str, str] = {}
         self.open_streams = 0
@@ -197,6 +197,7 @@ class Gateway:
                     "messages": state.messages if state else 0,
                     "rejected": state.rejected if state else 0,
                     "superseded": state.superseded if state else 0,
+                    "gaps": state.gaps if state else 0,
                     "last_rejection": state.last_rejection if state else None,
                     "subscribers": self.hub.subscribers(channel),
                     "pinned": tracked.pinned,

@@ -73,9 +73,10 @@ class Hub(Protocol):
 class LocalHub:
     """The in-process hub: one Store, one ReplayBuffer, one Fanout."""
 
-    def __init__(self, store: Store, replay: ReplayBuffer) -> None:
+    def __init__(self, store: Store, replay: ReplayBuffer, max_skew_ms: int = 300_000) -> None:
         self.store = store
         self.replay = replay
+        self.max_skew_ms = max_skew_ms
         self.fanout = Fanout()
         self.epoch = store.epoch
         self._first_data: dict[str, asyncio.Event] = {}
@@ -88,7 +89,7 @@ class LocalHub:
         is seen on the channel, for the caller to log once."""
         if channel.kind is Kind.TRADES and self.store.same_window(channel, payload, received_ts):
             return None  # the exchange repeats its window every push: nothing new, still fresh
-        update = decode(channel, payload)
+        update = decode(channel, payload, received_ts, self.max_skew_ms)
         if isinstance(update, Rejection):
             return update.reason if self.store.reject(channel, update.reason) else None
         for event in self.store.apply(channel, update, received_ts):

@@ -167,6 +167,7 @@ class ReplayLink:
         self.source = source
         self.state = LinkState.UP
         self.connects = 1
+        self.up_since: float | None = time.monotonic()
 
     @property
     def reason(self) -> str | None:

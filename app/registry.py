@@ -6,6 +6,15 @@ released after ``GATEWAY_IDLE_RELEASE_S`` with no stream following it and no
 REST request for it. The number of upstream subscriptions is capped, so that
 no client can make the gateway subscribe to thousands of topics.
 
+Made-up symbols must not hold that cap: a channel asked for by a client that
+gets no data within ``GATEWAY_NO_DATA_RELEASE_S`` of its link being up is
+released and remembered as unknown for ``GATEWAY_UNKNOWN_TTL_S`` (asking again
+meanwhile is a 404 that subscribes nothing), and at most
+``GATEWAY_MAX_PENDING_UPSTREAM`` channels may wait for their first data at
+once, so that channels that carry data are never refused because of ones that
+never will. A broker that is down is no symbol's fault: the wait counts only
+while the link is up.
+
 Public market topics get one link each by default, because the exchange's
 client id names one topic; ``COINSUPER_SHARED_LINK`` puts them all on one link
 (for brokers that do not enforce the one-topic-per-id rule).
@@ -15,8 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -24,16 +34,17 @@ from typing import Any
 from app.channels import PRIVATE_KINDS, Channel
 from app.config import Settings
 from app.credentials import Login, private_login, public_client_id
-from app.errors import TooMany
+from app.errors import ConfigError, TooMany, UnknownChannel
 from app.hub import Hub
 from app.recording import Recorder, ReplayLink, ReplaySource
-from app.upstream import Backoff, Endpoint, Link, UpstreamLink
+from app.upstream import Backoff, Endpoint, Link, UpstreamLink, tls_context
 
 log = logging.getLogger("coinsuper_gateway.registry")
 
 SHARED_LINK = "public"
 PRIVATE_LINK = "private"
 _LOGGED_TOPICS_CAP = 1000
+_UNKNOWN_CAP = 10_000  # channels remembered as unknown
 
 
 @dataclass(slots=True)
@@ -45,6 +56,7 @@ class Tracked:
     link: Link
     pinned: bool
     last_demand: float
+    subscribed_at: float = 0.0
 
 
 class Registry:
@@ -65,24 +77,45 @@ class Registry:
         self.replay = replay
         self.recorder = recorder
         self.endpoint = Endpoint.from_url(settings.coinsuper_url)
+        self.tls = self._tls() if self.endpoint.tls else None
         self.templates = settings.topics
         self.tracked: dict[str, Tracked] = {}
         self.by_topic: dict[str, Channel] = {}
         self.links: dict[str, Link] = {}
         self.unknown_topics: Counter[str] = Counter()
         self.unknown_messages = 0
+        # Channels that got no data when last subscribed: name → until when (monotonic).
+        self.unknown: OrderedDict[str, float] = OrderedDict()
+        self.no_data_releases = 0
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def _tls(self) -> ssl.SSLContext:
+        settings = self.settings
+        try:
+            return tls_context(
+                settings.coinsuper_tls_ca_file,
+                settings.coinsuper_tls_cert_file,
+                settings.coinsuper_tls_key_file,
+            )
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise ConfigError(
+                "COINSUPER_TLS_CA_FILE, COINSUPER_TLS_CERT_FILE, COINSUPER_TLS_KEY_FILE: "
+                f"cannot load them ({type(exc).__name__}: {exc})"
+            ) from None
 
     # --- demand ------------------------------------------------------------
 
     def demand(self, channel: Channel, *, pinned: bool = False) -> Tracked:
         """Make sure ``channel`` is subscribed upstream; raise :class:`TooMany`
         when that would pass the cap."""
+        now = self.clock()
         tracked = self.tracked.get(channel.name)
         if tracked is not None:
-            tracked.last_demand = self.clock()
+            tracked.last_demand = now
             tracked.pinned = tracked.pinned or pinned
             return tracked
+        if not pinned:
+            self._refuse_unknown(channel, now)
         cap = self.settings.gateway_max_upstream
         if len(self.tracked) >= cap:
             raise TooMany(
@@ -90,13 +123,43 @@ class Registry:
                 f"{channel.name} would be subscribed upstream beyond the cap",
                 cap,
             )
+        pending_cap = self.settings.gateway_max_pending_upstream
+        if not pinned and self.pending() >= pending_cap:
+            raise TooMany(
+                "channels waiting for first data",
+                f"{channel.name} would wait for its first data with too many others",
+                pending_cap,
+            )
         topic = self.templates.topic(self.settings.coinsuper_env, channel)
         link = self._link_for(channel, topic)
-        tracked = Tracked(channel, topic, link, pinned, self.clock())
+        tracked = Tracked(channel, topic, link, pinned, now, now)
         self.tracked[channel.name] = tracked
         self.by_topic[topic] = channel
         log.info("subscribing %s upstream (topic %s)", channel.name, topic)
         return tracked
+
+    def _refuse_unknown(self, channel: Channel, now: float) -> None:
+        until = self.unknown.get(channel.name)
+        if until is None:
+            return
+        if now >= until:
+            del self.unknown[channel.name]
+            return
+        raise UnknownChannel(
+            f"no data from the exchange for {channel.name} when it was last subscribed; "
+            f"is the symbol right? (asked again in {until - now:.0f} s, it is tried again)"
+        )
+
+    def _waiting(self, tracked: Tracked) -> bool:
+        """A channel a client asked for that has had no data yet."""
+        if tracked.pinned or tracked.channel.is_private:
+            return False
+        state = self.hub.state(tracked.channel)
+        return state is None or not state.has_data
+
+    def pending(self) -> int:
+        """Channels asked for by clients that wait for their first data."""
+        return sum(1 for tracked in self.tracked.values() if self._waiting(tracked))
 
     def _link_for(self, channel: Channel, topic: str) -> Link:
         if self.settings.coinsuper_shared_link:
@@ -134,6 +197,7 @@ class Registry:
             keepalive_s=settings.coinsuper_keepalive_s,
             silence_s=settings.coinsuper_silence_s,
             backoff=Backoff(settings.coinsuper_reconnect_min_s, settings.coinsuper_reconnect_max_s),
+            tls=self.tls,
         )
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -167,6 +231,7 @@ class Registry:
             keepalive_s=settings.coinsuper_keepalive_s,
             silence_s=None,  # private topics push only on change: silence is normal
             backoff=Backoff(settings.coinsuper_reconnect_min_s, settings.coinsuper_reconnect_max_s),
+            tls=self.tls,
         )
         self.links[PRIVATE_LINK] = link
         for channel in channels:
@@ -219,11 +284,16 @@ class Registry:
     # --- release -----------------------------------------------------------
 
     async def release_idle(self) -> list[Channel]:
-        """Release the channels nobody followed or asked for within the idle time."""
+        """Release the channels nobody followed or asked for within the idle
+        time, and those the exchange sent nothing for (see the module docstring)."""
         idle_s = self.settings.gateway_idle_release_s
         now = self.clock()
         released = []
         for tracked in list(self.tracked.values()):
+            if self._no_data_for_too_long(tracked, now):
+                await self._release_unknown(tracked, now)
+                released.append(tracked.channel)
+                continue
             if tracked.pinned or self.hub.subscribers(tracked.channel) > 0:
                 tracked.last_demand = max(tracked.last_demand, now)
                 continue
@@ -232,12 +302,44 @@ class Registry:
                 released.append(tracked.channel)
         return released
 
-    async def release(self, channel: Channel) -> None:
+    def _no_data_for_too_long(self, tracked: Tracked, now: float) -> bool:
+        up_since = tracked.link.up_since
+        if up_since is None or not self._waiting(tracked):
+            return False
+        waited = now - max(up_since, tracked.subscribed_at)
+        return waited >= self.settings.gateway_no_data_release_s
+
+    async def _release_unknown(self, tracked: Tracked, now: float) -> None:
+        channel = tracked.channel
+        settings = self.settings
+        reason = f"no data from the exchange for {channel.name}; is the symbol right?"
+        log.warning(
+            "releasing %s upstream: no data within %g s of subscribing",
+            channel.name,
+            settings.gateway_no_data_release_s,
+        )
+        self.no_data_releases += 1
+        ts = time.time_ns() // 1_000_000
+        status: dict[str, object] = {
+            "channel": channel.name,
+            "status": "failed",
+            "reason": reason,
+            "ts": ts,
+        }
+        self.hub.emit_status(channel, status, ts)
+        if settings.gateway_unknown_ttl_s > 0:
+            self.unknown[channel.name] = now + settings.gateway_unknown_ttl_s
+            while len(self.unknown) > _UNKNOWN_CAP:
+                self.unknown.popitem(last=False)
+        await self.release(channel, quiet=True)
+
+    async def release(self, channel: Channel, *, quiet: bool = False) -> None:
         tracked = self.tracked.pop(channel.name, None)
         if tracked is None:
             return
         self.by_topic.pop(tracked.topic, None)
-        log.info("releasing %s upstream: no client for the idle time", channel.name)
+        if not quiet:
+            log.info("releasing %s upstream: no client for the idle time", channel.name)
         if self.links.get(channel.name) is tracked.link:
             del self.links[channel.name]
             await tracked.link.stop()

@@ -101,6 +101,8 @@ class ChannelState:
     deals_seen: OrderedDict[str, None] = field(default_factory=OrderedDict)
     # Pushes that changed nothing: duplicates, and states older than the one held.
     superseded: int = 0
+    # Trade pushes that shared nothing with a full previous window.
+    gaps: int = 0
     # The last accepted trade push, as received (a repeat of it is nothing new).
     last_payload: bytes = b""
 
@@ -184,7 +186,20 @@ class Store:
             return self._apply_fill(state, update, received_ts)
         if isinstance(update, Balances):
             update = self._merge_balances(state, update)
+        elif self._older_book(state, update):
+            state.superseded += 1
+            return []
         return [self._apply_snapshot(state, update, received_ts)]
+
+    @staticmethod
+    def _older_book(state: ChannelState, update: Snapshot) -> bool:
+        """An order book stamped before the one held does not replace it."""
+        return (
+            state.channel.kind is Kind.ORDERBOOK
+            and update.exchange_ts is not None
+            and state.exchange_ts is not None
+            and update.exchange_ts < state.exchange_ts
+        )
 
     def _next_event(
         self, channel: str, name: str, data: bytes, *, conflatable: bool, received_ts: int
@@ -244,6 +259,26 @@ class Store:
         fresh = state.trades.apply(update.trades)
         state.last_payload = update.raw
         events = []
+        if state.trades.gap:
+            state.gaps += 1
+            status = {
+                "channel": state.channel.name,
+                "status": "live",
+                "reason": "gap",
+                "detail": "this push shares no trade with the previous full window: "
+                "trades may be missing between them",
+                "ts": received_ts,
+            }
+            # Not conflatable: a later status must not hide that trades may be missing.
+            events.append(
+                self._next_event(
+                    state.channel.name,
+                    "status",
+                    dumps(status),
+                    conflatable=False,
+                    received_ts=received_ts,
+                )
+            )
         for trade in fresh:
             item = dumps(trade.to_data())
             events.append(self._item_event(state, item, trade.ts, received_ts))

@@ -17,6 +17,10 @@ the likelier one).
 
 After the alignment, a "new" trade older than the newest one already logged can
 only be an inconsistent push; such trades are dropped and counted.
+
+A push that shares no trade with a full previous window (the exchange's 50)
+may come after trades nobody saw (a reconnect, a burst faster than the pushes):
+``gap`` says so, for the store to tell the clients.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 
-from app.decode import Trade
+from app.decode import TRADE_WINDOW_MAX, Trade
 
 
 def overlap(previous: Sequence[Trade], window: Sequence[Trade]) -> int:
@@ -42,14 +46,18 @@ class TradeLog:
         self.window: tuple[Trade, ...] = ()
         self.trades: deque[Trade] = deque(maxlen=capacity)
         self.out_of_order = 0
+        self.gap = False  # the last push may have missed trades (see the module docstring)
 
     def apply(self, window: Sequence[Trade]) -> list[Trade]:
         """Take one push (oldest first) and return its trades that are new, in order."""
         if not window:
             # "If the return type is an array, an empty array will be returned"
             # when there is no data: it says nothing about trades that were seen.
+            self.gap = False
             return []
-        fresh = list(window[overlap(self.window, window) :])
+        shared = overlap(self.window, window)
+        self.gap = shared == 0 and len(self.window) >= TRADE_WINDOW_MAX
+        fresh = list(window[shared:])
         if self.window and fresh:
             newest_ts = self.window[-1].ts
             kept = [trade for trade in fresh if trade.ts >= newest_ts]

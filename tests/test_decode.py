@@ -122,13 +122,24 @@ def test_any_json_decodes_or_is_rejected(channel: object, value: object) -> None
     assert isinstance(result, Rejection | Snapshot | TradeWindow)
 
 
-decimal_strings = st.decimals(min_value=0, max_value=10**9, places=8, allow_nan=False).map(lambda d: f"{d:f}")
-levels = st.lists(st.tuples(decimal_strings, decimal_strings), max_size=15)
+quantities = st.decimals(min_value=Decimal("0.00000001"), max_value=10**9, places=8, allow_nan=False).map(lambda d: f"{d:f}")
+
+
+@st.composite
+def valid_books(draw: st.DrawFn) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Two sides of a plausible book at step 0.01: distinct prices on the grid,
+    bids below asks, no zero quantity (implausible books are tested below)."""
+    mid = draw(st.integers(10_000, 10**9))
+    def side(sign: int) -> list[tuple[str, str]]:
+        offsets = draw(st.lists(st.integers(1, 5000), max_size=15, unique=True))
+        return [(f"{Decimal(mid + sign * o) / 100:.2f}", draw(quantities)) for o in offsets]
+    return side(-1), side(1)
 
 
 @settings(max_examples=200)
-@given(levels, levels, st.integers(10**12, 10**13 - 1))
-def test_order_book_keeps_every_decimal_string_exactly(bids: list[tuple[str, str]], asks: list[tuple[str, str]], ts: int) -> None:
+@given(valid_books(), st.integers(10**12, 10**13 - 1))
+def test_order_book_keeps_every_decimal_string_exactly(book: tuple[list[tuple[str, str]], list[tuple[str, str]]], ts: int) -> None:
+    bids, asks = book
     payload = {
         "symbol": "BTC/USD", "step": "0.01", "timestamp": ts, "limitSize": 15,
         "bids": [{"limitPrice": p, "quantity": q, "amount": "0"} for p, q in bids],

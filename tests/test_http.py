@@ -126,6 +126,9 @@ def test_a_first_request_waits_for_the_first_push(world: World) -> None:
     topic = ENV + "/api/ws/v1/market/orderBook/BTC_USD/0.1"
     raw = json.loads(sample("orderBook_BTC_USD_0.01.json"))
     raw["step"] = "0.1"
+    for side, sign in (("bids", -1), ("asks", 1)):  # on the 0.1 grid, as the exchange aggregates
+        for i, level in enumerate(raw[side]):
+            level["limitPrice"] = f"{6675 + sign * (0.5 + i):.1f}"
 
     def publish_soon() -> None:
         wait_for(lambda: world.gw.channels().get("orderbook:BTC_USD:0.1", {}).get("link_state") == "up", 10, "link")

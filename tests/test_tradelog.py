@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import assume, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from app.decode import Trade
@@ -89,7 +89,7 @@ def determinable(trades: list[Trade], ends: list[int], window: int) -> bool:
     return True
 
 
-@settings(max_examples=500)
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
 @given(histories())
 def test_overlapping_pushes_yield_every_distinct_trade_once_in_order(case: tuple[list[Trade], list[int], int]) -> None:
     trades, ends, window = case
@@ -102,7 +102,7 @@ def test_overlapping_pushes_yield_every_distinct_trade_once_in_order(case: tuple
     assert seen == trades[: ends[-1]]
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(histories())
 def test_distinct_trades_are_never_lost_with_distinct_timestamps(case: tuple[list[Trade], list[int], int]) -> None:
     trades, ends, window = case
@@ -114,7 +114,7 @@ def test_distinct_trades_are_never_lost_with_distinct_timestamps(case: tuple[lis
     assert seen == trades[: ends[-1]]
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(histories())
 def test_equal_trades_are_all_kept_while_windows_are_not_full(case: tuple[list[Trade], list[int], int]) -> None:
     trades, ends, _ = case

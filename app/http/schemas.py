@@ -128,6 +128,10 @@ class ChannelInfo(BaseModel):
     messages: int
     rejected: int
     superseded: int
+    gaps: int = Field(
+        description="trade pushes that shared nothing with a full previous window "
+        "(trades may be missing; streams got a status event with reason gap)"
+    )
     last_rejection: str | None
     subscribers: int
     pinned: bool
@@ -213,6 +217,10 @@ then `WsEvent` frames. Subscribing sends the current snapshots of the new
 channels, or with `last_event_id` every missed event once, in order (or an
 event `reset` first when it cannot). Heartbeats are WebSocket pings. A client
 whose buffer overflows is closed with code 1013 and resumes with its last id.
+A binary frame, JSON that is not an op (or nested past Python's limit) and an
+op past `GATEWAY_WS_OPS_PER_S` each get an error frame; a whole burst of ops
+past the rate closes the connection with code 1008, and a message over
+`GATEWAY_WS_MAX_MESSAGE_BYTES` with code 1009.
 Private channels need the bearer token (header, or `access_token` in the
 query); the caps of `/v1/stream` apply."""
 
@@ -221,7 +229,8 @@ _DESCRIPTIONS = {
     304: "Not modified (If-None-Match matched the ETag)",
     400: "A parameter outside its allowed values",
     401: "Missing or wrong bearer token",
-    404: "Not found (no such path), or the private feed is not configured",
+    404: "Not found (no such path), the private feed is not configured, or the "
+    "exchange sent no data for the channel when it was last subscribed (a wrong symbol?)",
     429: "A cap was reached",
     503: "No data yet; come back after Retry-After seconds",
 }
