@@ -31,9 +31,11 @@ import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.reasoncodes import ReasonCode
 
+from app import pahows
 from app.credentials import Login
 
 log = logging.getLogger("coinsuper_gateway.upstream")
+pahows.apply()  # WebSocket pongs masked, as RFC 6455 asks of a client (see app/pahows.py)
 
 MessageSink = Callable[[str, bytes, int], None]
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883, "ws": 80, "wss": 443}
@@ -53,6 +55,7 @@ class Link(Protocol):
     state: LinkState
     connects: int
     topics: set[str]
+    up_since: float | None  # monotonic time it last came up; None while it is not up
 
     @property
     def reason(self) -> str | None: ...
@@ -106,6 +109,31 @@ class Backoff:
         return base * random.uniform(0.5, 1.0)
 
 
+def tls_context(ca_file: str = "", cert_file: str = "", key_file: str = "") -> ssl.SSLContext:
+    """The TLS context of ``mqtts://`` and ``wss://`` links: the server's
+    certificate verified (against ``ca_file`` where one is given, else the
+    system's CAs) and its host name checked; a client certificate if given."""
+    context = ssl.create_default_context(cafile=ca_file or None)
+    if cert_file:
+        context.load_cert_chain(cert_file, key_file or None)
+    return context
+
+
+def tls_refusal(exc: BaseException) -> str | None:
+    """A readable reason when ``exc`` (or what it wraps) is a TLS verification
+    failure: a wrong certificate is not mended by trying again soon."""
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None:
+            break
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return f"TLS: {seen.verify_message or 'certificate verify failed'}"
+        if isinstance(seen, ssl.SSLError):
+            return f"TLS: {seen.reason or type(seen).__name__}"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 class LinkFailure(Exception):
     """Why a session ended; the reason is safe to show (no secret in it)."""
 
@@ -131,6 +159,7 @@ class UpstreamLink:
         silence_s: float | None = None,
         backoff: Backoff | None = None,
         on_state: Callable[[UpstreamLink], None] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.name = name
         self.endpoint = endpoint
@@ -142,10 +171,12 @@ class UpstreamLink:
         self.silence_s = silence_s
         self.backoff = backoff or Backoff()
         self.on_state = on_state
+        self.tls = tls if tls is not None or not endpoint.tls else tls_context()
         self.state = LinkState.CONNECTING
         self.reason: str | None = None
         self.connects = 0
         self.attempts = 0
+        self.up_since: float | None = None
         self.last_message_ts: int | None = None
         self._client: aiomqtt.Client | None = None
         self._subscribed = False
@@ -186,6 +217,7 @@ class UpstreamLink:
         if (state, reason) == (self.state, self.reason):
             return
         self.state, self.reason = state, reason
+        self.up_since = time.monotonic() if state is LinkState.UP else None
         level = logging.WARNING if state is not LinkState.UP else logging.INFO
         log.log(level, "link %s %s%s", self.name, state.value, f": {reason}" if reason else "")
         if self.on_state is not None:
@@ -203,12 +235,17 @@ class UpstreamLink:
                     LinkState.FAILED if exc.refused else LinkState.CONNECTING, exc.reason
                 )
             except aiomqtt.MqttError as exc:
-                refused = isinstance(exc, MqttConnectError)
+                tls = tls_refusal(exc)
+                refused = isinstance(exc, MqttConnectError) or tls is not None
                 self._set_state(
-                    LinkState.FAILED if refused else LinkState.CONNECTING, _describe(exc)
+                    LinkState.FAILED if refused else LinkState.CONNECTING, tls or _describe(exc)
                 )
             except OSError as exc:
-                self._set_state(LinkState.CONNECTING, f"{type(exc).__name__}: {exc.strerror}")
+                tls = tls_refusal(exc)
+                if tls is not None:
+                    self._set_state(LinkState.FAILED, tls)
+                else:
+                    self._set_state(LinkState.CONNECTING, f"{type(exc).__name__}: {exc.strerror}")
             except Exception as exc:  # a library fault must not end the supervisor
                 log.exception("link %s: unexpected error", self.name)
                 self._set_state(LinkState.CONNECTING, type(exc).__name__)
@@ -222,7 +259,7 @@ class UpstreamLink:
 
     async def _session(self) -> None:
         login = self.login()
-        tls = ssl.create_default_context() if self.endpoint.tls else None
+        tls = self.tls if self.endpoint.tls else None
         async with aiomqtt.Client(
             self.endpoint.host,
             self.endpoint.port,

@@ -1,0 +1,42 @@
+"""One patch of paho-mqtt, kept here and nowhere else: masked WebSocket control frames.
+
+paho-mqtt 2.2.0 (the newest release) answers a WebSocket ping with a pong, and
+a close with a close, framed with masking off (``_WebsocketWrapper._recv_impl``
+calls ``_create_frame(OPCODE_PONG, payload, 0)``). RFC 6455 (5.1) says a client
+masks every frame and a server closes the connection on an unmasked one
+(``1002``): against any server that pings (the exchange's ``wss://`` endpoint,
+Mosquitto or the simulator pinging every 20 s) every WebSocket link dropped at
+its first ping.
+
+The patch makes ``_create_frame`` mask whatever it is asked for, which is what
+a client must do; nothing else of paho changes. ``tests/test_pahows.py`` fails
+when paho's source no longer frames the pong unmasked (then this module can
+go), and ``tests/test_tls_ws.py`` holds a link for a minute against a server
+that pings every second and enforces masking.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from paho.mqtt import client as _paho
+
+_Wrapper: Any = _paho._WebsocketWrapper
+_MARK = "_coinsuper_always_masked"
+
+
+def apply() -> None:
+    """Make paho's WebSocket client mask every frame it sends (idempotent)."""
+    original = _Wrapper._create_frame
+    if getattr(original, _MARK, False):
+        return
+
+    def create_frame(self: Any, opcode: int, data: bytearray, do_masking: int = 1) -> Any:
+        return original(self, opcode, data, 1)
+
+    setattr(create_frame, _MARK, True)
+    _Wrapper._create_frame = create_frame
+
+
+def applied() -> bool:
+    return bool(getattr(_Wrapper._create_frame, _MARK, False))
