@@ -158,3 +158,50 @@ def test_every_simulated_payload_decodes_without_rejection() -> None:
                     result = decode(channel, payload)
                     assert not isinstance(result, Rejection), (channel, result)
     assert kinds.get("orders", 0) > 20 and kinds.get("fills", 0) > 10 and kinds.get("assets", 0) > 20
+
+
+async def test_the_subscription_table_can_change_while_a_broadcast_walks_it() -> None:
+    """amqtt awaits the topic filter inside its loop over the subscription
+    table; a subscription made or dropped meanwhile must not end the loop."""
+    from app.simulator.broker import SnapshotDict, make_broker
+
+    broker = make_broker(ACCOUNT, BrokerPorts(tcp=free_port(), ws=free_port()), [])
+    table = broker._subscriptions
+    assert isinstance(table, SnapshotDict)
+    table.update({"a": [], "b": []})
+    walked = []
+    for name, _ in table.items():  # as Broker._run_broadcast does
+        walked.append(name)
+        table["c" + name] = []
+        table.pop("b", None)
+    for name in table:  # as Broker._del_all_subscriptions does
+        table[name + "!"] = []
+    assert walked == ["a", "b"] and "ca" in table and "a!" in table
+    plain: dict[str, list[object]] = {"a": []}
+    with pytest.raises(RuntimeError, match="changed size"):
+        for name, _ in plain.items():
+            plain["c" + name] = []
+
+
+async def test_subscriptions_churned_during_broadcasts(simulator: Simulator, caplog: pytest.LogCaptureFixture) -> None:
+    topics = [f"{ENV}/api/ws/v1/market/kline/{symbol}/{ms}" for symbol in ("BTC_USD", "ETH_USD") for ms in KLINE_RANGES.values()]
+
+    async def churn(topic: str) -> int:
+        received = 0
+        for _ in range(3):
+            async with aiomqtt.Client(
+                "127.0.0.1", simulator.ports.tcp,
+                identifier=public_client_id(ACCOUNT.access_key, ACCOUNT.email, topic),
+                username="api_subscriber", password=PUBLIC_PASSWORD,
+            ) as client:
+                await client.subscribe(topic)
+                await asyncio.sleep(0.3)
+                await client.unsubscribe(topic)
+                received += len(client.messages)
+        return received
+
+    with caplog.at_level("WARNING"):
+        await asyncio.gather(*(churn(topic) for topic in topics))
+        await asyncio.sleep(0.5)
+    assert "dictionary changed size" not in caplog.text
+    assert "Task failed" not in caplog.text

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,4 +153,23 @@ def make_broker(
             f"{__name__}.ExchangeTopics": rules,
         },
     }
-    return Broker(config)
+    broker = Broker(config)
+    broker._subscriptions = SnapshotDict(broker._subscriptions)
+    return broker
+
+
+class SnapshotDict(dict[str, Any]):
+    """A dict whose iteration walks a copy of its keys or items.
+
+    amqtt 0.12 iterates its subscription table and awaits inside the loop
+    (``Broker._run_broadcast`` awaits the topic filter for every subscriber),
+    so a client subscribing or unsubscribing meanwhile raised "dictionary
+    changed size during iteration" and the broadcast was lost. The table is
+    small (one entry per topic filter); copying it per broadcast is cheap.
+    """
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(super().keys()))
+
+    def items(self) -> Any:
+        return list(super().items())
