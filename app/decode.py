@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import operator
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -134,14 +135,9 @@ def decode(
     except UnicodeDecodeError:
         return Rejection("payload is not UTF-8")
     try:
-        doc = json.loads(
-            text,
-            parse_float=Decimal,
-            parse_constant=_refuse_constant,
-            object_pairs_hook=_unique_keys,
-        )
-    except _DuplicateKey:
-        return Rejection("payload has a duplicate key")
+        doc = json.loads(text, parse_float=Decimal, parse_constant=_refuse_constant)
+        if _has_duplicate_keys(text, doc):
+            return Rejection("payload has a duplicate key")
     except (ValueError, RecursionError):
         return Rejection("payload is not JSON")
     decoder = _DECODERS.get(channel.kind)
@@ -164,17 +160,63 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(name)
 
 
+
+
 class _DuplicateKey(ValueError):
     pass
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """An object whose keys are all distinct: with a key twice, which value
-    the exchange meant is a guess."""
     doc = dict(pairs)
     if len(doc) != len(pairs):
         raise _DuplicateKey
     return doc
+
+
+def _has_duplicate_keys(text: str, doc: Any) -> bool:
+    """Whether an object of the payload has a key twice (which value the
+    exchange meant would be a guess).
+
+    Fast path: outside strings, JSON has a colon after every key and nowhere
+    else, so the text's colons are at least the keys written; the parsed
+    objects hold at most that many keys, and exactly that many only when no
+    key came twice. The exchange's shapes are an object, or an array, of flat
+    objects, or an object with arrays of flat objects: counting their keys is a
+    few ``len`` calls. Otherwise (another shape, a colon inside a string) the
+    text is parsed again with a hook that sees every object's pairs."""
+    if _shallow_keys(doc) == text.count(":"):
+        return False
+    try:
+        json.loads(text, parse_float=Decimal, object_pairs_hook=_unique_keys)
+    except _DuplicateKey:
+        return True
+    return False
+
+
+def _shallow_keys(doc: Any) -> int:
+    """Keys of the top object and of the objects in its arrays (-1: no such shape)."""
+    if type(doc) is list:
+        return _keys_of_objects(doc)
+    if type(doc) is not dict:
+        return 0
+    count = len(doc)
+    for value in doc.values():
+        if type(value) is list and value:
+            inner = _keys_of_objects(value)
+            if inner < 0:
+                return -1
+            count += inner
+        elif type(value) is dict:
+            return -1
+    return count
+
+
+def _keys_of_objects(items: list[Any]) -> int:
+    if not items:
+        return 0
+    if set(map(type, items)) != {dict}:
+        return -1
+    return sum(map(len, items))
 
 
 def newest_ts(update: Update) -> int:
@@ -299,12 +341,9 @@ def _levels_checked(entries: list[Any], key: str, price_key: str, *, descending:
 
 
 def _best_first(levels: list[list[str]], key: str, descending: bool) -> _Side:
-    prices = [Decimal(level[0]) for level in levels]
-    ordered = (
-        all(a > b for a, b in itertools.pairwise(prices))
-        if descending
-        else all(a < b for a, b in itertools.pairwise(prices))
-    )
+    prices = list(map(Decimal, map(_first, levels)))
+    # Strictly best first, checked pairwise in C (map over two shifted lists).
+    ordered = all(map(operator.gt if descending else operator.lt, prices, prices[1:]))
     if not ordered:  # the exchange sends them best first; sort only if it did not
         if len(set(prices)) != len(prices):
             raise _Bad(f"'{key}' has two levels at one price")
@@ -330,31 +369,39 @@ def _step_places(step: str) -> int | None:
     return max(0, -exponent)
 
 
+@functools.lru_cache(maxsize=64)
+def _grid_re(places: int) -> re.Pattern[str]:
+    """Checked decimals joined by newlines, none with a non-zero digit past ``places``."""
+    one = rf"[0-9]+(?:\.[0-9]{{0,{places}}}0*)?"
+    return re.compile(rf"(?:{one}\n)*{one}")
+
+
 def _on_grid(side: _Side, key: str, step: str) -> None:
     """Every price a multiple of the step: no digit past the step's places."""
     places = _step_places(step)
-    if places is None:
+    if places is None or not side.levels:
         return
-    for level in side.levels:
-        if _NONZERO_RE.search(level[0].partition(".")[2], places):
-            raise _Bad(f"a price of '{key}' is off the book's step {step}")
+    if _grid_re(places).fullmatch("\n".join(map(_first, side.levels))) is None:
+        raise _Bad(f"a price of '{key}' is off the book's step {step}")
+
+
+_ZERO_LINE_RE = re.compile(r"^0(?:\.0*)?$", re.MULTILINE)
 
 
 def _no_zero_quantity(side: _Side, key: str) -> None:
-    for level in side.levels:
-        if not _NONZERO_RE.search(level[1]):
-            raise _Bad(f"a level of '{key}' has zero quantity")
+    if _ZERO_LINE_RE.search("\n".join(map(_second, side.levels))):
+        raise _Bad(f"a level of '{key}' has zero quantity")
 
 
 def _cumulative(side: _Side, key: str) -> None:
     """A depth chart's quantities add up away from the mid price."""
-    quantities = [Decimal(level[1]) for level in side.levels]
-    if any(a > b for a, b in itertools.pairwise(quantities)):
+    quantities = list(map(Decimal, map(_second, side.levels)))
+    if any(map(operator.gt, quantities, quantities[1:])):
         raise _Bad(f"the quantities of '{key}' are not cumulative")
 
 
-def _first(pair: tuple[Decimal, list[str]]) -> Decimal:
-    return pair[0]
+_first = operator.itemgetter(0)
+_second = operator.itemgetter(1)
 
 
 # --- one decoder per channel kind -------------------------------------------
@@ -460,10 +507,18 @@ def _trades_fast(channel: Channel, doc: list[Any]) -> list[Trade] | None:
 
 
 def _all_decimals(values: list[Any]) -> bool:
-    """Every value a decimal string: one regular expression over them all."""
-    if not all(type(v) is str and "\n" not in v for v in values):
+    """Every value a decimal string: one regular expression over them all
+    joined (a value that is no string fails the join, one holding a newline
+    the count of them)."""
+    if not values:
+        return True
+    try:
+        joined = "\n".join(values)
+    except TypeError:
         return False
-    return not values or _DECIMALS_RE.fullmatch("\n".join(values)) is not None
+    if joined.count("\n") != len(values) - 1:
+        return False
+    return _DECIMALS_RE.fullmatch(joined) is not None
 
 
 _ID_RE = re.compile(r"^[0-9A-Za-z_-]{1,40}\Z")

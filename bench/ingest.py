@@ -24,40 +24,41 @@ from app.gateway import Gateway
 from app.simulator.market import Market
 
 
-def payloads(count: int) -> list[tuple[str, bytes]]:
+def payloads(count: int) -> list[tuple[str, bytes, int]]:
+    """(channel, payload, the market's clock when it was made: its receive time)."""
     market = Market(seed=3)
     now = 1_800_000_000_000
-    out: list[tuple[str, bytes]] = []
+    out: list[tuple[str, bytes, int]] = []
     rng = random.Random(3)
     while len(out) < count:
         now += 100
         market.tick(now, 5.0, 0.1)
         kind = rng.choice(["book", "book", "trades", "depth", "kline"])
         if kind == "book":
-            out.append(("orderbook:BTC_USD:0.01", market.orderbook("BTC_USD", "0.01", now)))
+            out.append(("orderbook:BTC_USD:0.01", market.orderbook("BTC_USD", "0.01", now), now))
         elif kind == "trades":
-            out.append(("trades:BTC_USD", market.tickers("BTC_USD")))
+            out.append(("trades:BTC_USD", market.tickers("BTC_USD"), now))
         elif kind == "depth":
-            out.append(("depth:BTC_USD", market.depth("BTC_USD")))
+            out.append(("depth:BTC_USD", market.depth("BTC_USD"), now))
         else:
-            out.append(("kline:BTC_USD:1m", market.kline("BTC_USD", 60_000, now)))
+            out.append(("kline:BTC_USD:1m", market.kline("BTC_USD", 60_000, now), now))
     return out
 
 
-def run(messages: list[tuple[str, bytes]], subscribers: int) -> tuple[float, int]:
+def run(messages: list[tuple[str, bytes, int]], subscribers: int) -> tuple[float, int, int]:
     gateway = Gateway(load_settings(gateway_replay_events=100_000))
     hub = gateway.hub
-    channels = {name: parse_channel(name) for name, _ in messages}
+    channels = {name: parse_channel(name) for name, _, _ in messages}
     names = list(channels)
     for i in range(subscribers):
         subscription = Subscription({names[i % len(names)]}, capacity=1_000_000)
         hub.fanout.add(subscription)
     started = time.perf_counter()
-    now = 1_800_000_000_000
-    for index, (name, payload) in enumerate(messages):
-        hub.ingest(channels[name], payload, now + index)
+    for name, payload, received_ts in messages:
+        hub.ingest(channels[name], payload, received_ts)
     elapsed = time.perf_counter() - started
-    return len(messages) / elapsed, hub.store.seq
+    rejected = sum(state.rejected for state in hub.store.channels.values())
+    return len(messages) / elapsed, hub.store.seq, rejected
 
 
 def main() -> int:
@@ -68,8 +69,11 @@ def main() -> int:
     messages = payloads(args.messages)
     print(f"machine: {machine()}")
     for count in (int(c) for c in args.subscribers.split(",")):
-        rate, events = run(messages, count)
-        print(f"ingest with {count} subscriptions: {rate:,.0f} messages/s on one core ({events} events made)")
+        rate, events, rejected = run(messages, count)
+        print(
+            f"ingest with {count} subscriptions: {rate:,.0f} messages/s on one core "
+            f"({events} events made, {rejected} payloads rejected)"
+        )
     return 0
 
 
