@@ -160,8 +160,6 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(name)
 
 
-
-
 class _DuplicateKey(ValueError):
     pass
 
