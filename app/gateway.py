@@ -8,15 +8,17 @@ import contextlib
 import logging
 import secrets
 import time
-from collections import Counter
 from collections.abc import Callable
 
+from app.admission import Streams
 from app.channels import Channel, Kind
 from app.config import Settings
 from app.fanout import ReplayBuffer
 from app.hub import LocalHub
+from app.pipeline import Pipeline
 from app.recording import Recorder, ReplaySource
 from app.registry import Registry
+from app.status import Facts, Judged, LinkView, Status, changed, channel_status, readiness
 from app.store import ChannelState, Store
 from app.upstream import LinkState
 
@@ -56,15 +58,20 @@ class Gateway:
         buffer = ReplayBuffer(
             settings.gateway_replay_events, int(settings.gateway_replay_age_s * 1000)
         )
-        self.hub = LocalHub(store, buffer, int(settings.gateway_max_clock_skew_s * 1000))
-        self.registry = Registry(settings, self.hub, replay=replay, recorder=recorder)
-        self.statuses: dict[str, str] = {}
-        self.open_streams = 0
-        self.streams_by_client: Counter[str] = Counter()
-        self.overflow_closes = 0
-        self.events_sent = 0
-        self.stalled_closes = 0
-        self.started_ms = self.now()
+        self.hub = LocalHub(store, buffer)
+        self.registry = Registry(settings, self.hub, replay=replay)
+        # One way: sources → pipeline → state, event log, fan-out.
+        self.pipeline = Pipeline(
+            self.registry.route,
+            self.hub,
+            max_skew_ms=int(settings.gateway_max_clock_skew_s * 1000),
+            recorder=recorder,
+        )
+        self.registry.on_message = self.pipeline.feed
+        self.statuses: dict[str, Status] = {}
+        self.streams = Streams(
+            settings.gateway_max_streams, settings.gateway_max_streams_per_client
+        )
         self._monitor_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -72,7 +79,7 @@ class Gateway:
             if not channel.is_private:
                 self.registry.demand(channel, pinned=True)
         if self.replay is not None:
-            self.replay.start(self.registry.on_message)
+            self.replay.start(self.pipeline.feed)
         elif self.settings.private_configured:
             self.registry.open_private()
         elif self.settings.coinsuper_secret_key.get_secret_value():
@@ -97,33 +104,35 @@ class Gateway:
     # --- statuses ----------------------------------------------------------
 
     def status(self, channel: Channel, now: int) -> tuple[str, str | None]:
-        """A channel's status (API.md: connecting, live, stale, failed) and why.
-        Public channels are fresh while pushes keep coming; private ones push
-        only on change, so their freshness is their link's."""
+        """A channel's status (API.md: connecting, live, stale, failed) and
+        why: :func:`app.status.channel_status` of what is known now."""
+        status, reason = channel_status(self.facts(channel, now))
+        return status.value, reason
+
+    def facts(self, channel: Channel, now: int) -> Facts:
         link = self.registry.link_of(channel)
-        if link is not None and link.state is LinkState.FAILED:
-            return "failed", link.reason
-        if channel.is_private:
-            if link is not None and link.state is LinkState.UP:
-                return "live", None
-            if link is not None and link.connects:
-                return "stale", link.reason
-            return "connecting", link.reason if link is not None else None
         state = self.hub.state(channel)
-        if state is None or not state.has_data:
-            return "connecting", link.reason if link is not None else None
-        if self.hub.stale(state, now):
-            reason = link.reason if link is not None and link.state is not LinkState.UP else None
-            return "stale", reason or "no update within the expected interval"
-        return "live", None
+        has_data = state is not None and state.has_data
+        return Facts(
+            private=channel.is_private,
+            link=LinkView(link.state.value) if link is not None else None,
+            link_reason=link.reason if link is not None else None,
+            link_connects=link.connects if link is not None else 0,
+            has_data=has_data,
+            stale=has_data and state is not None and self.hub.stale(state, now),
+        )
 
     async def _monitor(self) -> None:
         while True:
             await asyncio.sleep(MONITOR_INTERVAL_S)
             try:
                 settings = self.settings
-                self.stalled_closes += self.hub.tick_streams(
-                    time.monotonic(), settings.gateway_heartbeat_s, settings.gateway_send_timeout_s
+                self.streams.stalled(
+                    self.hub.tick_streams(
+                        time.monotonic(),
+                        settings.gateway_heartbeat_s,
+                        settings.gateway_send_timeout_s,
+                    )
                 )
                 await self.registry.release_idle()
                 self._check_statuses()
@@ -138,16 +147,14 @@ class Gateway:
         for tracked in list(self.registry.tracked.values()):
             channel = tracked.channel
             seen.add(channel.name)
-            status, reason = self.status(channel, now)
+            status, reason = channel_status(self.facts(channel, now))
             previous = self.statuses.get(channel.name)
-            if status == previous:
-                continue
             self.statuses[channel.name] = status
-            if previous is not None or status != "connecting":
+            if changed(previous, status):
                 log.info("channel %s %s%s", channel.name, status, f": {reason}" if reason else "")
                 self.hub.emit_status(
                     channel,
-                    {"channel": channel.name, "status": status, "reason": reason, "ts": now},
+                    {"channel": channel.name, "status": status.value, "reason": reason, "ts": now},
                     now,
                 )
         for name in set(self.statuses) - seen:
@@ -210,12 +217,9 @@ class Gateway:
 
     def readiness(self, now: int) -> tuple[bool, list[str]]:
         """Ready when every configured channel is live and no channel is stale
-        or failed. Channels asked for a moment ago may still be connecting."""
-        problems = []
+        or failed (:func:`app.status.readiness`)."""
+        judged = []
         for tracked in self.registry.tracked.values():
-            status, reason = self.status(tracked.channel, now)
-            if status in ("stale", "failed") or (tracked.pinned and status != "live"):
-                problems.append(
-                    f"{tracked.channel.name} is {status}" + (f": {reason}" if reason else "")
-                )
-        return not problems, problems
+            status, reason = channel_status(self.facts(tracked.channel, now))
+            judged.append(Judged(tracked.channel.name, tracked.pinned, status, reason))
+        return readiness(judged)

@@ -14,8 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from app.channels import Channel, Kind
-from app.decode import Rejection, decode
+from app.channels import Channel
+from app.decode import Update
 from app.fanout import Cursor, Fanout, ReplayBuffer, Subscription
 from app.store import ChannelState, Event, Store, restamped
 
@@ -36,7 +36,9 @@ class Hub(Protocol):
 
     epoch: str
 
-    def ingest(self, channel: Channel, payload: bytes, received_ts: int) -> str | None: ...
+    def repeated(self, channel: Channel, payload: bytes, received_ts: int) -> bool: ...
+    def reject(self, channel: Channel, reason: str) -> bool: ...
+    def apply(self, channel: Channel, update: Update, received_ts: int) -> None: ...
     def emit_status(self, channel: Channel, status: dict[str, object], now_ms: int) -> None: ...
     def forget(self, channel: Channel) -> None: ...
     def state(self, channel: Channel) -> ChannelState | None: ...
@@ -73,31 +75,31 @@ class Hub(Protocol):
 class LocalHub:
     """The in-process hub: one Store, one ReplayBuffer, one Fanout."""
 
-    def __init__(self, store: Store, replay: ReplayBuffer, max_skew_ms: int = 300_000) -> None:
+    def __init__(self, store: Store, replay: ReplayBuffer) -> None:
         self.store = store
         self.replay = replay
-        self.max_skew_ms = max_skew_ms
         self.fanout = Fanout()
         self.epoch = store.epoch
         self._first_data: dict[str, asyncio.Event] = {}
 
     # --- ingest ------------------------------------------------------------
 
-    def ingest(self, channel: Channel, payload: bytes, received_ts: int) -> str | None:
-        """Decode one upstream message of ``channel`` and deliver what it makes.
-        A rejected payload is counted; its reason is returned the first time it
-        is seen on the channel, for the caller to log once."""
-        if channel.kind is Kind.TRADES and self.store.same_window(channel, payload, received_ts):
-            return None  # the exchange repeats its window every push: nothing new, still fresh
-        update = decode(channel, payload, received_ts, self.max_skew_ms)
-        if isinstance(update, Rejection):
-            return update.reason if self.store.reject(channel, update.reason) else None
+    def repeated(self, channel: Channel, payload: bytes, received_ts: int) -> bool:
+        """A trade push that is the same bytes as the last accepted one: nothing
+        new, and the channel is still fresh (it is counted so)."""
+        return self.store.same_window(channel, payload, received_ts)
+
+    def reject(self, channel: Channel, reason: str) -> bool:
+        """Count a rejected payload; True the first time the reason is seen there."""
+        return self.store.reject(channel, reason)
+
+    def apply(self, channel: Channel, update: Update, received_ts: int) -> None:
+        """Apply one decoded update and deliver the events it makes."""
         for event in self.store.apply(channel, update, received_ts):
             self._deliver(event)
         waiter = self._first_data.pop(channel.name, None)
         if waiter is not None:
             waiter.set()
-        return None
 
     def emit_status(self, channel: Channel, status: dict[str, object], now_ms: int) -> None:
         self._deliver(self.store.status_event(channel, status, now_ms))

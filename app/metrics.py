@@ -132,22 +132,22 @@ class GatewayCollector(Collector):
         yield from (link_up, reconnects, failed)
 
         streams = GaugeMetricFamily("coinsuper_open_streams", "Open streams")
-        streams.add_metric([], gateway.open_streams)
+        streams.add_metric([], gateway.streams.open)
         sent = CounterMetricFamily("coinsuper_events_sent", "Events sent to stream clients")
-        sent.add_metric([], gateway.events_sent)
+        sent.add_metric([], gateway.streams.events_sent)
         closed = CounterMetricFamily(
             "coinsuper_stream_overflow_closes", "Streams closed because their buffer overflowed"
         )
-        closed.add_metric([], gateway.overflow_closes)
+        closed.add_metric([], gateway.streams.overflow_closes)
         unknown = CounterMetricFamily(
             "coinsuper_upstream_unknown_topic_messages", "Upstream messages on no followed topic"
         )
-        unknown.add_metric([], gateway.registry.unknown_messages)
+        unknown.add_metric([], gateway.pipeline.unknown_messages)
         stalled = CounterMetricFamily(
             "coinsuper_stream_stalled_closes",
             "Streams closed (socket included) because the client stopped reading",
         )
-        stalled.add_metric([], gateway.stalled_closes)
+        stalled.add_metric([], gateway.streams.stalled_closes)
         gaps = CounterMetricFamily(
             "coinsuper_trade_gaps",
             "Trade pushes that shared nothing with a full previous one (trades may be missing)",

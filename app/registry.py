@@ -26,7 +26,7 @@ import asyncio
 import logging
 import ssl
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -36,14 +36,13 @@ from app.config import Settings
 from app.credentials import Login, private_login, public_client_id
 from app.errors import ConfigError, TooMany, UnknownChannel
 from app.hub import Hub
-from app.recording import Recorder, ReplayLink, ReplaySource
-from app.upstream import Backoff, Endpoint, Link, UpstreamLink, tls_context
+from app.recording import ReplayLink, ReplaySource
+from app.upstream import Backoff, Endpoint, Link, MessageSink, UpstreamLink, tls_context
 
 log = logging.getLogger("coinsuper_gateway.registry")
 
 SHARED_LINK = "public"
 PRIVATE_LINK = "private"
-_LOGGED_TOPICS_CAP = 1000
 _UNKNOWN_CAP = 10_000  # channels remembered as unknown
 
 
@@ -59,6 +58,10 @@ class Tracked:
     subscribed_at: float = 0.0
 
 
+def _nowhere(topic: str, payload: bytes, received_ts: int) -> None:
+    raise RuntimeError("the registry's links have no pipeline to feed")
+
+
 class Registry:
     """The channels subscribed upstream, and their links."""
 
@@ -69,21 +72,20 @@ class Registry:
         clock: Callable[[], float] = time.monotonic,
         *,
         replay: ReplaySource | None = None,
-        recorder: Recorder | None = None,
+        on_message: MessageSink | None = None,
     ) -> None:
         self.settings = settings
         self.hub = hub
         self.clock = clock
         self.replay = replay
-        self.recorder = recorder
+        # Where the links hand their messages: the ingest pipeline (set by the gateway).
+        self.on_message: MessageSink = on_message or _nowhere
         self.endpoint = Endpoint.from_url(settings.coinsuper_url)
         self.tls = self._tls() if self.endpoint.tls else None
         self.templates = settings.topics
         self.tracked: dict[str, Tracked] = {}
         self.by_topic: dict[str, Channel] = {}
         self.links: dict[str, Link] = {}
-        self.unknown_topics: Counter[str] = Counter()
-        self.unknown_messages = 0
         # Channels that got no data when last subscribed: name → until when (monotonic).
         self.unknown: OrderedDict[str, float] = OrderedDict()
         self.no_data_releases = 0
@@ -241,28 +243,15 @@ class Registry:
         log.info("subscribing the private feed upstream (%d topics)", len(topics))
         link.start()
 
-    # --- ingest ------------------------------------------------------------
+    # --- routing ---------------------------------------------------------
 
-    def on_message(self, topic: str, payload: bytes, received_ts: int) -> None:
-        """Route one upstream message to its channel's state."""
-        if self.recorder is not None:
-            self.recorder.write(topic, payload, received_ts)
+    def route(self, topic: str) -> Channel | None:
+        """The channel a topic carries (for the ingest pipeline); in a replay,
+        every channel the recording holds is followed."""
         channel = self.by_topic.get(topic)
         if channel is None and self.replay is not None:
             channel = self._follow_recorded(topic)
-        if channel is None:
-            self.unknown_messages += 1
-            if topic not in self.unknown_topics and len(self.unknown_topics) < _LOGGED_TOPICS_CAP:
-                log.warning("message on a topic no channel follows: %s", topic[:200])
-            self.unknown_topics[topic[:200]] += 1
-            return
-        try:
-            reason = self.hub.ingest(channel, payload, received_ts)
-        except Exception:  # one bad message must never take a link down
-            log.exception("failed to apply a message on %s", channel.name)
-            return
-        if reason is not None:
-            log.warning("rejected a payload on %s (channel %s): %s", topic, channel.name, reason)
+        return channel
 
     def _follow_recorded(self, topic: str) -> Channel | None:
         """In a replay, every channel the recording holds is followed."""

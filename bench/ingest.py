@@ -4,7 +4,8 @@ many (subscriptions whose buffers are filled, as a stream's would be).
 
     .venv/bin/python bench/ingest.py --messages 50000 --subscribers 0,1000,10000
 
-The messages are the simulator's own payloads (books, depth charts, trade
+Each message goes down the gateway's ingest pipeline (routing, decoding, the
+store, the event log, the fan-out). The messages are the simulator's own payloads (books, depth charts, trade
 windows, candles), taken from a run of its market, fed in a loop.
 """
 
@@ -21,6 +22,7 @@ from app.channels import parse_channel
 from app.config import load_settings
 from app.fanout import Subscription
 from app.gateway import Gateway
+from app.pipeline import Pipeline
 from app.simulator.market import Market
 
 
@@ -53,9 +55,11 @@ def run(messages: list[tuple[str, bytes, int]], subscribers: int) -> tuple[float
     for i in range(subscribers):
         subscription = Subscription({names[i % len(names)]}, capacity=1_000_000)
         hub.fanout.add(subscription)
+    # The gateway's own pipeline, routing channel names as if they were topics.
+    pipeline = Pipeline(channels.get, hub)
     started = time.perf_counter()
     for name, payload, received_ts in messages:
-        hub.ingest(channels[name], payload, received_ts)
+        pipeline.feed(name, payload, received_ts)
     elapsed = time.perf_counter() - started
     rejected = sum(state.rejected for state in hub.store.channels.values())
     return len(messages) / elapsed, hub.store.seq, rejected

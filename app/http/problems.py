@@ -36,19 +36,28 @@ def problem_response(
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
 
 
+def problem_body(error: GatewayError) -> dict[str, object]:
+    """The RFC 9457 members of an error, as REST answers and WebSocket error frames carry them."""
+    return {
+        "type": TYPE_BASE + error.type_slug,
+        "title": error.title,
+        "status": error.status,
+        "detail": error.detail,
+        **error.extensions(),
+    }
+
+
 def from_error(error: GatewayError) -> JSONResponse:
     headers = {}
     if isinstance(error, NotReady):
         headers["Retry-After"] = str(error.retry_after)
     if isinstance(error, Unauthorized):
         headers["WWW-Authenticate"] = 'Bearer realm="coinsuper-gateway"'
-    return problem_response(
-        error.status,
-        error.title,
-        error.detail,
-        error.type_slug,
+    return JSONResponse(
+        problem_body(error),
+        status_code=error.status,
         headers=headers,
-        extensions=error.extensions(),
+        media_type=PROBLEM_MEDIA_TYPE,
     )
 
 

@@ -308,8 +308,8 @@ async def channels(gateway: GatewayDep) -> JSONResponse:
         {
             "channels": gateway.channel_report(gateway.now()),
             "links": [link.describe() for link in registry.links.values()],
-            "unknown_topic_messages": registry.unknown_messages,
-            "open_streams": gateway.open_streams,
+            "unknown_topic_messages": gateway.pipeline.unknown_messages,
+            "open_streams": gateway.streams.open,
         }
     )
 

@@ -10,7 +10,6 @@ else was sent for the heartbeat interval.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -18,8 +17,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from starlette.requests import HTTPConnection
 
+from app.admission import reset_payload
 from app.channels import Channel, parse_channel_list
-from app.errors import TooMany
 from app.gateway import Gateway
 from app.http import schemas
 from app.http.auth import presented_token
@@ -76,18 +75,7 @@ async def stream(
     elif settings.gateway_require_token:
         tokens_of(request).require(request, allow_query=True)
     client = client_key(request)
-    if gateway.streams_by_client[client] >= settings.gateway_max_streams_per_client:
-        raise TooMany(
-            "open streams per client",
-            "this client (token or address) has as many streams as it may",
-            settings.gateway_max_streams_per_client,
-        )
-    if gateway.open_streams >= settings.gateway_max_streams:
-        raise TooMany(
-            "open streams",
-            "the gateway has as many streams as it serves",
-            settings.gateway_max_streams,
-        )
+    gateway.streams.admit(client)
     for channel in wanted:
         if not channel.is_private:
             gateway.registry.demand(channel)
@@ -116,53 +104,45 @@ async def _events(
     gateway: Gateway, channels: list[Channel], opening: Opening, client: str
 ) -> AsyncIterator[bytes]:
     settings = gateway.settings
+    streams = gateway.streams
     subscription = opening.subscription
-    gateway.open_streams += 1
-    gateway.streams_by_client[client] += 1
-    try:
-        first = [f"retry: {settings.gateway_retry_ms}\n\n".encode()]
-        if opening.reset:
-            reason = {
-                "reason": "cannot resume from the given id",
-                "epoch": gateway.hub.epoch,
-                "channels": [channel.name for channel in channels],
-            }
-            first.append(b"event: reset\ndata: " + json.dumps(reason).encode() + b"\n\n")
-        first.extend(event.frame for event in opening.backlog)
-        # An id with no data moves the client's Last-Event-ID without an event:
-        # dropped before any event, it still resumes from here, losing nothing.
-        first.append(f"id: {opening.position}\n\n".encode())
-        gateway.events_sent += len(opening.backlog)
-        yield b"".join(first)
-        while True:
-            await subscription.wait()
-            if subscription.overflowed:
-                gateway.overflow_closes += 1
+    with streams.opened(client):
+        try:
+            first = [f"retry: {settings.gateway_retry_ms}\n\n".encode()]
+            if opening.reset:
+                data = reset_payload(gateway.hub.epoch, (channel.name for channel in channels))
+                first.append(b"event: reset\ndata: " + data + b"\n\n")
+            first.extend(event.frame for event in opening.backlog)
+            # An id with no data moves the client's Last-Event-ID without an event:
+            # dropped before any event, it still resumes from here, losing nothing.
+            first.append(f"id: {opening.position}\n\n".encode())
+            streams.sent(len(opening.backlog))
+            yield b"".join(first)
+            while True:
+                await subscription.wait()
+                if subscription.overflowed:
+                    streams.overflowed()
+                    log.info(
+                        "closed a stream of %s that fell %d events behind",
+                        client,
+                        settings.gateway_client_buffer,
+                    )
+                    yield b": closed: this stream fell too far behind; resume with Last-Event-ID\n\n"
+                    return
+                if subscription.closed:
+                    return
+                events = subscription.take()
+                if events:
+                    streams.sent(len(events))
+                    yield b"".join(event.frame for event in events)
+                elif subscription.heartbeat_due:
+                    yield HEARTBEAT
+                subscription.heartbeat_due = False
+        finally:
+            if subscription.stalled:
                 log.info(
-                    "closed a stream of %s that fell %d events behind",
-                    client.partition(":")[0],
-                    settings.gateway_client_buffer,
+                    "closed a stream of %s: it took nothing for %g s",
+                    client,
+                    settings.gateway_send_timeout_s,
                 )
-                yield b": closed: this stream fell too far behind; resume with Last-Event-ID\n\n"
-                return
-            if subscription.closed:
-                return
-            events = subscription.take()
-            if events:
-                gateway.events_sent += len(events)
-                yield b"".join(event.frame for event in events)
-            elif subscription.heartbeat_due:
-                yield HEARTBEAT
-            subscription.heartbeat_due = False
-    finally:
-        if subscription.stalled:
-            log.info(
-                "closed a stream of %s: it took nothing for %g s",
-                client,
-                settings.gateway_send_timeout_s,
-            )
-        gateway.hub.close_stream(subscription)
-        gateway.open_streams -= 1
-        gateway.streams_by_client[client] -= 1
-        if not gateway.streams_by_client[client]:
-            del gateway.streams_by_client[client]
+            gateway.hub.close_stream(subscription)

@@ -32,11 +32,12 @@ from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
+from app.admission import reset_payload
 from app.channels import Channel, parse_channel
 from app.errors import GatewayError, InvalidInput, TooMany
 from app.fanout import Subscription
 from app.gateway import Gateway
-from app.http.problems import TYPE_BASE
+from app.http.problems import problem_body
 from app.http.rest import private_access, tokens_of
 from app.http.server import TRANSPORT, bound_stream, end_connection
 from app.http.stream import client_key
@@ -73,16 +74,7 @@ class OpRate:
 
 
 def _problem(error: GatewayError) -> str:
-    return json.dumps(
-        {
-            "op": "error",
-            "type": TYPE_BASE + error.type_slug,
-            "title": error.title,
-            "status": error.status,
-            "detail": error.detail,
-            **error.extensions(),
-        }
-    )
+    return json.dumps({"op": "error", **problem_body(error)})
 
 
 def _channel_names(message: dict[str, Any]) -> list[Channel]:
@@ -131,12 +123,8 @@ class Connection:
             self.subscription, channels, last_event_id, restamp=last_event_id is None
         )
         if reset:
-            reason = {
-                "reason": "cannot resume from the given id",
-                "epoch": self.gateway.hub.epoch,
-                "channels": [c.name for c in channels],
-            }
-            self.first.append(_reset_event(reason))
+            data = reset_payload(self.gateway.hub.epoch, (c.name for c in channels))
+            self.first.append(_reset_event(data))
         self.first.extend(backlog)
         self.subscription.wake.set()
         return json.dumps(
@@ -186,7 +174,7 @@ class Connection:
         while True:
             await subscription.wait()
             if subscription.overflowed:
-                gateway.overflow_closes += 1
+                gateway.streams.overflowed()
                 await websocket.close(OVERFLOW, "fell too far behind; resume with last_event_id")
                 return
             if subscription.closed:
@@ -199,11 +187,10 @@ class Connection:
                 await self.send(event.message)
             subscription.sending_since = None
             subscription.last_sent = time.monotonic()
-            gateway.events_sent += len(events)
+            gateway.streams.sent(len(events))
 
 
-def _reset_event(reason: dict[str, Any]) -> Event:
-    data = json.dumps(reason).encode()
+def _reset_event(data: bytes) -> Event:
     return Event(
         0, "", "reset", data, b"", False, 0, f'{{"id":null,"event":"reset","data":{data.decode()}}}'
     )
@@ -222,27 +209,25 @@ async def websocket_stream(websocket: WebSocket) -> None:
             tokens_of(websocket).require(websocket, allow_query=True)
         except GatewayError as error:
             refusal = error
-    if gateway.streams_by_client[client] >= settings.gateway_max_streams_per_client:
-        refusal = TooMany(
-            "open streams per client",
-            "this client has as many streams as it may",
-            settings.gateway_max_streams_per_client,
-        )
-    elif gateway.open_streams >= settings.gateway_max_streams:
-        refusal = TooMany(
-            "open streams",
-            "the gateway has as many streams as it serves",
-            settings.gateway_max_streams,
-        )
+    if refusal is None:
+        try:
+            gateway.streams.admit(client)
+        except GatewayError as error:
+            refusal = error
     if refusal is not None:
         await websocket.send_text(_problem(refusal))
         await websocket.close(1008, refusal.title)
         return
-    connection = Connection(gateway, websocket, client)
+    with gateway.streams.opened(client):
+        await _session(Connection(gateway, websocket, client))
+
+
+async def _session(connection: Connection) -> None:
+    """One admitted connection, from its first op to its close."""
+    gateway, websocket, client = connection.gateway, connection.websocket, connection.client
+    settings = gateway.settings
     subscription = connection.subscription
     gateway.hub.extend_stream(subscription, [], None)  # registered: closed with the others
-    gateway.open_streams += 1
-    gateway.streams_by_client[client] += 1
     transport = websocket.scope.get(TRANSPORT)
     if transport is not None:
         bound_stream(
@@ -293,7 +278,3 @@ async def websocket_stream(websocket: WebSocket) -> None:
         if transport is not None and (subscription.stalled or subscription.overflowed):
             end_connection(transport, at_once=subscription.stalled)
         gateway.hub.close_stream(subscription)
-        gateway.open_streams -= 1
-        gateway.streams_by_client[client] -= 1
-        if not gateway.streams_by_client[client]:
-            del gateway.streams_by_client[client]

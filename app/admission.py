@@ -1,0 +1,77 @@
+"""Stream admission and the stream counters: one place for SSE and WebSocket.
+
+A stream (an SSE response or a WebSocket connection) is admitted when its
+client (a valid token, else its address: see :func:`app.http.stream.client_key`)
+has fewer than ``GATEWAY_MAX_STREAMS_PER_CLIENT`` streams and the gateway fewer
+than ``GATEWAY_MAX_STREAMS``; past either, :class:`~app.errors.TooMany` names
+the cap. :meth:`Streams.opened` holds the stream's place for as long as it
+runs, and the counters here are what ``/metrics`` and ``/v1/channels`` report:
+the transports only say what happened (:meth:`Streams.sent`,
+:meth:`Streams.overflowed`, :meth:`Streams.stalled`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+from app.errors import TooMany
+
+
+class Streams:
+    """The open streams, by client, and what happened to them."""
+
+    def __init__(self, max_streams: int, max_per_client: int) -> None:
+        self.max_streams = max_streams
+        self.max_per_client = max_per_client
+        self.open = 0
+        self.by_client: Counter[str] = Counter()
+        self.events_sent = 0
+        self.overflow_closes = 0
+        self.stalled_closes = 0
+
+    def admit(self, client: str) -> None:
+        """Raise :class:`TooMany` unless one more stream of ``client`` fits."""
+        if self.by_client[client] >= self.max_per_client:
+            raise TooMany(
+                "open streams per client",
+                "this client (token or address) has as many streams as it may",
+                self.max_per_client,
+            )
+        if self.open >= self.max_streams:
+            raise TooMany(
+                "open streams",
+                "the gateway has as many streams as it serves",
+                self.max_streams,
+            )
+
+    @contextmanager
+    def opened(self, client: str) -> Iterator[None]:
+        """A stream's place, held until the block ends, however it ends."""
+        self.open += 1
+        self.by_client[client] += 1
+        try:
+            yield
+        finally:
+            self.open -= 1
+            self.by_client[client] -= 1
+            if self.by_client[client] <= 0:
+                del self.by_client[client]
+
+    def sent(self, count: int) -> None:
+        self.events_sent += count
+
+    def overflowed(self) -> None:
+        self.overflow_closes += 1
+
+    def stalled(self, count: int = 1) -> None:
+        self.stalled_closes += count
+
+
+def reset_payload(epoch: str, channels: Iterable[str]) -> bytes:
+    """The data of a ``reset`` event: the given id cannot be resumed."""
+    return json.dumps(
+        {"reason": "cannot resume from the given id", "epoch": epoch, "channels": list(channels)}
+    ).encode()

@@ -1,0 +1,44 @@
+"""Stream admission and counters, shared by SSE and the WebSocket."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from app.admission import Streams, reset_payload
+from app.errors import TooMany
+
+
+def test_caps_per_client_and_overall_and_places_released_however_a_stream_ends() -> None:
+    streams = Streams(max_streams=3, max_per_client=2)
+    with streams.opened("address:a"), streams.opened("address:a"):
+        with pytest.raises(TooMany) as per_client:
+            streams.admit("address:a")
+        assert per_client.value.cap_name == "open streams per client" and per_client.value.cap == 2
+        streams.admit("token:t")
+        with streams.opened("token:t"):
+            with pytest.raises(TooMany) as overall:
+                streams.admit("token:u")
+            assert overall.value.cap_name == "open streams"
+    assert streams.open == 0 and not streams.by_client
+    with pytest.raises(RuntimeError), streams.opened("address:b"):
+        raise RuntimeError("a stream that fails")
+    assert streams.open == 0 and not streams.by_client
+
+
+def test_counters() -> None:
+    streams = Streams(10, 10)
+    streams.sent(3)
+    streams.sent(2)
+    streams.overflowed()
+    streams.stalled(2)
+    assert (streams.events_sent, streams.overflow_closes, streams.stalled_closes) == (5, 1, 2)
+
+
+def test_the_reset_payload() -> None:
+    assert json.loads(reset_payload("e1", iter(["trades:BTC_USD"]))) == {
+        "reason": "cannot resume from the given id",
+        "epoch": "e1",
+        "channels": ["trades:BTC_USD"],
+    }
