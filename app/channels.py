@@ -30,7 +30,6 @@ class Kind(StrEnum):
     FILLS = "fills"
 
 
-PUBLIC_KINDS = (Kind.DEPTH, Kind.ORDERBOOK, Kind.KLINE, Kind.TRADES)
 PRIVATE_KINDS = (Kind.ASSETS, Kind.ORDERS, Kind.FILLS)
 # Channels whose state is replaced by every push; the others are logs or maps
 # whose every new item is an event of its own.
@@ -157,10 +156,6 @@ class Channel:
     @property
     def is_private(self) -> bool:
         return self.kind in PRIVATE_KINDS
-
-    @property
-    def is_snapshot(self) -> bool:
-        return self.kind in SNAPSHOT_KINDS
 
     @property
     def event_name(self) -> str:

@@ -139,19 +139,16 @@ class Fanout:
         self.by_channel: dict[str, set[Subscription]] = {}
         self.everyone: set[Subscription] = set()
 
-    def add(self, subscription: Subscription) -> None:
-        channels, subscription.channels = subscription.channels, frozenset()
-        self.retarget(subscription, channels)
-
     def retarget(self, subscription: Subscription, channels: frozenset[str]) -> None:
-        """Make a subscription follow exactly ``channels`` (registering it)."""
-        for name in subscription.channels - channels:
+        """Make a subscription follow exactly ``channels`` (registering it if it is new)."""
+        held = subscription.channels if subscription in self.everyone else frozenset()
+        for name in held - channels:
             subscribers = self.by_channel.get(name)
             if subscribers is not None:
                 subscribers.discard(subscription)
                 if not subscribers:
                     del self.by_channel[name]
-        for name in channels - subscription.channels:
+        for name in channels - held:
             self.by_channel.setdefault(name, set()).add(subscription)
         subscription.channels = channels
         self.everyone.add(subscription)

@@ -53,7 +53,6 @@ class Recorder:
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.keep = keep
-        self.records = 0
         self._raw: IO[bytes] | None = None
         self._gzip: gzip.GzipFile | None = None
         self._open()
@@ -66,7 +65,6 @@ class Recorder:
         assert self._gzip is not None and self._raw is not None
         line = {"ts": received_ts, "topic": topic, "payload": base64.b64encode(payload).decode()}
         self._gzip.write(json.dumps(line, separators=(",", ":")).encode() + b"\n")
-        self.records += 1
         if self._raw.tell() >= self.max_bytes:
             self._rotate()
 

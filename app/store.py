@@ -146,7 +146,7 @@ class Store:
         if state is None:
             state = self.channels[channel.name] = ChannelState(channel)
             if channel.kind is Kind.TRADES:
-                state.trades = TradeLog(self.trade_capacity)
+                state.trades = TradeLog()
         return state
 
     def drop(self, channel: Channel) -> None:
@@ -256,7 +256,10 @@ class Store:
         self, state: ChannelState, update: TradeWindow, received_ts: int
     ) -> list[Event]:
         assert state.trades is not None
+        dropped = state.trades.out_of_order
         fresh = state.trades.apply(update.trades)
+        # Trades older than the newest logged change nothing: superseded.
+        state.superseded += state.trades.out_of_order - dropped
         state.last_payload = update.raw
         events = []
         if state.trades.gap:

@@ -25,7 +25,6 @@ may come after trades nobody saw (a reconnect, a burst faster than the pushes):
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Sequence
 
 from app.decode import TRADE_WINDOW_MAX, Trade
@@ -40,12 +39,11 @@ def overlap(previous: Sequence[Trade], window: Sequence[Trade]) -> int:
 
 
 class TradeLog:
-    """The newest ``capacity`` distinct trades of one symbol, oldest first."""
+    """Aligns one symbol's pushes; the trades themselves are kept by the store."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self) -> None:
         self.window: tuple[Trade, ...] = ()
-        self.trades: deque[Trade] = deque(maxlen=capacity)
-        self.out_of_order = 0
+        self.out_of_order = 0  # trades dropped as older than the newest logged
         self.gap = False  # the last push may have missed trades (see the module docstring)
 
     def apply(self, window: Sequence[Trade]) -> list[Trade]:
@@ -64,5 +62,4 @@ class TradeLog:
             self.out_of_order += len(fresh) - len(kept)
             fresh = kept
         self.window = tuple(window)
-        self.trades.extend(fresh)
         return fresh

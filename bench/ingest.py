@@ -54,7 +54,7 @@ def run(messages: list[tuple[str, bytes, int]], subscribers: int) -> tuple[float
     names = list(channels)
     for i in range(subscribers):
         subscription = Subscription({names[i % len(names)]}, capacity=1_000_000)
-        hub.fanout.add(subscription)
+        hub.fanout.retarget(subscription, subscription.channels)
     # The gateway's own pipeline, routing channel names as if they were topics.
     pipeline = Pipeline(channels.get, hub)
     started = time.perf_counter()

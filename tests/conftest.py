@@ -2,14 +2,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.support import Mosquitto, Publisher
-
-if TYPE_CHECKING:
-    from tests.test_streams import World
+from tests.world import Tape, World
 
 
 @pytest.fixture
@@ -25,8 +22,6 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
 @pytest.fixture
 def world(mosquitto: Mosquitto, tmp_path: Path) -> Iterator[World]:
     """Mosquitto, a publisher playing the exchange, and a tape of trades."""
-    from tests.test_streams import Tape, World
-
     publisher = Publisher(mosquitto.tcp_port)
     try:
         yield World(tmp_path, mosquitto, publisher, Tape(publisher))

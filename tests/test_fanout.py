@@ -39,8 +39,8 @@ def test_fanout_only_reaches_followers() -> None:
     fanout = Fanout()
     a = Subscription({"trades:BTC_USD"}, 10)
     b = Subscription({"book"}, 10)
-    fanout.add(a)
-    fanout.add(b)
+    fanout.retarget(a, a.channels)
+    fanout.retarget(b, b.channels)
     fanout.publish(event(1))
     assert [e.seq for e in a.take()] == [1] and b.take() == []
     fanout.remove(a)
@@ -74,7 +74,7 @@ def test_replay_knows_when_it_cannot() -> None:
 async def test_wait_wakes_on_offer_and_tick_asks_for_heartbeats() -> None:
     sub = Subscription({"trades:BTC_USD"}, 10)
     fanout = Fanout()
-    fanout.add(sub)
+    fanout.retarget(sub, sub.channels)
     try:
         await asyncio.wait_for(sub.wait(), 0.05)
         raise AssertionError("woke with nothing pending")
@@ -91,7 +91,7 @@ async def test_wait_wakes_on_offer_and_tick_asks_for_heartbeats() -> None:
 async def test_tick_cancels_a_send_blocked_past_the_timeout() -> None:
     sub = Subscription({"trades:BTC_USD"}, 10)
     fanout = Fanout()
-    fanout.add(sub)
+    fanout.retarget(sub, sub.channels)
     sub.sender = asyncio.create_task(asyncio.sleep(60))
     sub.sending_since = 100.0
     assert fanout.tick(100.0 + 5, heartbeat_s=15, send_timeout_s=10) == 0

@@ -17,13 +17,13 @@ BOOK_TOPIC = ENV + "/api/ws/v1/market/orderBook/BTC_USD/0.01"
 TRADES_TOPIC = ENV + "/api/ws/v1/market/tickers/BTC_USD"
 
 
-class World:
+class HttpWorld:
     def __init__(self, mosquitto: Mosquitto, publisher: Publisher, gw: GatewayProcess) -> None:
         self.mosquitto, self.publisher, self.gw = mosquitto, publisher, gw
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpWorld]:
     workdir: Path = tmp_path_factory.mktemp("http")
     mosquitto = Mosquitto(workdir)
     mosquitto.start()
@@ -46,7 +46,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     wait_for(lambda: gw.http.get("/v1/trades/BTC_USD").status_code == 200, 10, "trades")
     wait_for(lambda: gw.http.get("/v1/orderbook/BTC_USD?step=0.01").status_code == 200, 10, "book")
     try:
-        yield World(mosquitto, publisher, gw)
+        yield HttpWorld(mosquitto, publisher, gw)
     finally:
         gw.stop()
         publisher.close()
@@ -64,13 +64,13 @@ def problem(response: httpx.Response, status: int) -> dict[str, object]:
 
 
 @pytest.mark.parametrize("spelling", ["BTC_USD", "BTC-USD", "btc_usd", "BTC%2FUSD", "btc%2fusd"])
-def test_every_symbol_spelling_answers_the_same_book(world: World, spelling: str) -> None:
-    body = world.gw.http.get(f"/v1/orderbook/{spelling}?step=0.01").json()
+def test_every_symbol_spelling_answers_the_same_book(served: HttpWorld, spelling: str) -> None:
+    body = served.gw.http.get(f"/v1/orderbook/{spelling}?step=0.01").json()
     assert body["symbol"] == "BTC/USD" and body["channel"] == "orderbook:BTC_USD:0.01"
 
 
-def test_bad_parameters_are_400_problems_naming_what_is_allowed(world: World) -> None:
-    http = world.gw.http
+def test_bad_parameters_are_400_problems_naming_what_is_allowed(served: HttpWorld) -> None:
+    http = served.gw.http
     body = problem(http.get("/v1/orderbook/BTCUSD?step=0.01"), 400)
     assert "BTC_USD" in str(body["detail"])
     body = problem(http.get("/v1/orderbook/BTC_USD?step=0.5"), 400)
@@ -92,8 +92,8 @@ def test_bad_parameters_are_400_problems_naming_what_is_allowed(world: World) ->
     problem(http.get("/v1/nothing-here"), 404)
 
 
-def test_caps_are_429_problems_naming_the_cap(world: World) -> None:
-    http = world.gw.http
+def test_caps_are_429_problems_naming_the_cap(served: HttpWorld) -> None:
+    http = served.gw.http
     body = problem(http.get("/v1/stream?channels=depth:AA_USD,depth:BB_USD,depth:CC_USD,depth:DD_USD"), 429)
     assert body["limit"] == "channels per stream" and body["cap"] == 3
     for n in range(10):
@@ -105,24 +105,24 @@ def test_caps_are_429_problems_naming_the_cap(world: World) -> None:
     else:
         pytest.fail("the upstream cap was never reached")
     # Channels nobody follows are released after the idle time; pinned ones stay.
-    wait_for(lambda: not any(name.startswith("depth:X") for name in world.gw.channels()), 10, "idle release")
-    assert {"orderbook:BTC_USD:0.01", "trades:BTC_USD"} <= world.gw.channels().keys()
+    wait_for(lambda: not any(name.startswith("depth:X") for name in served.gw.channels()), 10, "idle release")
+    assert {"orderbook:BTC_USD:0.01", "trades:BTC_USD"} <= served.gw.channels().keys()
 
 
-def test_private_channels_without_configuration_are_404(world: World) -> None:
-    body = problem(world.gw.http.get("/v1/stream?channels=fills"), 404)
+def test_private_channels_without_configuration_are_404(served: HttpWorld) -> None:
+    body = problem(served.gw.http.get("/v1/stream?channels=fills"), 404)
     assert "not configured" in str(body["detail"])
 
 
-def test_no_data_yet_waits_then_503_with_retry_after(world: World) -> None:
+def test_no_data_yet_waits_then_503_with_retry_after(served: HttpWorld) -> None:
     start = time.monotonic()
-    response = world.gw.http.get("/v1/depth/ETH_USD?wait=400")
+    response = served.gw.http.get("/v1/depth/ETH_USD?wait=400")
     assert time.monotonic() - start >= 0.4
     problem(response, 503)
     assert response.headers["retry-after"] == "1"
 
 
-def test_a_first_request_waits_for_the_first_push(world: World) -> None:
+def test_a_first_request_waits_for_the_first_push(served: HttpWorld) -> None:
     topic = ENV + "/api/ws/v1/market/orderBook/BTC_USD/0.1"
     raw = json.loads(sample("orderBook_BTC_USD_0.01.json"))
     raw["step"] = "0.1"
@@ -131,17 +131,17 @@ def test_a_first_request_waits_for_the_first_push(world: World) -> None:
             level["limitPrice"] = f"{6675 + sign * (0.5 + i):.1f}"
 
     def publish_soon() -> None:
-        wait_for(lambda: world.gw.channels().get("orderbook:BTC_USD:0.1", {}).get("link_state") == "up", 10, "link")
-        world.publisher.publish(topic, json.dumps(raw).encode())
+        wait_for(lambda: served.gw.channels().get("orderbook:BTC_USD:0.1", {}).get("link_state") == "up", 10, "link")
+        served.publisher.publish(topic, json.dumps(raw).encode())
 
     threading.Thread(target=publish_soon, daemon=True).start()
-    response = world.gw.http.get("/v1/orderbook/BTC_USD?step=0.1&wait=8000")
+    response = served.gw.http.get("/v1/orderbook/BTC_USD?step=0.1&wait=8000")
     assert response.status_code == 200
     assert response.json()["data"]["step"] == "0.1"
 
 
-def test_etag_and_if_none_match(world: World) -> None:
-    http = world.gw.http
+def test_etag_and_if_none_match(served: HttpWorld) -> None:
+    http = served.gw.http
     first = http.get("/v1/orderbook/BTC_USD?step=0.01")
     etag = first.headers["etag"]
     again = http.get("/v1/orderbook/BTC_USD?step=0.01", headers={"If-None-Match": etag})
@@ -150,16 +150,16 @@ def test_etag_and_if_none_match(world: World) -> None:
     assert other.status_code == 200
 
 
-def test_health_and_channels(world: World) -> None:
-    http = world.gw.http
+def test_health_and_channels(served: HttpWorld) -> None:
+    http = served.gw.http
     assert http.get("/healthz").json() == {"status": "ok"}
     assert http.get("/readyz").status_code == 200
-    report = world.gw.channels()["orderbook:BTC_USD:0.01"]
+    report = served.gw.channels()["orderbook:BTC_USD:0.01"]
     assert report["status"] == "live" and report["messages"] >= 1 and report["rejected"] == 0
 
 
-def test_stream_sends_snapshots_at_once_then_one_event_per_new_trade(world: World) -> None:
-    url = f"{world.gw.base}/v1/stream?channels=orderbook:BTC_USD:0.01,trades:BTC_USD"
+def test_stream_sends_snapshots_at_once_then_one_event_per_new_trade(served: HttpWorld) -> None:
+    url = f"{served.gw.base}/v1/stream?channels=orderbook:BTC_USD:0.01,trades:BTC_USD"
     stream = EventStream(url)
     assert stream.status == 200
     book = wait_for(lambda: stream.named("orderbook"), 5, "the current book")[0]
@@ -169,7 +169,7 @@ def test_stream_sends_snapshots_at_once_then_one_event_per_new_trade(world: Worl
     window = json.loads(sample("tickers_BTC_USD.json"))
     newest = int(window[0]["timestamp"])
     new = [dict(window[0], timestamp=newest + 5, price="6100.00"), dict(window[0], timestamp=newest + 5, price="6100.00")]
-    world.publisher.publish(TRADES_TOPIC, json.dumps(new + window[:48]).encode())
+    served.publisher.publish(TRADES_TOPIC, json.dumps(new + window[:48]).encode())
     trades = wait_for(lambda: len(stream.named("trade")) >= 2 and stream.named("trade"), 5, "two trade events")
     assert len(trades) == 2
     assert [t["data"]["price"] for t in trades] == ["6100.00", "6100.00"]

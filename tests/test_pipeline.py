@@ -30,7 +30,7 @@ def hub() -> LocalHub:
 def test_a_message_goes_from_topic_to_the_streams() -> None:
     local = hub()
     follower = Subscription({BOOK.name}, 10)
-    local.fanout.add(follower)
+    local.fanout.retarget(follower, follower.channels)
     Pipeline(TOPICS.get, local).feed("t/book", sample("orderBook_BTC_USD_0.01.json"), NOW)
     [event] = follower.take()
     assert event.name == "orderbook" and event.seq == 1

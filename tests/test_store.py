@@ -87,3 +87,19 @@ def test_rejections_are_counted_and_reported_once_per_reason() -> None:
     assert store.reject(BOOK, "payload is not UTF-8") is True
     state = store.get(BOOK)
     assert state is not None and state.rejected == 3 and not state.has_data
+
+
+def test_the_store_keeps_the_newest_trades_up_to_its_capacity_and_counts_stale_ones() -> None:
+
+
+    store = Store("e", trade_capacity=50)
+    trades = [Trade(f"{6000 + i}.00", "0.1", "buy", 1_700_000_000_000 + i) for i in range(120)]
+    for end in range(10, 121, 10):
+        store.apply(TRADES, TradeWindow(tuple(trades[max(0, end - 50) : end])), 1_700_000_001_000)
+    state = store.get(TRADES)
+    assert state is not None and len(state.trade_items) == 50
+    answer = json.loads(store.trade_answer(state, False, 1000))
+    assert [t["price"] for t in answer["data"]] == [f"{6000 + i}.00" for i in reversed(range(70, 120))]
+    # A push whose "new" trade is older than the newest logged changes nothing.
+    store.apply(TRADES, TradeWindow((Trade("1.00", "0.1", "sell", 1_600_000_000_000),)), 1_700_000_002_000)
+    assert state.superseded == 1 and len(state.trade_items) == 50

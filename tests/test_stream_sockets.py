@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from tests.support import GatewayProcess, wait_for
-from tests.test_streams import World, start_flowing
+from tests.world import World, start_flowing
 
 
 def open_fds(pid: int) -> int:

@@ -14,42 +14,36 @@ C = Trade("1.02", "0.1", "buy", 1_600_000_000_002)
 
 
 def test_a_repeated_push_is_not_new() -> None:
-    log = TradeLog(100)
+    log = TradeLog()
     assert log.apply([A, B]) == [A, B]
     assert log.apply([A, B]) == []
     assert log.apply([B, C]) == [C]
 
 
 def test_equal_trades_in_one_push_are_two_trades() -> None:
-    log = TradeLog(100)
+    log = TradeLog()
     assert log.apply([A, A]) == [A, A]
     assert log.apply([A, A, A]) == [A]  # one more equal trade came
 
 
 def test_a_window_with_no_overlap_is_all_new() -> None:
-    log = TradeLog(100)
+    log = TradeLog()
     log.apply([A])
     assert log.apply([B, C]) == [B, C]
 
 
 def test_an_empty_push_changes_nothing() -> None:
-    log = TradeLog(100)
+    log = TradeLog()
     log.apply([A, B])
     assert log.apply([]) == []
     assert log.apply([A, B, C]) == [C]
 
 
 def test_trades_older_than_the_log_are_dropped() -> None:
-    log = TradeLog(100)
+    log = TradeLog()
     log.apply([B, C])
     assert log.apply([A]) == []
     assert log.out_of_order == 1
-
-
-def test_the_log_keeps_its_capacity() -> None:
-    log = TradeLog(2)
-    log.apply([A, B, C])
-    assert list(log.trades) == [B, C]
 
 
 # Trades drawn from a tiny alphabet so that equal trades are common; timestamps
@@ -94,7 +88,7 @@ def determinable(trades: list[Trade], ends: list[int], window: int) -> bool:
 def test_overlapping_pushes_yield_every_distinct_trade_once_in_order(case: tuple[list[Trade], list[int], int]) -> None:
     trades, ends, window = case
     assume(determinable(trades, ends, window))
-    log = TradeLog(10_000)
+    log = TradeLog()
     seen: list[Trade] = []
     for end in ends:
         shown = trades[max(0, end - window) : end]
@@ -107,7 +101,7 @@ def test_overlapping_pushes_yield_every_distinct_trade_once_in_order(case: tuple
 def test_distinct_trades_are_never_lost_with_distinct_timestamps(case: tuple[list[Trade], list[int], int]) -> None:
     trades, ends, window = case
     trades = [Trade(t.price, t.quantity, t.side, 1_600_000_000_000 + i) for i, t in enumerate(trades)]
-    log = TradeLog(10_000)
+    log = TradeLog()
     seen: list[Trade] = []
     for end in ends:
         seen.extend(log.apply(trades[max(0, end - window) : end]))
@@ -121,7 +115,7 @@ def test_equal_trades_are_all_kept_while_windows_are_not_full(case: tuple[list[T
     window = 50  # every history here has fewer trades than the window holds...
     trades = trades[:50]
     ends = sorted({min(end, len(trades)) for end in ends})
-    log = TradeLog(10_000)
+    log = TradeLog()
     seen: list[Trade] = []
     for end in ends:
         seen.extend(log.apply(trades[max(0, end - window) : end]))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from tests.support import EventStream, wait_for
-from tests.test_streams import World, start_flowing
+from tests.world import World, start_flowing
 
 
 def test_channels_that_never_get_data_are_released_and_answered_404(world: World) -> None:

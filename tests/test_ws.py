@@ -14,7 +14,7 @@ from httpx_ws import WebSocketDisconnect, aconnect_ws
 
 from app.client import GatewayStream, StreamEvent
 from tests.support import Mosquitto, wait_for
-from tests.test_streams import CHANNELS, World, start_flowing
+from tests.world import CHANNELS, World, start_flowing
 
 BOOK, TRADES = CHANNELS.split(",")[1], CHANNELS.split(",")[0]
 

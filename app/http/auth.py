@@ -37,10 +37,6 @@ class TokenCheck:
     def __init__(self, tokens: list[str]) -> None:
         self._digests = [_digest(token) for token in tokens]
 
-    @property
-    def configured(self) -> bool:
-        return bool(self._digests)
-
     def accepts(self, presented: str) -> bool:
         candidate = _digest(presented)
         matched = False
