@@ -34,6 +34,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check app tests bench
 	$(BIN)/ruff format --check app
 	$(BIN)/mypy --strict app
+	$(BIN)/lint-imports
 
 openapi: $(STAMP)  ## regenerate openapi/openapi.json from the app
 	$(BIN)/coinsuper-gateway openapi --output openapi/openapi.json

@@ -21,11 +21,39 @@ import json
 import operator
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from app.channels import KLINE_RANGES, Channel, Kind, display_symbol
+from app.domain import (
+    TRADE_WINDOW_MAX,
+    Balance,
+    Balances,
+    Candle,
+    DepthChart,
+    Fill,
+    OrderBook,
+    OrderChange,
+    Snapshot,
+    Trade,
+    TradeWindow,
+    Update,
+    newest_ts,
+)
+
+__all__ = [
+    "TRADE_WINDOW_MAX",
+    "Balances",
+    "Fill",
+    "OrderChange",
+    "Rejection",
+    "Snapshot",
+    "Trade",
+    "TradeWindow",
+    "Update",
+    "decode",
+]
 
 # A payload larger than this is refused before it is parsed. The largest real
 # payload (50 trades, or a 50-level depth chart) is a few kilobytes.
@@ -37,8 +65,6 @@ _DECIMAL_RE = re.compile(_DECIMAL + r"\Z")
 # Many decimals joined by newlines, checked in one call.
 _DECIMALS_RE = re.compile(rf"(?:{_DECIMAL}\n)*{_DECIMAL}")
 _NONZERO_RE = re.compile(r"[1-9]")
-# The exchange's trade window holds the latest 50 trades (UPSTREAM.md).
-TRADE_WINDOW_MAX = 50
 # Timestamps in milliseconds between 2001 and 2286: anything else is a wrong value.
 _TS_MIN, _TS_MAX = 10**12, 10**13 - 1
 
@@ -48,71 +74,6 @@ class Rejection:
     """Why a payload was not accepted; the channel's last good state stays."""
 
     reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """A whole new state of a snapshot channel (depth, order book, candle, assets)."""
-
-    data: dict[str, Any]
-    exchange_ts: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class Trade:
-    """One trade as the exchange pushes it. Trades carry no id: two distinct
-    trades may be equal in every field."""
-
-    price: str
-    quantity: str
-    side: str
-    ts: int
-
-    def to_data(self) -> dict[str, Any]:
-        return {"price": self.price, "quantity": self.quantity, "side": self.side, "ts": self.ts}
-
-
-@dataclass(frozen=True, slots=True)
-class TradeWindow:
-    """One push of the trade topic: the latest trades, oldest first (the wire
-    order, newest first, is reversed here so that logs append in order)."""
-
-    trades: tuple[Trade, ...]
-    raw: bytes = field(default=b"", compare=False)  # the push as received
-
-
-@dataclass(frozen=True, slots=True)
-class Balances:
-    """A push of the asset topic: the balances it carries, by currency."""
-
-    user_no: str | None
-    balances: dict[str, dict[str, Any]]
-    exchange_ts: int
-
-
-@dataclass(frozen=True, slots=True)
-class OrderChange:
-    """A push of the order topic: one order's state at ``updated_ts``."""
-
-    order_no: str
-    updated_ts: int
-    data: dict[str, Any]
-
-    @property
-    def is_open(self) -> bool:
-        return bool(self.data["state"] == "new")
-
-
-@dataclass(frozen=True, slots=True)
-class Fill:
-    """A push of the fill topic: one deal, unique by ``deal_no``."""
-
-    deal_no: str
-    ts: int
-    data: dict[str, Any]
-
-
-Update = Snapshot | TradeWindow | Balances | OrderChange | Fill
 
 
 class _Bad(Exception):
@@ -215,20 +176,6 @@ def _keys_of_objects(items: list[Any]) -> int:
     if set(map(type, items)) != {dict}:
         return -1
     return sum(map(len, items))
-
-
-def newest_ts(update: Update) -> int:
-    """The latest timestamp an update carries (0 when it carries none)."""
-    if isinstance(update, TradeWindow):
-        return update.trades[-1].ts if update.trades else 0
-    if isinstance(update, Snapshot):
-        return update.exchange_ts or 0
-    if isinstance(update, Balances):
-        stamps = [int(b["updated_ts"]) for b in update.balances.values()]
-        return max([update.exchange_ts, *stamps])
-    if isinstance(update, OrderChange):
-        return max(update.updated_ts, int(update.data["created_ts"]))
-    return update.ts
 
 
 # --- field readers ---------------------------------------------------------
@@ -405,7 +352,7 @@ _second = operator.itemgetter(1)
 # --- one decoder per channel kind -------------------------------------------
 
 
-def _orderbook(channel: Channel, doc: Any) -> Snapshot:
+def _orderbook(channel: Channel, doc: Any) -> OrderBook:
     book = _obj(doc)
     _symbol(book, channel)
     step = book.get("step")
@@ -417,11 +364,10 @@ def _orderbook(channel: Channel, doc: Any) -> Snapshot:
         _no_zero_quantity(side, key)
         _on_grid(side, key, step)
     _not_crossed(bids, asks)
-    data = {"step": step, "bids": bids.levels, "asks": asks.levels}
-    return Snapshot(data, _ts(book, "timestamp"))
+    return OrderBook(step, bids.levels, asks.levels, _ts(book, "timestamp"))
 
 
-def _depth(channel: Channel, doc: Any) -> Snapshot:
+def _depth(channel: Channel, doc: Any) -> DepthChart:
     depth = _obj(doc)
     _symbol(depth, channel)
     bids = _levels(depth, "bids", "price", descending=True)
@@ -429,32 +375,29 @@ def _depth(channel: Channel, doc: Any) -> Snapshot:
     _cumulative(bids, "bids")
     _cumulative(asks, "asks")
     _not_crossed(bids, asks)
-    data = {
-        "depth_percent": _dec(depth, "depthPercent"),
-        "asks_min_price": _dec(depth, "asksMinPrice"),
-        "bids_max_price": _dec(depth, "bidsMaxPrice"),
-        "bids": bids.levels,
-        "asks": asks.levels,
-    }
-    return Snapshot(data, None)
+    return DepthChart(
+        depth_percent=_dec(depth, "depthPercent"),
+        asks_min_price=_dec(depth, "asksMinPrice"),
+        bids_max_price=_dec(depth, "bidsMaxPrice"),
+        bids=bids.levels,
+        asks=asks.levels,
+    )
 
 
-def _kline(channel: Channel, doc: Any) -> Snapshot:
+def _kline(channel: Channel, doc: Any) -> Candle:
     candle = _obj(doc)
     _symbol(candle, channel)
     range_label = channel.param or ""
-    open_ts = _ts(candle, "timestamp")
-    data = {
-        "range": range_label,
-        "range_ms": KLINE_RANGES.get(range_label),
-        "open_ts": open_ts,
-        "open": _dec(candle, "first"),
-        "high": _dec(candle, "max"),
-        "low": _dec(candle, "min"),
-        "close": _dec(candle, "last"),
-        "volume": _dec(candle, "quantity"),
-    }
-    return Snapshot(data, open_ts)
+    return Candle(
+        range=range_label,
+        range_ms=KLINE_RANGES.get(range_label),
+        open_ts=_ts(candle, "timestamp"),
+        open=_dec(candle, "first"),
+        high=_dec(candle, "max"),
+        low=_dec(candle, "min"),
+        close=_dec(candle, "last"),
+        volume=_dec(candle, "quantity"),
+    )
 
 
 _SIDES = {"BUY": "buy", "SELL": "sell"}
@@ -550,11 +493,11 @@ def _assets(channel: Channel, doc: Any) -> Balances:
         currency = item.get("currency")
         if not isinstance(currency, str) or not re.match(r"^[A-Za-z0-9]{1,12}$", currency):
             raise _Bad("'currency' is not a currency code")
-        balances[currency.upper()] = {
-            "total": _dec_number(item, "total"),
-            "available": _dec_number(item, "available"),
-            "updated_ts": _ts(item, "utcUpdate"),
-        }
+        balances[currency.upper()] = Balance(
+            total=_dec_number(item, "total"),
+            available=_dec_number(item, "available"),
+            updated_ts=_ts(item, "utcUpdate"),
+        )
     user_no = push.get("userNo")
     if user_no is not None:
         user_no = _ident(push, "userNo")
@@ -566,24 +509,21 @@ def _order(channel: Channel, doc: Any) -> OrderChange:
     state = order.get("state")
     if not isinstance(state, str) or not _STATE_RE.match(state):
         raise _Bad("'state' is not an order state such as NEW or CANCEL")
-    order_no = _ident(order, "orderNo")
-    updated_ts = _ts(order, "utcUpdate")
-    data = {
-        "order_no": order_no,
-        "symbol": _pair(order),
-        "side": _choice(order, "action", _SIDES),
-        "price": _dec(order, "priceLimit"),
-        "quantity": _dec(order, "quantity"),
-        "remaining_quantity": _dec(order, "quantityRemaining"),
-        "average_price": _dec(order, "priceAverage"),
-        "amount": _dec(order, "amount"),
-        "remaining_amount": _dec(order, "amountRemaining"),
-        "fee": _dec(order, "fee"),
-        "state": state.lower(),
-        "created_ts": _ts(order, "utcCreate"),
-        "updated_ts": updated_ts,
-    }
-    return OrderChange(order_no, updated_ts, data)
+    return OrderChange(
+        order_no=_ident(order, "orderNo"),
+        symbol=_pair(order),
+        side=_choice(order, "action", _SIDES),
+        price=_dec(order, "priceLimit"),
+        quantity=_dec(order, "quantity"),
+        remaining_quantity=_dec(order, "quantityRemaining"),
+        average_price=_dec(order, "priceAverage"),
+        amount=_dec(order, "amount"),
+        remaining_amount=_dec(order, "amountRemaining"),
+        fee=_dec(order, "fee"),
+        state=state.lower(),
+        created_ts=_ts(order, "utcCreate"),
+        updated_ts=_ts(order, "utcUpdate"),
+    )
 
 
 _LIQUIDITY = {"MAKER": "maker", "TAKER": "taker"}
@@ -592,20 +532,17 @@ _ORDER_TYPES = {"MKT": "market", "LMT": "limit"}
 
 def _fill(channel: Channel, doc: Any) -> Fill:
     deal = _obj(doc)
-    deal_no = _ident(deal, "dealNo")
-    ts = _ts(deal, "utcDeal", as_string=True)
-    data = {
-        "deal_no": deal_no,
-        "order_no": _ident(deal, "orderNo"),
-        "symbol": _pair(deal),
-        "side": _choice(deal, "action", _SIDES),
-        "price": _dec(deal, "price"),
-        "quantity": _dec(deal, "quantity"),
-        "liquidity": _choice(deal, "matchType", _LIQUIDITY),
-        "order_type": _choice(deal, "orderType", _ORDER_TYPES),
-        "ts": ts,
-    }
-    return Fill(deal_no, ts, data)
+    return Fill(
+        deal_no=_ident(deal, "dealNo"),
+        order_no=_ident(deal, "orderNo"),
+        symbol=_pair(deal),
+        side=_choice(deal, "action", _SIDES),
+        price=_dec(deal, "price"),
+        quantity=_dec(deal, "quantity"),
+        liquidity=_choice(deal, "matchType", _LIQUIDITY),
+        order_type=_choice(deal, "orderType", _ORDER_TYPES),
+        ts=_ts(deal, "utcDeal", as_string=True),
+    )
 
 
 _DECODERS: dict[Kind, Callable[[Channel, Any], Update]] = {

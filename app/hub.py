@@ -10,12 +10,12 @@ several replicas; nothing outside this module reaches into the parts.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 from app.channels import Channel
-from app.decode import Update
+from app.domain import Json, Update
 from app.fanout import Cursor, Fanout, ReplayBuffer, Subscription
 from app.store import ChannelState, Event, Store, restamped
 
@@ -39,7 +39,7 @@ class Hub(Protocol):
     def repeated(self, channel: Channel, payload: bytes, received_ts: int) -> bool: ...
     def reject(self, channel: Channel, reason: str) -> bool: ...
     def apply(self, channel: Channel, update: Update, received_ts: int) -> None: ...
-    def emit_status(self, channel: Channel, status: dict[str, object], now_ms: int) -> None: ...
+    def emit_status(self, channel: Channel, status: Mapping[str, Json], now_ms: int) -> None: ...
     def forget(self, channel: Channel) -> None: ...
     def state(self, channel: Channel) -> ChannelState | None: ...
     def open_channel(self, channel: Channel) -> ChannelState: ...
@@ -101,7 +101,7 @@ class LocalHub:
         if waiter is not None:
             waiter.set()
 
-    def emit_status(self, channel: Channel, status: dict[str, object], now_ms: int) -> None:
+    def emit_status(self, channel: Channel, status: Mapping[str, Json], now_ms: int) -> None:
         self._deliver(self.store.status_event(channel, status, now_ms))
 
     def _deliver(self, event: Event) -> None:

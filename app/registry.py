@@ -34,6 +34,7 @@ from typing import Any
 from app.channels import PRIVATE_KINDS, Channel
 from app.config import Settings
 from app.credentials import Login, private_login, public_client_id
+from app.domain import Json
 from app.errors import ConfigError, TooMany, UnknownChannel
 from app.hub import Hub
 from app.recording import ReplayLink, ReplaySource
@@ -309,7 +310,7 @@ class Registry:
         )
         self.no_data_releases += 1
         ts = time.time_ns() // 1_000_000
-        status: dict[str, object] = {
+        status: dict[str, Json] = {
             "channel": channel.name,
             "status": "failed",
             "reason": reason,

@@ -17,15 +17,25 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict, deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from app.channels import PUSH_INTERVAL_S, Channel, Kind
-from app.decode import Balances, Fill, OrderChange, Snapshot, TradeWindow, Update
+from app.domain import (
+    Balance,
+    Balances,
+    Candle,
+    Fill,
+    Json,
+    OrderChange,
+    Snapshot,
+    TradeWindow,
+    Update,
+)
 from app.tradelog import TradeLog
 
 
-def dumps(value: Any) -> bytes:
+def dumps(value: Json) -> bytes:
     """Compact JSON, the one encoding of every answer and event."""
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -91,7 +101,7 @@ class ChannelState:
     trades: TradeLog | None = None
     trade_items: deque[tuple[int, bytes]] = field(default_factory=deque)
     candles: OrderedDict[int, bytes] = field(default_factory=OrderedDict)
-    balances: dict[str, dict[str, Any]] = field(default_factory=dict)
+    balances: dict[str, Balance] = field(default_factory=dict)
     # Orders: the newest state of each, encoded; closed ones in closing order.
     orders: dict[str, tuple[OrderChange, bytes]] = field(default_factory=dict)
     closed_orders: deque[str] = field(default_factory=deque)
@@ -185,8 +195,8 @@ class Store:
         if isinstance(update, Fill):
             return self._apply_fill(state, update, received_ts)
         if isinstance(update, Balances):
-            update = self._merge_balances(state, update)
-        elif self._older_book(state, update):
+            return [self._apply_snapshot(state, self._merge_balances(state, update), received_ts)]
+        if self._older_book(state, update):
             state.superseded += 1
             return []
         return [self._apply_snapshot(state, update, received_ts)]
@@ -228,9 +238,9 @@ class Store:
         return dumps(head)[:-1] + b',"stale":'
 
     def _apply_snapshot(self, state: ChannelState, update: Snapshot, received_ts: int) -> Event:
-        data = dumps(update.data)  # once, for the answer, the event and the history
-        if state.channel.kind is Kind.KLINE:
-            self._keep_candle(state, int(update.data["open_ts"]), data)
+        data = dumps(update.wire())  # once, for the answer, the event and the history
+        if isinstance(update, Candle):
+            self._keep_candle(state, update.open_ts, data)
         state.seq += 1
         state.exchange_ts = update.exchange_ts
         state.received_ts = received_ts
@@ -264,7 +274,7 @@ class Store:
         events = []
         if state.trades.gap:
             state.gaps += 1
-            status = {
+            status: dict[str, Json] = {
                 "channel": state.channel.name,
                 "status": "live",
                 "reason": "gap",
@@ -283,7 +293,7 @@ class Store:
                 )
             )
         for trade in fresh:
-            item = dumps(trade.to_data())
+            item = dumps(trade.wire())
             events.append(self._item_event(state, item, trade.ts, received_ts))
             state.trade_items.append((state.seq, item))
         while len(state.trade_items) > self.trade_capacity:
@@ -291,15 +301,16 @@ class Store:
         self._touch(state, fresh[-1].ts if fresh else None, received_ts)
         return events
 
-    def _merge_balances(self, state: ChannelState, update: Balances) -> Snapshot:
+    def _merge_balances(self, state: ChannelState, update: Balances) -> Balances:
         """Balances by currency; a currency's newer entry wins, so that a push
         of some currencies, or a late one, never rolls another back."""
         for currency, balance in update.balances.items():
             held = state.balances.get(currency)
-            if held is None or balance["updated_ts"] >= held["updated_ts"]:
+            if held is None or balance.updated_ts >= held.updated_ts:
                 state.balances[currency] = balance
-        data = {"user_no": update.user_no, "balances": dict(sorted(state.balances.items()))}
-        return Snapshot(data, max(update.exchange_ts, state.exchange_ts or 0))
+        return Balances(
+            update.user_no, dict(state.balances), max(update.ts, state.exchange_ts or 0)
+        )
 
     def _item_event(
         self, state: ChannelState, item: bytes, exchange_ts: int, received_ts: int
@@ -337,7 +348,7 @@ class Store:
             state.superseded += 1
             self._touch(state, None, received_ts)
             return []
-        item = dumps(update.data)
+        item = dumps(update.wire())
         state.orders[update.order_no] = (update, item)
         if not update.is_open:
             if held is None or held[0].is_open:
@@ -356,7 +367,7 @@ class Store:
         state.deals_seen[update.deal_no] = None
         while len(state.deals_seen) > 100 * self.fill_capacity:
             state.deals_seen.popitem(last=False)
-        item = dumps(update.data)
+        item = dumps(update.wire())
         state.fills[update.deal_no] = (update.ts, item)
         while len(state.fills) > self.fill_capacity:
             state.fills.popitem(last=False)
@@ -364,7 +375,7 @@ class Store:
         self._touch(state, update.ts, received_ts)
         return [event]
 
-    def status_event(self, channel: Channel, status: dict[str, Any], received_ts: int) -> Event:
+    def status_event(self, channel: Channel, status: Mapping[str, Json], received_ts: int) -> Event:
         """An event telling a channel's streams that its status changed."""
         return self._next_event(
             channel.name, "status", dumps(status), conflatable=True, received_ts=received_ts
@@ -403,8 +414,8 @@ class Store:
         items = [
             item
             for change, item in orders
-            if (order_state is None or change.data["state"] == order_state)
-            and (symbol is None or change.data["symbol"] == symbol)
+            if (order_state is None or change.state == order_state)
+            and (symbol is None or change.symbol == symbol)
         ]
         return self._answer(state, stale, b"[" + b",".join(items) + b"]")
 

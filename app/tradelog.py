@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from app.decode import TRADE_WINDOW_MAX, Trade
+from app.domain import TRADE_WINDOW_MAX, Trade
 
 
 def overlap(previous: Sequence[Trade], window: Sequence[Trade]) -> int:

@@ -56,12 +56,12 @@ def test_one_event_per_new_trade_with_the_channel_seq() -> None:
     assert len(store.apply(TRADES, TradeWindow((a,)), T0)) == 1
     events = store.apply(TRADES, TradeWindow((a, b, b)), T0 + 10)
     assert [json.loads(e.data)["seq"] for e in events] == [2, 3]
-    assert [json.loads(e.data)["data"] for e in events] == [b.to_data(), b.to_data()]
+    assert [json.loads(e.data)["data"] for e in events] == [b.wire(), b.wire()]
     assert store.apply(TRADES, TradeWindow((a, b, b)), T0 + 20) == []
     state = store.get(TRADES)
     assert state is not None
     answer = json.loads(store.trade_answer(state, False, 2))
-    assert answer["data"] == [b.to_data(), b.to_data()]
+    assert answer["data"] == [b.wire(), b.wire()]
     assert answer["seq"] == 3
     assert answer["received_ts"] == T0 + 20
 
