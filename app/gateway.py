@@ -72,7 +72,7 @@ class Gateway:
         self.streams = Streams(
             settings.gateway_max_streams, settings.gateway_max_streams_per_client
         )
-        self._monitor_task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         for channel in self.settings.subscribe_channels:
@@ -87,14 +87,18 @@ class Gateway:
                 "COINSUPER_SECRET_KEY is set but the access key or e-mail is not: "
                 "the private feed stays off"
             )
-        self._monitor_task = asyncio.create_task(self._monitor(), name="monitor")
+        self._tasks = [
+            asyncio.create_task(self._tick_streams(), name="stream tick"),
+            asyncio.create_task(self._monitor(), name="monitor"),
+        ]
 
     async def stop(self) -> None:
         self.hub.close_all_streams()
-        if self._monitor_task is not None:
-            self._monitor_task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._monitor_task
+                await task
         await self.registry.stop()
         if self.replay is not None:
             await self.replay.stop()
@@ -122,11 +126,13 @@ class Gateway:
             stale=has_data and state is not None and self.hub.stale(state, now),
         )
 
-    async def _monitor(self) -> None:
+    async def _tick_streams(self) -> None:
+        """Heartbeats and send deadlines: a pass that never awaits anything but
+        its sleep, so that no broker round trip can delay a stream's heartbeat."""
+        settings = self.settings
         while True:
             await asyncio.sleep(MONITOR_INTERVAL_S)
             try:
-                settings = self.settings
                 self.streams.stalled(
                     self.hub.tick_streams(
                         time.monotonic(),
@@ -134,8 +140,17 @@ class Gateway:
                         settings.gateway_send_timeout_s,
                     )
                 )
-                await self.registry.release_idle()
+            except Exception:  # the tick must outlive any one fault
+                log.exception("stream tick failed")
+
+    async def _monitor(self) -> None:
+        """Statuses and releases: a release awaits the broker (an unsubscribe,
+        a disconnect), so it runs apart from the stream tick."""
+        while True:
+            await asyncio.sleep(MONITOR_INTERVAL_S)
+            try:
                 self._check_statuses()
+                await self.registry.release_idle()
             except Exception:  # the monitor must outlive any one fault
                 log.exception("monitor pass failed")
 

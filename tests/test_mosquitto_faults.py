@@ -221,3 +221,29 @@ def test_sigterm_closes_streams_cleanly_and_disconnects_upstream(mosquitto: Mosq
         expected_client_id(ENV + topic)
         for topic in ("/api/ws/v1/market/orderBook/BTC_USD/0.01", "/api/ws/v1/market/tickers/BTC_USD")
     )
+
+
+def test_a_release_waiting_on_a_frozen_broker_never_delays_heartbeats(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """Releasing a channel on a shared link is an UNSUBSCRIBE round trip, up to
+    10 s against a frozen broker: the streams' tick does not wait for it."""
+    env = {
+        "COINSUPER_URL": mosquitto.url("tcp"),
+        "COINSUPER_SHARED_LINK": "true",
+        "COINSUPER_SUBSCRIBE": "orderbook:BTC_USD:0.01",
+        "COINSUPER_SILENCE_S": "60",
+        "GATEWAY_IDLE_RELEASE_S": "1",
+        "GATEWAY_HEARTBEAT_S": "1",
+        "GATEWAY_STALE_FACTOR": "1000",
+    }
+    with gateway(tmp_path, env) as gw:
+        wait_for(lambda: gw.channels()["orderbook:BTC_USD:0.01"]["link_state"] == "up", 15, "the link up")
+        assert gw.http.get("/v1/depth/BTC_USD?wait=0").status_code == 503  # asked for once, then idle
+        stream = EventStream(f"{gw.base}/v1/stream?channels=orderbook:BTC_USD:0.01")
+        mosquitto.freeze()
+        try:
+            beats = len(stream.comments)
+            time.sleep(6)  # the release of depth:BTC_USD starts and waits on the broker meanwhile
+            assert len(stream.comments) - beats >= 3, "heartbeats stopped while a release waited"
+        finally:
+            mosquitto.thaw()
+            stream.close()
