@@ -40,44 +40,87 @@ def dumps(value: Json) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-@dataclass(frozen=True, slots=True)
 class Event:
-    """One event of a stream, encoded once for every client that receives it."""
+    """One event of a stream. Its wire forms, the SSE frame and the WebSocket
+    text, are made once each, when the first client of that form needs them,
+    and then shared by every such client (an event no WebSocket client follows
+    never makes its WebSocket text)."""
 
-    seq: int
-    channel: str  # channel name; status events use the name of their channel
-    name: str  # SSE event name
-    data: bytes  # one line of JSON
-    frame: bytes  # the whole SSE frame: id, event and data lines
-    conflatable: bool  # a later event of the same channel and name supersedes it
-    received_ts: int
-    message: str  # the WebSocket text frame: {"id", "event", "data"}
+    __slots__ = (
+        "_frame",
+        "_message",
+        "channel",
+        "conflatable",
+        "data",
+        "id",
+        "name",
+        "received_ts",
+        "seq",
+    )
+
+    def __init__(
+        self,
+        seq: int,
+        channel: str,
+        name: str,
+        data: bytes,
+        *,
+        event_id: str | None,
+        conflatable: bool,
+        received_ts: int,
+    ) -> None:
+        self.seq = seq
+        self.channel = channel  # channel name; status events use the name of their channel
+        self.name = name  # SSE event name
+        self.data = data  # one line of JSON
+        self.id = event_id  # EPOCH-SEQ; None for an event outside the log (reset)
+        self.conflatable = conflatable  # a later event of the same channel and name supersedes it
+        self.received_ts = received_ts
+        self._frame: bytes | None = None
+        self._message: str | None = None
 
     @property
     def key(self) -> tuple[str, str]:
         return (self.channel, self.name)
 
+    @property
+    def frame(self) -> bytes:
+        """The whole SSE frame: id, event and data lines."""
+        if self._frame is None:
+            self._frame = sse_frame(self.id, self.name, self.data)
+        return self._frame
 
-def sse_frame(event_id: str, name: str, data: bytes) -> bytes:
-    return b"id: " + event_id.encode() + b"\nevent: " + name.encode() + b"\ndata: " + data + b"\n\n"
+    @property
+    def message(self) -> str:
+        """The WebSocket text frame: ``{"id", "event", "data"}``."""
+        if self._message is None:
+            self._message = ws_message(self.id, self.name, self.data)
+        return self._message
+
+    def __repr__(self) -> str:
+        return f"Event({self.id!r}, {self.channel!r}, {self.name!r})"
 
 
-def ws_message(event_id: str, name: str, data: bytes) -> str:
-    return f'{{"id":"{event_id}","event":"{name}","data":{data.decode()}}}'
+def sse_frame(event_id: str | None, name: str, data: bytes) -> bytes:
+    head = b"id: " + event_id.encode() + b"\n" if event_id is not None else b""
+    return head + b"event: " + name.encode() + b"\ndata: " + data + b"\n\n"
+
+
+def ws_message(event_id: str | None, name: str, data: bytes) -> str:
+    shown = f'"{event_id}"' if event_id is not None else "null"
+    return f'{{"id":{shown},"event":"{name}","data":{data.decode()}}}'
 
 
 def restamped(event: Event, epoch: str, seq: int) -> Event:
     """The same event under another id: a snapshot sent as the state at ``seq``."""
-    event_id = f"{epoch}-{seq}"
     return Event(
         seq,
         event.channel,
         event.name,
         event.data,
-        sse_frame(event_id, event.name, event.data),
-        event.conflatable,
-        event.received_ts,
-        ws_message(event_id, event.name, event.data),
+        event_id=f"{epoch}-{seq}",
+        conflatable=event.conflatable,
+        received_ts=event.received_ts,
     )
 
 
@@ -215,16 +258,14 @@ class Store:
         self, channel: str, name: str, data: bytes, *, conflatable: bool, received_ts: int
     ) -> Event:
         self.seq += 1
-        event_id = f"{self.epoch}-{self.seq}"
         return Event(
             self.seq,
             channel,
             name,
             data,
-            sse_frame(event_id, name, data),
-            conflatable,
-            received_ts,
-            ws_message(event_id, name, data),
+            event_id=f"{self.epoch}-{self.seq}",
+            conflatable=conflatable,
+            received_ts=received_ts,
         )
 
     def _envelope(self, state: ChannelState) -> bytes:

@@ -9,7 +9,7 @@ from app.store import Event
 
 def event(seq: int, channel: str = "trades:BTC_USD", conflatable: bool = False, ts: int = 0) -> Event:
     name = "orderbook" if conflatable else "trade"
-    return Event(seq, channel, name, b"{}", f"id: e-{seq}\n\n".encode(), conflatable, ts, "")
+    return Event(seq, channel, name, b"{}", event_id=f"e-{seq}", conflatable=conflatable, received_ts=ts)
 
 
 def test_cursor_parse() -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 
 from app.channels import parse_channel
-from app.decode import Snapshot, Trade, TradeWindow, decode
+from app.decode import Rejection, Snapshot, Trade, TradeWindow, decode
 from app.store import Store
 from tests.support import sample
 
@@ -103,3 +103,15 @@ def test_the_store_keeps_the_newest_trades_up_to_its_capacity_and_counts_stale_o
     # A push whose "new" trade is older than the newest logged changes nothing.
     store.apply(TRADES, TradeWindow((Trade("1.00", "0.1", "sell", 1_600_000_000_000),)), 1_700_000_002_000)
     assert state.superseded == 1 and len(state.trade_items) == 50
+
+
+def test_an_events_wire_forms_are_made_once_and_only_when_needed() -> None:
+    store = Store("ep")
+    update = decode(BOOK, sample("orderBook_BTC_USD_0.01.json"))
+    assert not isinstance(update, Rejection)
+    [event] = store.apply(BOOK, update, T0)
+    assert event._frame is None and event._message is None  # no client yet
+    frame = event.frame
+    assert frame.startswith(b"id: ep-1\nevent: orderbook\ndata: {") and event.frame is frame
+    assert event._message is None  # no WebSocket client asked
+    assert json.loads(event.message) == {"id": "ep-1", "event": "orderbook", "data": json.loads(event.data)}

@@ -25,6 +25,7 @@ from app.http.auth import presented_token
 from app.http.eventstream import EventStreamResponse
 from app.http.rest import GatewayDep, private_access, tokens_of
 from app.hub import Opening
+from app.store import sse_frame
 
 router = APIRouter()
 log = logging.getLogger("coinsuper_gateway.stream")
@@ -111,7 +112,7 @@ async def _events(
             first = [f"retry: {settings.gateway_retry_ms}\n\n".encode()]
             if opening.reset:
                 data = reset_payload(gateway.hub.epoch, (channel.name for channel in channels))
-                first.append(b"event: reset\ndata: " + data + b"\n\n")
+                first.append(sse_frame(None, "reset", data))
             first.extend(event.frame for event in opening.backlog)
             # An id with no data moves the client's Last-Event-ID without an event:
             # dropped before any event, it still resumes from here, losing nothing.

@@ -191,9 +191,7 @@ class Connection:
 
 
 def _reset_event(data: bytes) -> Event:
-    return Event(
-        0, "", "reset", data, b"", False, 0, f'{{"id":null,"event":"reset","data":{data.decode()}}}'
-    )
+    return Event(0, "", "reset", data, event_id=None, conflatable=False, received_ts=0)
 
 
 @router.websocket("/v1/ws")
