@@ -462,7 +462,7 @@ def _all_decimals(values: list[Any]) -> bool:
     return _DECIMALS_RE.fullmatch(joined) is not None
 
 
-_ID_RE = re.compile(r"^[0-9A-Za-z_-]{1,40}\Z")
+_ID_RE = re.compile(r"^[0-9]{1,40}\Z")
 _STATE_RE = re.compile(r"^[A-Z_]{1,20}\Z")
 _PAIR_RE = re.compile(r"^[A-Za-z0-9]{2,12}/[A-Za-z0-9]{2,12}\Z")
 

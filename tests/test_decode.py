@@ -10,13 +10,25 @@ from hypothesis import strategies as st
 
 from app.channels import parse_channel
 from app.decode import MAX_PAYLOAD_BYTES, Rejection, Snapshot, Trade, TradeWindow, decode
+from app.domain import Balances, Candle, DepthChart, Fill, OrderBook, OrderChange
 from tests.support import sample
 
 BOOK = parse_channel("orderbook:BTC_USD:0.01")
 DEPTH = parse_channel("depth:BTC_USD")
 KLINE = parse_channel("kline:BTC_USD:1m")
 TRADES = parse_channel("trades:BTC_USD")
-ALL = [BOOK, DEPTH, KLINE, TRADES]
+ASSETS, ORDERS, FILLS = parse_channel("assets"), parse_channel("orders"), parse_channel("fills")
+ALL = [BOOK, DEPTH, KLINE, TRADES, ASSETS, ORDERS, FILLS]
+# The one type each kind of channel decodes to.
+TYPES = {
+    BOOK: OrderBook, DEPTH: DepthChart, KLINE: Candle, TRADES: TradeWindow,
+    ASSETS: Balances, ORDERS: OrderChange, FILLS: Fill,
+}
+SAMPLES = {
+    BOOK: "orderBook_BTC_USD_0.01.json", DEPTH: "depth_BTC_USD.json", KLINE: "kline_BTC_USD_60000.json",
+    TRADES: "tickers_BTC_USD.json", ASSETS: "asset_change.json",
+    ORDERS: "order_change.constructed.json", FILLS: "trade_change.json",
+}
 
 
 def test_order_book_sample() -> None:
@@ -108,18 +120,70 @@ json_values = st.recursive(
 )
 
 
+def well_typed(channel: object, result: object) -> None:
+    """A rejection with a short reason, or the one type of the channel's kind."""
+    if isinstance(result, Rejection):
+        assert 0 < len(result.reason) <= 200
+    else:
+        assert isinstance(result, TYPES[channel])  # type: ignore[index]
+
+
 @settings(max_examples=300)
 @given(st.sampled_from(ALL), st.binary(max_size=400))
 def test_any_bytes_decode_or_are_rejected(channel: object, payload: bytes) -> None:
     result = decode(channel, payload)  # type: ignore[arg-type]
-    assert isinstance(result, Rejection | Snapshot | TradeWindow)
+    well_typed(channel, result)
+    if payload.strip() not in (b"[]",):  # an empty trade push is the one short valid payload
+        assert isinstance(result, Rejection)
 
 
 @settings(max_examples=300)
 @given(st.sampled_from(ALL), json_values)
 def test_any_json_decodes_or_is_rejected(channel: object, value: object) -> None:
     result = decode(channel, json.dumps(value).encode())  # type: ignore[arg-type]
-    assert isinstance(result, Rejection | Snapshot | TradeWindow)
+    well_typed(channel, result)
+
+
+def test_every_sample_decodes_to_its_kinds_type() -> None:
+    for channel, name in SAMPLES.items():
+        result = decode(channel, sample(name))
+        assert isinstance(result, TYPES[channel]), (name, result)
+
+
+def paths(doc: object, prefix: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    """Every path to a leaf of a JSON document."""
+    if isinstance(doc, dict):
+        return [p for k, v in doc.items() for p in paths(v, (*prefix, k))]
+    if isinstance(doc, list):
+        return [p for i, v in enumerate(doc) for p in paths(v, (*prefix, i))]
+    return [prefix]
+
+
+def replaced(doc: object, path: tuple[object, ...], value: object) -> object:
+    copy = json.loads(json.dumps(doc))
+    node = copy
+    for step in path[:-1]:
+        node = node[step]
+    node[path[-1]] = value
+    return copy
+
+
+# Fields the gateway ignores (deprecated or informational): any value passes.
+IGNORED = {"amount", "stepValue", "limitSize", "email"}
+
+
+@settings(max_examples=400)
+@given(st.data())
+def test_a_sample_with_one_field_made_wrong_is_rejected_naming_it(data: st.DataObject) -> None:
+    channel = data.draw(st.sampled_from(ALL))
+    doc = json.loads(sample(SAMPLES[channel]))
+    path = data.draw(st.sampled_from([p for p in paths(doc) if p and p[-1] not in IGNORED]))
+    wrong = data.draw(st.sampled_from([{"x": 1}, [1], "not-a-value-1e5", -1, None, True]))
+    if path[-1] == "userNo" and wrong is None:
+        return  # optional: a push may leave it out
+    result = decode(channel, json.dumps(replaced(doc, path, wrong)).encode())  # type: ignore[arg-type]
+    assert isinstance(result, Rejection), (path, wrong, result)
+    assert str(path[-1]) in result.reason or "not an object" in result.reason or "symbol" in result.reason, (path, result.reason)
 
 
 quantities = st.decimals(min_value=Decimal("0.00000001"), max_value=10**9, places=8, allow_nan=False).map(lambda d: f"{d:f}")
