@@ -14,7 +14,7 @@ from app.admission import Streams
 from app.channels import Channel, Kind
 from app.config import Settings
 from app.fanout import ReplayBuffer
-from app.hub import LocalHub
+from app.hub import Hub, LocalHub
 from app.pipeline import Pipeline
 from app.recording import Recorder, ReplaySource
 from app.registry import Registry
@@ -58,7 +58,8 @@ class Gateway:
         buffer = ReplayBuffer(
             settings.gateway_replay_events, int(settings.gateway_replay_age_s * 1000)
         )
-        self.hub = LocalHub(store, buffer)
+        # Typed as the seam: nothing outside app/hub.py reaches into its parts.
+        self.hub: Hub = LocalHub(store, buffer)
         self.registry = Registry(settings, self.hub, replay=replay)
         # One way: sources → pipeline → state, event log, fan-out.
         self.pipeline = Pipeline(
