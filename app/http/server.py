@@ -177,19 +177,21 @@ class GuardedProtocol(HttpToolsProtocol):
         address = self.client[0] if self.client else "unknown"
         counted = not limits.is_trusted(address)
         if counted and guard.by_address[address] >= limits.max_per_address:
-            guard.refused["per_address"] += 1
-            self.reject(
+            self._refuse(
+                "per_address",
                 429,
                 "this address has as many connections open as it may",
-                {"limit": "connections per address", "cap": limits.max_per_address},
+                "connections per address",
+                limits.max_per_address,
             )
             return
         if guard.open >= limits.max_connections and not guard.make_room():
-            guard.refused["overall"] += 1
-            self.reject(
+            self._refuse(
+                "overall",
                 503,
                 "the gateway has as many connections open as it serves",
-                {"limit": "open connections", "cap": limits.max_connections},
+                "open connections",
+                limits.max_connections,
             )
             return
         self._admitted = True
@@ -214,6 +216,11 @@ class GuardedProtocol(HttpToolsProtocol):
             guard.by_address[self._address] -= 1
             if guard.by_address[self._address] <= 0:
                 del guard.by_address[self._address]
+
+    def _refuse(self, counted_as: str, status: int, detail: str, limit: str, cap: int) -> None:
+        """Count a refusal by its reason (for /metrics), answer the problem, close."""
+        self.guard.refused[counted_as] += 1
+        self.reject(status, detail, {"limit": limit, "cap": cap})
 
     def reject(
         self,
@@ -273,18 +280,20 @@ class GuardedProtocol(HttpToolsProtocol):
         if len(url) > limits.max_request_line or (
             not self.headers and self._head_bytes > limits.max_request_line + 16
         ):
-            self.guard.refused["request_line"] += 1
-            self.reject(
+            self._refuse(
+                "request_line",
                 414,
                 f"the request line is longer than {limits.max_request_line} bytes",
-                {"limit": "request line bytes", "cap": limits.max_request_line},
+                "request line bytes",
+                limits.max_request_line,
             )
         elif self._head_bytes > limits.max_header_bytes:
-            self.guard.refused["header_bytes"] += 1
-            self.reject(
+            self._refuse(
+                "header_bytes",
                 431,
                 f"the request head is larger than {limits.max_header_bytes} bytes",
-                {"limit": "request head bytes", "cap": limits.max_header_bytes},
+                "request head bytes",
+                limits.max_header_bytes,
             )
 
     def on_message_begin(self) -> None:
