@@ -100,6 +100,21 @@ def test_an_endless_header_block_is_cut_off_with_431(gw: GatewayProcess) -> None
     print(f"header flood: RSS {rss_before} → {rss_after} KiB; cut after {[s for s, _ in answers]} bytes")
 
 
+def test_an_endless_request_line_is_cut_off_with_414(gw: GatewayProcess) -> None:
+    sock = socket.create_connection(("127.0.0.1", gw.port))
+    sock.sendall(b"GET /")
+    sent = 0
+    try:
+        while sent < 20 * 1024 * 1024:
+            sock.sendall(b"a" * 65536)
+            sent += 65536
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    answer = read_response(sock)
+    sock.close()
+    assert sent < 20 * 1024 * 1024 and answer.startswith(b"HTTP/1.1 414 "), (sent, answer[:80])
+
+
 def test_a_long_request_line_gets_414_and_a_large_head_431(gw: GatewayProcess) -> None:
     long_url = gw.http.get("/v1/trades/BTC_USD?limit=" + "9" * 9000)
     assert long_url.status_code == 414
@@ -108,6 +123,10 @@ def test_a_long_request_line_gets_414_and_a_large_head_431(gw: GatewayProcess) -
     large_head = httpx.get(gw.base + "/healthz", headers={f"x-h{i}": "v" * 1000 for i in range(70)})
     assert large_head.status_code == 431
     assert gw.http.get("/healthz").status_code == 200
+    # A huge first header line is a head too large, not a request line too long.
+    with socket.create_connection(("127.0.0.1", gw.port)) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nX-Big: " + b"A" * 100_000 + b"\r\n\r\n")
+        assert read_response(sock).startswith(b"HTTP/1.1 431 ")
 
 
 def test_slow_and_idle_connections_are_closed_after_the_head_deadline(gw: GatewayProcess) -> None:

@@ -276,10 +276,9 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def _check_head(self) -> None:
         limits = self.guard.limits
-        url = getattr(self, "url", b"")
-        if len(url) > limits.max_request_line or (
-            not self.headers and self._head_bytes > limits.max_request_line + 16
-        ):
+        # httptools hands the URL over as it arrives, so its length so far is
+        # the request line's, finished or not.
+        if len(getattr(self, "url", b"")) > limits.max_request_line:
             self._refuse(
                 "request_line",
                 414,
