@@ -30,12 +30,8 @@ class Snapshot:
         raise NotImplementedError
 
     def wire(self) -> dict[str, Json]:
-        raise NotImplementedError
-
-    @property
-    def data(self) -> dict[str, Json]:
         """The answer's ``data`` (made each time it is asked for; the store asks once)."""
-        return self.wire()
+        raise NotImplementedError
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,10 +190,6 @@ class OrderChange:
             "updated_ts": self.updated_ts,
         }
 
-    @property
-    def data(self) -> dict[str, Json]:
-        return self.wire()
-
 
 @dataclass(frozen=True, slots=True)
 class Fill:
@@ -225,10 +217,6 @@ class Fill:
             "order_type": self.order_type,
             "ts": self.ts,
         }
-
-    @property
-    def data(self) -> dict[str, Json]:
-        return self.wire()
 
 
 Update = OrderBook | DepthChart | Candle | Balances | TradeWindow | OrderChange | Fill

@@ -96,7 +96,8 @@ class Pipeline:
     def _unknown(self, topic: str) -> None:
         self.unknown_messages += 1
         key = topic[:200]
-        if key not in self.unknown_topics and len(self.unknown_topics) < _LOGGED_TOPICS_CAP:
-            log.warning("message on a topic no channel follows: %s", key)
-        if key in self.unknown_topics or len(self.unknown_topics) < _LOGGED_TOPICS_CAP:
+        if key in self.unknown_topics:
             self.unknown_topics[key] += 1
+        elif len(self.unknown_topics) < _LOGGED_TOPICS_CAP:  # bounded: topics are the broker's
+            self.unknown_topics[key] = 1
+            log.warning("message on a topic no channel follows: %s", key)

@@ -73,14 +73,13 @@ class Registry:
         clock: Callable[[], float] = time.monotonic,
         *,
         replay: ReplaySource | None = None,
-        on_message: MessageSink | None = None,
     ) -> None:
         self.settings = settings
         self.hub = hub
         self.clock = clock
         self.replay = replay
         # Where the links hand their messages: the ingest pipeline (set by the gateway).
-        self.on_message: MessageSink = on_message or _nowhere
+        self.on_message: MessageSink = _nowhere
         self.endpoint = Endpoint.from_url(settings.coinsuper_url)
         self.tls = self._tls() if self.endpoint.tls else None
         self.templates = settings.topics

@@ -35,12 +35,12 @@ def test_order_book_sample() -> None:
     update = decode(BOOK, sample("orderBook_BTC_USD_0.01.json"))
     assert isinstance(update, Snapshot)
     assert update.exchange_ts == 1532686075803
-    assert update.data["step"] == "0.01"
-    assert update.data["bids"][0] == ["6674.56", "0.8490"]
-    assert update.data["asks"][0] == ["6674.89", "0.0524"]
-    assert len(update.data["bids"]) == len(update.data["asks"]) == 15
-    bids = [Decimal(p) for p, _ in update.data["bids"]]
-    asks = [Decimal(p) for p, _ in update.data["asks"]]
+    assert update.wire()["step"] == "0.01"
+    assert update.wire()["bids"][0] == ["6674.56", "0.8490"]
+    assert update.wire()["asks"][0] == ["6674.89", "0.0524"]
+    assert len(update.wire()["bids"]) == len(update.wire()["asks"]) == 15
+    bids = [Decimal(p) for p, _ in update.wire()["bids"]]
+    asks = [Decimal(p) for p, _ in update.wire()["asks"]]
     assert bids == sorted(bids, reverse=True) and asks == sorted(asks)
 
 
@@ -50,23 +50,23 @@ def test_order_book_levels_are_sorted_best_first_whatever_the_wire_order() -> No
     raw["asks"].reverse()
     update = decode(BOOK, json.dumps(raw).encode())
     assert isinstance(update, Snapshot)
-    assert update.data["bids"][0] == ["6674.56", "0.8490"]
-    assert update.data["asks"][0] == ["6674.89", "0.0524"]
+    assert update.wire()["bids"][0] == ["6674.56", "0.8490"]
+    assert update.wire()["asks"][0] == ["6674.89", "0.0524"]
 
 
 def test_depth_sample_keeps_cumulative_quantities_and_zero_first_bid() -> None:
     update = decode(DEPTH, sample("depth_BTC_USD.json"))
     assert isinstance(update, Snapshot)
     assert update.exchange_ts is None
-    assert update.data["depth_percent"] == "0.01"
-    assert update.data["bids"][0] == ["6674.72", "0.0000"]
-    assert update.data["asks"][-1] == ["6741.46", "241.8331"]
+    assert update.wire()["depth_percent"] == "0.01"
+    assert update.wire()["bids"][0] == ["6674.72", "0.0000"]
+    assert update.wire()["asks"][-1] == ["6741.46", "241.8331"]
 
 
 def test_kline_sample() -> None:
     update = decode(KLINE, sample("kline_BTC_USD_60000.json"))
     assert isinstance(update, Snapshot)
-    assert update.data == {
+    assert update.wire() == {
         "range": "1m", "range_ms": 60000, "open_ts": 1532686140000, "open": "6616.40",
         "high": "6616.48", "low": "6616.40", "close": "6616.45", "volume": "31.76239814",
     }
@@ -211,9 +211,9 @@ def test_order_book_keeps_every_decimal_string_exactly(book: tuple[list[tuple[st
     }
     update = decode(BOOK, json.dumps(payload).encode())
     assert isinstance(update, Snapshot)
-    assert sorted(map(tuple, update.data["bids"])) == sorted(bids)
-    assert sorted(map(tuple, update.data["asks"])) == sorted(asks)
-    assert [Decimal(p) for p, _ in update.data["bids"]] == sorted((Decimal(p) for p, _ in bids), reverse=True)
+    assert sorted(map(tuple, update.wire()["bids"])) == sorted(bids)
+    assert sorted(map(tuple, update.wire()["asks"])) == sorted(asks)
+    assert [Decimal(p) for p, _ in update.wire()["bids"]] == sorted((Decimal(p) for p, _ in bids), reverse=True)
 
 
 def test_a_trailing_newline_is_not_a_decimal() -> None:
