@@ -64,7 +64,6 @@ _DECIMAL = r"(?:0|[1-9][0-9]{0,39})(?:\.[0-9]{1,40})?"
 _DECIMAL_RE = re.compile(_DECIMAL + r"\Z")
 # Many decimals joined by newlines, checked in one call.
 _DECIMALS_RE = re.compile(rf"(?:{_DECIMAL}\n)*{_DECIMAL}")
-_NONZERO_RE = re.compile(r"[1-9]")
 # Timestamps in milliseconds between 2001 and 2286: anything else is a wrong value.
 _TS_MIN, _TS_MAX = 10**12, 10**13 - 1
 
