@@ -5,17 +5,16 @@ client (a valid token, else its address: see :func:`app.http.stream.client_key`)
 has fewer than ``GATEWAY_MAX_STREAMS_PER_CLIENT`` streams and the gateway fewer
 than ``GATEWAY_MAX_STREAMS``; past either, :class:`~app.errors.TooMany` names
 the cap. :meth:`Streams.opened` holds the stream's place for as long as it
-runs, and the counters here are what ``/metrics`` and ``/v1/channels`` report:
-the transports only say what happened (:meth:`Streams.sent`,
-:meth:`Streams.overflowed`, :meth:`Streams.stalled`).
+runs, until :meth:`Streams.closed`, and the counters here are what
+``/metrics`` and ``/v1/channels`` report. The fan-out (app/fanout.py) says
+what happened: events sent, and how each stream ended.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 
 from app.errors import TooMany
 
@@ -47,27 +46,24 @@ class Streams:
                 self.max_streams,
             )
 
-    @contextmanager
-    def opened(self, client: str) -> Iterator[None]:
-        """A stream's place, held until the block ends, however it ends."""
+    def opened(self, client: str) -> None:
+        """A stream of ``client`` takes its place (after :meth:`admit`)."""
         self.open += 1
         self.by_client[client] += 1
-        try:
-            yield
-        finally:
-            self.open -= 1
-            self.by_client[client] -= 1
-            if self.by_client[client] <= 0:
-                del self.by_client[client]
+
+    def closed(self, client: str, ending: str) -> None:
+        """A stream of ``client`` ended (``ending``: gone, overflow, stalled, shutdown)."""
+        self.open -= 1
+        self.by_client[client] -= 1
+        if self.by_client[client] <= 0:
+            del self.by_client[client]
+        if ending == "overflow":
+            self.overflow_closes += 1
+        elif ending == "stalled":
+            self.stalled_closes += 1
 
     def sent(self, count: int) -> None:
         self.events_sent += count
-
-    def overflowed(self) -> None:
-        self.overflow_closes += 1
-
-    def stalled(self, count: int = 1) -> None:
-        self.stalled_closes += count
 
 
 def reset_payload(epoch: str, channels: Iterable[str]) -> bytes:

@@ -27,12 +27,14 @@ from typing import Any
 
 import httpx
 import uvicorn
+from fastapi import FastAPI
 
 from app import __version__
 from app.config import HELP, Settings, load_settings
 from app.errors import ConfigError
 from app.gateway import Gateway
 from app.http.app import create_app
+from app.http.sinks import GuardedWebSocketProtocol
 from app.logs import setup_logging
 from app.recording import Recorder, ReplaySource
 from app.simulator import Simulator
@@ -97,26 +99,34 @@ def _logging(settings: Settings, *hidden: str) -> None:
     setup_logging(settings.gateway_log_level, secret, settings.gateway_log_format == "json")
 
 
+def server_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicorn.Config:
+    """uvicorn, as the gateway runs it: its own HTTP and WebSocket protocols
+    (connection limits; streams the fan-out writes to, app/http/sinks.py)."""
+    trusted = settings.trusted_proxies
+    options: dict[str, Any] = {
+        "host": settings.gateway_host,
+        "port": settings.gateway_port,
+        "log_config": None,
+        "access_log": True,
+        "timeout_graceful_shutdown": 5,
+        "http": app.state.connections.protocol(),
+        "ws": GuardedWebSocketProtocol,
+        # One frame per event serves every client: no per-message compression.
+        "ws_per_message_deflate": False,
+        "timeout_keep_alive": settings.gateway_keepalive_timeout_s,
+        # X-Forwarded-For only from the proxies named (none by default).
+        "proxy_headers": bool(trusted),
+        "forwarded_allow_ips": trusted or [],
+        "ws_max_size": settings.gateway_ws_max_message_bytes,
+        "ws_ping_interval": settings.gateway_heartbeat_s,  # WebSocket heartbeats
+        "ws_ping_timeout": settings.gateway_heartbeat_s,
+    }
+    return uvicorn.Config(app, **{**options, **overrides})
+
+
 async def _serve(settings: Settings, gateway: Gateway | None = None) -> None:
     app = create_app(settings, gateway)
-    trusted = settings.trusted_proxies
-    config = uvicorn.Config(
-        app,
-        host=settings.gateway_host,
-        port=settings.gateway_port,
-        log_config=None,
-        access_log=True,
-        timeout_graceful_shutdown=5,
-        # The connection limits (app/http/server.py) sit in the HTTP protocol.
-        http=app.state.connections.protocol(),
-        timeout_keep_alive=settings.gateway_keepalive_timeout_s,
-        # X-Forwarded-For only from the proxies named (none by default).
-        proxy_headers=bool(trusted),
-        forwarded_allow_ips=trusted or [],
-        ws_max_size=settings.gateway_ws_max_message_bytes,
-        ws_ping_interval=settings.gateway_heartbeat_s,  # WebSocket heartbeats
-        ws_ping_timeout=settings.gateway_heartbeat_s,
-    )
+    config = server_config(app, settings)
     await GatewayServer(config, app.state.gateway.hub.close_all_streams).serve()
 
 

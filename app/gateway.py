@@ -16,6 +16,7 @@ from app.config import Settings
 from app.fanout import ReplayBuffer
 from app.hub import Hub, LocalHub
 from app.pipeline import Pipeline
+from app.ports import Demand, Feed
 from app.recording import Recorder, ReplaySource
 from app.registry import Registry
 from app.status import Facts, Judged, LinkView, Status, changed, channel_status, readiness
@@ -58,9 +59,17 @@ class Gateway:
         buffer = ReplayBuffer(
             settings.gateway_replay_events, int(settings.gateway_replay_age_s * 1000)
         )
+        self.streams = Streams(
+            settings.gateway_max_streams, settings.gateway_max_streams_per_client
+        )
         # Typed as the seam: nothing outside app/hub.py reaches into its parts.
-        self.hub: Hub = LocalHub(store, buffer)
+        self.hub: Hub = LocalHub(
+            store, buffer, self.streams, send_timeout_s=settings.gateway_send_timeout_s
+        )
         self.registry = Registry(settings, self.hub, replay=replay)
+        # The ports the HTTP side works with (app/ports.py).
+        self.feed: Feed = self.hub
+        self.demand: Demand = self.registry
         # One way: sources → pipeline → state, event log, fan-out.
         self.pipeline = Pipeline(
             self.registry.route,
@@ -70,9 +79,6 @@ class Gateway:
         )
         self.registry.on_message = self.pipeline.feed
         self.statuses: dict[str, Status] = {}
-        self.streams = Streams(
-            settings.gateway_max_streams, settings.gateway_max_streams_per_client
-        )
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -134,13 +140,7 @@ class Gateway:
         while True:
             await asyncio.sleep(MONITOR_INTERVAL_S)
             try:
-                self.streams.stalled(
-                    self.hub.tick_streams(
-                        time.monotonic(),
-                        settings.gateway_heartbeat_s,
-                        settings.gateway_send_timeout_s,
-                    )
-                )
+                self.hub.tick_streams(time.monotonic(), settings.gateway_heartbeat_s)
             except Exception:  # the tick must outlive any one fault
                 log.exception("stream tick failed")
 

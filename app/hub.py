@@ -1,40 +1,29 @@
-"""The seam between ingest and clients: state store, replay buffer and fan-out.
+"""The seam between ingest and clients: state store, event log and fan-out.
 
-Everything that reads or writes channel state or events goes through the
-:class:`Hub` interface. :class:`LocalHub` keeps it all in this process. A
-shared backend (Redis Streams for events and replay, one elected replica holding
-the upstream links) implements the same interface when the gateway runs as
-several replicas; nothing outside this module reaches into the parts.
+:class:`LocalHub` keeps them all in this process. It is the ingest side's
+:class:`Hub` (apply updates, emit statuses) and the streams'
+:class:`~app.ports.Feed` (open, resume, extend, end). A shared backend
+(Redis Streams for the event log, one elected replica holding the upstream
+links) implements the same ports when the gateway runs as several replicas;
+nothing outside this module reaches into the parts.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Protocol
 
+from app.admission import Streams, reset_payload
 from app.channels import Channel
 from app.domain import Json, Update
 from app.fanout import Cursor, Fanout, ReplayBuffer, Subscription
+from app.ports import Ending, Feed, Opening, Sink, Stream
 from app.store import ChannelState, Event, Store, restamped
 
 
-@dataclass(frozen=True, slots=True)
-class Opening:
-    """What a new stream starts with: the events to send first, and whether
-    the client must be told to reset (its id could not be resumed)."""
-
-    subscription: Subscription
-    backlog: list[Event]
-    reset: bool
-    position: str  # the id of the newest event when the stream opened: the client's cursor
-
-
-class Hub(Protocol):
-    """State, replay and fan-out, as seen by ingest and by the HTTP side."""
-
-    epoch: str
+class Hub(Feed, Protocol):
+    """State, event log and fan-out, as ingest and the gateway see them."""
 
     def repeated(self, channel: Channel, payload: bytes, received_ts: int) -> bool: ...
     def reject(self, channel: Channel, reason: str) -> bool: ...
@@ -53,33 +42,20 @@ class Hub(Protocol):
     def fill_answer(self, state: ChannelState, stale: bool, limit: int) -> bytes: ...
     def etag(self, state: ChannelState, stale: bool) -> str: ...
     async def wait_for_data(self, channel: Channel, timeout_s: float) -> bool: ...
-    def open_stream(
-        self, channels: Iterable[Channel], last_event_id: str | None, buffer: int
-    ) -> Opening: ...
-    def extend_stream(
-        self,
-        subscription: Subscription,
-        channels: Iterable[Channel],
-        last_event_id: str | None,
-        *,
-        restamp: bool = False,
-    ) -> tuple[list[Event], bool]: ...
-    def shrink_stream(self, subscription: Subscription, channels: Iterable[Channel]) -> None: ...
-    def close_stream(self, subscription: Subscription) -> None: ...
-    def position(self) -> str: ...
     def subscribers(self, channel: Channel) -> int: ...
     def close_all_streams(self) -> None: ...
-    def tick_streams(self, now: float, heartbeat_s: float, send_timeout_s: float) -> int: ...
+    def tick_streams(self, now: float, heartbeat_s: float) -> None: ...
 
 
 class LocalHub:
     """The in-process hub: one Store, one ReplayBuffer, one Fanout."""
 
-    def __init__(self, store: Store, replay: ReplayBuffer) -> None:
+    def __init__(
+        self, store: Store, replay: ReplayBuffer, streams: Streams, *, send_timeout_s: float
+    ) -> None:
         self.store = store
         self.replay = replay
-        self.fanout = Fanout()
-        self.epoch = store.epoch
+        self.fanout = Fanout(replay, self._latest, streams, send_timeout_s=send_timeout_s)
         self._first_data: dict[str, asyncio.Event] = {}
 
     # --- ingest ------------------------------------------------------------
@@ -156,34 +132,49 @@ class LocalHub:
             return False
         return True
 
-    # --- streams -----------------------------------------------------------
+    # --- streams (the Feed port) -------------------------------------------
 
-    def open_stream(
-        self, channels: Iterable[Channel], last_event_id: str | None, buffer: int
-    ) -> Opening:
-        """Register a stream and say what it starts with. Synchronous, so that
-        no event can fall between the backlog and the live subscription."""
-        subscription = Subscription((), buffer)
-        backlog, reset = self.extend_stream(subscription, channels, last_event_id)
-        return Opening(subscription, backlog, reset, self.position())
+    @property
+    def epoch(self) -> str:
+        return self.store.epoch
 
     def position(self) -> str:
         """The id of the newest event: a stream that has its backlog stands here."""
-        return f"{self.epoch}-{self.store.seq}"
+        return f"{self.store.epoch}-{self.store.seq}"
 
-    def extend_stream(
+    def open(
+        self, client: str, channels: Iterable[Channel], last_event_id: str | None, capacity: int
+    ) -> Opening:
+        subscription = self.fanout.subscribe(client, capacity)
+        backlog, reset = self._extend(subscription, channels, last_event_id, restamp=False)
+        return Opening(subscription, backlog, reset, self.position())
+
+    def attach(self, stream: Stream, sink: Sink, opening: bytes) -> None:
+        self.fanout.attach(_subscription(stream), sink, opening)
+
+    def extend(
+        self, stream: Stream, channels: Iterable[Channel], last_event_id: str | None
+    ) -> tuple[list[Event], bool]:
+        subscription = _subscription(stream)
+        # A paused stream is first given what it missed, so that its position
+        # can stand for its new channels too.
+        if not self.fanout.catch_up(subscription):
+            return [], False
+        return self._extend(subscription, channels, last_event_id, restamp=last_event_id is None)
+
+    def _extend(
         self,
         subscription: Subscription,
         channels: Iterable[Channel],
         last_event_id: str | None,
         *,
-        restamp: bool = False,
+        restamp: bool,
     ) -> tuple[list[Event], bool]:
-        """Add channels to a stream; returns what to send first for them (the
-        missed events after ``last_event_id``, else their current snapshots)
-        and whether the id could not be resumed. With ``restamp`` the
-        snapshots carry the current sequence number as their id, so that ids
-        on a stream that already runs never go back."""
+        """Add channels to a subscription; returns what to send first for them
+        (the missed events after ``last_event_id``, else their current
+        snapshots) and whether the id could not be resumed. With ``restamp``
+        the snapshots carry the current sequence number as their id, so that
+        ids on a stream that already runs never go back."""
         channel_list = [c for c in channels if c.name not in subscription.channels]
         names = frozenset(channel.name for channel in channel_list)
         cursor = Cursor.parse(last_event_id) if last_event_id else None
@@ -192,31 +183,40 @@ class LocalHub:
             backlog = self.replay.since(cursor.seq, names)
         reset = last_event_id is not None and backlog is None
         if backlog is None:
-            backlog = self._current_snapshots(channel_list)
+            backlog = self._latest(names)
             if restamp:
                 backlog = [restamped(event, self.epoch, self.store.seq) for event in backlog]
         self.fanout.retarget(subscription, subscription.channels | names)
         return backlog, reset
 
-    def shrink_stream(self, subscription: Subscription, channels: Iterable[Channel]) -> None:
-        """Stop a stream's channels; what was pending for them is dropped."""
+    def shrink(self, stream: Stream, channels: Iterable[Channel]) -> None:
+        """Stop a stream's channels."""
+        subscription = _subscription(stream)
         names = frozenset(channel.name for channel in channels)
         self.fanout.retarget(subscription, subscription.channels - names)
-        for key, event in list(subscription.pending.items()):
-            if event.channel in names:
-                del subscription.pending[key]
 
-    def _current_snapshots(self, channels: list[Channel]) -> list[Event]:
+    def channels(self, stream: Stream) -> frozenset[str]:
+        return _subscription(stream).channels
+
+    def write(self, stream: Stream, data: bytes) -> None:
+        self.fanout.write(_subscription(stream), data)
+
+    def end(self, stream: Stream, ending: Ending) -> None:
+        self.fanout.end(_subscription(stream), ending)
+
+    def reset_event(self, channels: Iterable[str]) -> Event:
+        data = reset_payload(self.epoch, channels)
+        return Event(0, "", "reset", data, event_id=None, conflatable=False, received_ts=0)
+
+    def _latest(self, names: Iterable[str]) -> list[Event]:
+        """The current snapshot events of channels, oldest first."""
         events = []
-        for channel in channels:
-            state = self.store.get(channel)
+        for name in names:
+            state = self.store.channels.get(name)
             if state is not None and state.last_event is not None:
                 events.append(state.last_event)
         events.sort(key=lambda event: event.seq)
         return events
-
-    def close_stream(self, subscription: Subscription) -> None:
-        self.fanout.remove(subscription)
 
     def subscribers(self, channel: Channel) -> int:
         return self.fanout.subscribers(channel.name)
@@ -224,5 +224,11 @@ class LocalHub:
     def close_all_streams(self) -> None:
         self.fanout.close_all()
 
-    def tick_streams(self, now: float, heartbeat_s: float, send_timeout_s: float) -> int:
-        return self.fanout.tick(now, heartbeat_s, send_timeout_s)
+    def tick_streams(self, now: float, heartbeat_s: float) -> None:
+        self.fanout.tick(now, heartbeat_s)
+
+
+def _subscription(stream: Stream) -> Subscription:
+    """The fan-out's own handle behind a stream (only this hub makes them)."""
+    assert isinstance(stream, Subscription)
+    return stream

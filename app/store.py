@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from app.channels import PUSH_INTERVAL_S, Channel, Kind
@@ -49,6 +49,7 @@ class Event:
     __slots__ = (
         "_frame",
         "_message",
+        "_wire",
         "channel",
         "conflatable",
         "data",
@@ -78,6 +79,7 @@ class Event:
         self.received_ts = received_ts
         self._frame: bytes | None = None
         self._message: str | None = None
+        self._wire: dict[Callable[[Event], bytes], bytes] | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -96,6 +98,18 @@ class Event:
         if self._message is None:
             self._message = ws_message(self.id, self.name, self.data)
         return self._message
+
+    def wire(self, form: Callable[[Event], bytes]) -> bytes:
+        """The bytes of this event in a transport's wire form (an HTTP chunk of
+        the SSE frame, a WebSocket frame of the text), made by ``form`` the
+        first time a client of that form needs them and shared by the rest."""
+        made = self._wire
+        if made is None:
+            made = self._wire = {}
+        data = made.get(form)
+        if data is None:
+            data = made[form] = form(self)
+        return data
 
     def __repr__(self) -> str:
         return f"Event({self.id!r}, {self.channel!r}, {self.name!r})"

@@ -20,8 +20,8 @@ from common import machine
 
 from app.channels import parse_channel
 from app.config import load_settings
-from app.fanout import Subscription
 from app.gateway import Gateway
+from app.http.sinks import sse_chunk
 from app.pipeline import Pipeline
 from app.simulator.market import Market
 
@@ -47,14 +47,33 @@ def payloads(count: int) -> list[tuple[str, bytes, int]]:
     return out
 
 
+class CountingSink:
+    """A stream's sink that keeps nothing: the fan-out's cost without a socket's."""
+
+    label = "stream"
+
+    def __init__(self) -> None:
+        self.form = sse_chunk
+        self.written = 0
+
+    def write(self, data: bytes) -> None:
+        self.written += len(data)
+
+    def heartbeat(self) -> None:
+        pass
+
+    def end(self, ending: object) -> None:
+        pass
+
+
 def run(messages: list[tuple[str, bytes, int]], subscribers: int) -> tuple[float, int, int]:
     gateway = Gateway(load_settings(gateway_replay_events=100_000))
     hub = gateway.hub
     channels = {name: parse_channel(name) for name, _, _ in messages}
     names = list(channels)
     for i in range(subscribers):
-        subscription = Subscription({names[i % len(names)]}, capacity=1_000_000)
-        hub.fanout.retarget(subscription, subscription.channels)
+        opening = hub.open(f"bench:{i}", [channels[names[i % len(names)]]], None, 1_000_000)
+        hub.attach(opening.stream, CountingSink(), b"")
     # The gateway's own pipeline, routing channel names as if they were topics.
     pipeline = Pipeline(channels.get, hub)
     started = time.perf_counter()

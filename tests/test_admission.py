@@ -10,20 +10,20 @@ from app.admission import Streams, reset_payload
 from app.errors import TooMany
 
 
-def test_caps_per_client_and_overall_and_places_released_however_a_stream_ends() -> None:
+def test_caps_per_client_and_overall_and_places_released_when_a_stream_ends() -> None:
     streams = Streams(max_streams=3, max_per_client=2)
-    with streams.opened("address:a"), streams.opened("address:a"):
-        with pytest.raises(TooMany) as per_client:
-            streams.admit("address:a")
-        assert per_client.value.cap_name == "open streams per client" and per_client.value.cap == 2
-        streams.admit("token:t")
-        with streams.opened("token:t"):
-            with pytest.raises(TooMany) as overall:
-                streams.admit("token:u")
-            assert overall.value.cap_name == "open streams"
-    assert streams.open == 0 and not streams.by_client
-    with pytest.raises(RuntimeError), streams.opened("address:b"):
-        raise RuntimeError("a stream that fails")
+    streams.opened("address:a")
+    streams.opened("address:a")
+    with pytest.raises(TooMany) as per_client:
+        streams.admit("address:a")
+    assert per_client.value.cap_name == "open streams per client" and per_client.value.cap == 2
+    streams.admit("token:t")
+    streams.opened("token:t")
+    with pytest.raises(TooMany) as overall:
+        streams.admit("token:u")
+    assert overall.value.cap_name == "open streams"
+    for client in ("address:a", "address:a", "token:t"):
+        streams.closed(client, "gone")
     assert streams.open == 0 and not streams.by_client
 
 
@@ -31,8 +31,9 @@ def test_counters() -> None:
     streams = Streams(10, 10)
     streams.sent(3)
     streams.sent(2)
-    streams.overflowed()
-    streams.stalled(2)
+    for ending in ("overflow", "stalled", "stalled", "gone"):
+        streams.opened("address:a")
+        streams.closed("address:a", ending)
     assert (streams.events_sent, streams.overflow_closes, streams.stalled_closes) == (5, 1, 2)
 
 

@@ -1,15 +1,38 @@
+"""The fan-out's policy, with a sink that records what it is given: writes at
+publish time, pause and catch-up (conflated), overflow, stall, heartbeats."""
+
 from __future__ import annotations
 
-import asyncio
-import contextlib
-
+from app.admission import Streams
 from app.fanout import Cursor, Fanout, ReplayBuffer, Subscription
+from app.ports import Ending
 from app.store import Event
+from tests.sinks import Recorder
 
 
 def event(seq: int, channel: str = "trades:BTC_USD", conflatable: bool = False, ts: int = 0) -> Event:
     name = "orderbook" if conflatable else "trade"
     return Event(seq, channel, name, b"{}", event_id=f"e-{seq}", conflatable=conflatable, received_ts=ts)
+
+
+class World:
+    def __init__(self, replay: int = 100, latest: list[Event] | None = None) -> None:
+        self.log = ReplayBuffer(replay, 600_000)
+        self.streams = Streams(100, 100)
+        self.latest = latest or []
+        self.fanout = Fanout(self.log, lambda names: [e for e in self.latest if e.channel in names],
+                             self.streams, send_timeout_s=10)
+
+    def publish(self, e: Event) -> None:
+        self.log.append(e)
+        self.fanout.publish(e)
+
+    def follow(self, *channels: str, capacity: int = 10) -> tuple[Subscription, Recorder]:
+        sub = self.fanout.subscribe("address:a", capacity)
+        self.fanout.retarget(sub, frozenset(channels))
+        sink = Recorder()
+        self.fanout.attach(sub, sink, b"")
+        return sub, sink
 
 
 def test_cursor_parse() -> None:
@@ -19,32 +42,113 @@ def test_cursor_parse() -> None:
     assert Cursor.parse("-5") is None
 
 
-def test_snapshots_conflate_and_keep_ids_in_order() -> None:
-    sub = Subscription({"book", "trades:BTC_USD"}, capacity=10)
-    sub.offer(event(1, "book", conflatable=True))
-    sub.offer(event(2))
-    sub.offer(event(3, "book", conflatable=True))
-    assert [e.seq for e in sub.take()] == [2, 3]
+def test_publish_writes_to_every_follower_at_once_and_no_one_else() -> None:
+    world = World()
+    _, trades = world.follow("trades:BTC_USD")
+    _, books = world.follow("book")
+    world.publish(event(1))
+    world.publish(event(2, "book", conflatable=True))
+    assert trades.seqs() == [1] and books.seqs() == [2]
+    assert world.streams.events_sent == 2
 
 
-def test_append_only_overflow_closes_the_subscription() -> None:
-    sub = Subscription({"trades:BTC_USD"}, capacity=2)
+def test_events_before_attach_are_written_with_the_opening() -> None:
+    world = World()
+    sub = world.fanout.subscribe("address:a", 10)
+    world.fanout.retarget(sub, frozenset({"trades:BTC_USD"}))
+    world.publish(event(1))  # between the backlog and the sink: parked
+    sink = Recorder()
+    world.fanout.attach(sub, sink, b"open\n")
+    world.publish(event(2))
+    assert sink.data.startswith(b"open\n") and sink.seqs() == [1, 2]
+
+
+def test_a_paused_stream_catches_up_conflated_in_one_write() -> None:
+    world = World()
+    sub, sink = world.follow("book", "trades:BTC_USD")
+    world.publish(event(1, "book", conflatable=True))
+    sub.pause()
+    for seq, snap in [(2, True), (3, False), (4, True), (5, False)]:
+        world.publish(event(seq, "book" if snap else "trades:BTC_USD", conflatable=snap))
+    assert sink.seqs() == [1]
+    sub.resume()
+    assert sink.seqs() == [1, 3, 4, 5]  # the latest book only; every trade, in order
+    world.publish(event(6))
+    assert sink.seqs()[-1] == 6
+
+
+def test_missing_more_log_events_than_the_capacity_overflows() -> None:
+    world = World()
+    sub, sink = world.follow("trades:BTC_USD", capacity=2)
+    sub.pause()
     for seq in range(1, 4):
-        sub.offer(event(seq))
-    assert sub.overflowed
-    assert sub.take() == []
+        world.publish(event(seq))
+    assert sink.ended is Ending.OVERFLOW and sub.ended is Ending.OVERFLOW
+    assert world.streams.overflow_closes == 1 and world.streams.open == 0
+    assert world.fanout.subscribers("trades:BTC_USD") == 0
 
 
-def test_fanout_only_reaches_followers() -> None:
-    fanout = Fanout()
-    a = Subscription({"trades:BTC_USD"}, 10)
-    b = Subscription({"book"}, 10)
-    fanout.retarget(a, a.channels)
-    fanout.retarget(b, b.channels)
-    fanout.publish(event(1))
-    assert [e.seq for e in a.take()] == [1] and b.take() == []
-    fanout.remove(a)
-    assert fanout.subscribers("trades:BTC_USD") == 0
+def test_past_the_log_only_snapshots_can_be_caught_up() -> None:
+    latest = [event(9, "book", conflatable=True)]
+    world = World(replay=2, latest=latest)
+    books, book_sink = world.follow("book")
+    trades, trade_sink = world.follow("trades:BTC_USD")
+    books.pause()
+    trades.pause()
+    for seq in range(1, 6):
+        world.publish(event(seq))
+    world.publish(latest[0])
+    books.resume()
+    assert book_sink.seqs() == [9]  # the current book stands for the ones the log lost
+    trades.resume()
+    assert trade_sink.ended is Ending.OVERFLOW  # trades it missed are gone: resume, then reset
+
+
+def test_tick_asks_idle_streams_for_heartbeats_and_drops_stalled_ones() -> None:
+    world = World()
+    idle, idle_sink = world.follow("a")
+    stuck, stuck_sink = world.follow("b")
+    stuck.pause()
+    assert stuck.paused_at is not None
+    world.fanout.tick(stuck.paused_at + 5, heartbeat_s=15)
+    assert stuck.ended is None and idle_sink.heartbeats == 0
+    world.fanout.tick(idle.last_write + 16, heartbeat_s=15)
+    assert idle_sink.heartbeats == 1
+    assert stuck.ended is Ending.STALLED and stuck_sink.ended is Ending.STALLED
+    assert world.streams.stalled_closes == 1
+
+
+def test_catching_up_before_new_channels_moves_the_position() -> None:
+    world = World()
+    sub, sink = world.follow("trades:BTC_USD")
+    sub.pause()
+    world.publish(event(1))
+    world.publish(event(2, "other"))
+    assert world.fanout.catch_up(sub)
+    world.fanout.retarget(sub, frozenset({"trades:BTC_USD", "other"}))
+    assert sink.seqs() == [1]
+    sub.resume()
+    assert sink.seqs() == [1]  # event 2 lies before the new position: its snapshot came with the subscribe
+
+
+def test_a_lost_stream_frees_its_place() -> None:
+    world = World()
+    sub, sink = world.follow("a")
+    sub.lost()
+    assert world.streams.open == 0 and sink.ended is None  # nothing to say to a client that left
+    world.publish(event(1, "a"))
+    assert sink.data == b""
+
+
+def test_retarget_moves_a_subscription_between_channels() -> None:
+    world = World()
+    sub, sink = world.follow("a", "b")
+    assert world.fanout.subscribers("a") == 1 and world.fanout.subscribers("b") == 1
+    world.fanout.retarget(sub, frozenset({"b", "c"}))
+    assert world.fanout.subscribers("a") == 0 and world.fanout.subscribers("c") == 1
+    world.publish(event(1, "a"))
+    world.publish(event(2, "c"))
+    assert sink.seqs() == [2]
 
 
 def test_replay_since_conflates_snapshots_and_keeps_every_trade() -> None:
@@ -69,49 +173,6 @@ def test_replay_knows_when_it_cannot() -> None:
     aged.append(event(1, ts=0))
     aged.append(event(2, ts=5000))
     assert aged.since(0, frozenset({"trades:BTC_USD"})) is None
-
-
-async def test_wait_wakes_on_offer_and_tick_asks_for_heartbeats() -> None:
-    sub = Subscription({"trades:BTC_USD"}, 10)
-    fanout = Fanout()
-    fanout.retarget(sub, sub.channels)
-    try:
-        await asyncio.wait_for(sub.wait(), 0.05)
-        raise AssertionError("woke with nothing pending")
-    except TimeoutError:
-        pass
-    asyncio.get_running_loop().call_later(0.01, sub.offer, event(1))
-    await asyncio.wait_for(sub.wait(), 5)
-    assert [e.seq for e in sub.take()] == [1]
-    fanout.tick(sub.last_sent + 20, heartbeat_s=15, send_timeout_s=30)
-    await asyncio.wait_for(sub.wait(), 5)
-    assert sub.heartbeat_due
-
-
-async def test_tick_cancels_a_send_blocked_past_the_timeout() -> None:
-    sub = Subscription({"trades:BTC_USD"}, 10)
-    fanout = Fanout()
-    fanout.retarget(sub, sub.channels)
-    sub.sender = asyncio.create_task(asyncio.sleep(60))
-    sub.sending_since = 100.0
-    assert fanout.tick(100.0 + 5, heartbeat_s=15, send_timeout_s=10) == 0
-    assert fanout.tick(100.0 + 11, heartbeat_s=15, send_timeout_s=10) == 1
-    assert sub.stalled
-    with contextlib.suppress(asyncio.CancelledError):
-        await sub.sender
-    assert sub.sender.cancelled()
-
-
-def test_retarget_moves_a_subscription_between_channels() -> None:
-    fanout = Fanout()
-    sub = Subscription((), 10)
-    fanout.retarget(sub, frozenset({"a", "b"}))
-    assert fanout.subscribers("a") == 1 and fanout.subscribers("b") == 1
-    fanout.retarget(sub, frozenset({"b", "c"}))
-    assert fanout.subscribers("a") == 0 and fanout.subscribers("c") == 1
-    fanout.publish(event(1, "a"))
-    fanout.publish(event(2, "c"))
-    assert [e.seq for e in sub.take()] == [2]
 
 
 def test_cursor_refuses_non_ascii_digits() -> None:

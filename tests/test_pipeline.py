@@ -8,13 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from app.admission import Streams
 from app.channels import Channel
 from app.decode import Update
-from app.fanout import ReplayBuffer, Subscription
+from app.fanout import ReplayBuffer
 from app.hub import LocalHub
 from app.pipeline import Pipeline
 from app.recording import Recorder, read_records
 from app.store import Store
+from tests.sinks import follow
 from tests.support import sample
 
 BOOK = Channel.orderbook("BTC_USD", "0.01")
@@ -24,17 +26,16 @@ NOW = 1_532_686_080_000
 
 
 def hub() -> LocalHub:
-    return LocalHub(Store("e"), ReplayBuffer(1000, 600_000))
+    return LocalHub(Store("e"), ReplayBuffer(1000, 600_000), Streams(10, 10), send_timeout_s=10)
 
 
 def test_a_message_goes_from_topic_to_the_streams() -> None:
     local = hub()
-    follower = Subscription({BOOK.name}, 10)
-    local.fanout.retarget(follower, follower.channels)
+    follower = follow(local, BOOK)
     Pipeline(TOPICS.get, local).feed("t/book", sample("orderBook_BTC_USD_0.01.json"), NOW)
-    [event] = follower.take()
-    assert event.name == "orderbook" and event.seq == 1
-    assert local.replay.since(0, frozenset({BOOK.name})) == [event]
+    [event] = follower.events()
+    assert event["name"] == "orderbook" and event["seq"] == 1
+    assert [e.seq for e in local.replay.since(0, frozenset({BOOK.name})) or []] == [1]
 
 
 def test_unknown_topics_are_counted_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
@@ -84,7 +85,7 @@ class Broken(LocalHub):
 
 
 def test_a_fault_of_ours_drops_the_message_and_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
-    pipeline = Pipeline(TOPICS.get, Broken(Store("e"), ReplayBuffer(10, 1000)))
+    pipeline = Pipeline(TOPICS.get, Broken(Store("e"), ReplayBuffer(10, 1000), Streams(10, 10), send_timeout_s=10))
     with caplog.at_level(logging.ERROR):
         for _ in range(3):
             pipeline.feed("t/book", sample("orderBook_BTC_USD_0.01.json"), NOW)  # never raises

@@ -16,6 +16,7 @@ import httpx
 import pytest
 import uvicorn
 
+from app.cli import server_config
 from app.config import load_settings
 from app.http.app import create_app
 from app.logs import RedactSecrets
@@ -66,7 +67,8 @@ async def served(sim: Simulator, **overrides: object) -> AsyncIterator[httpx.Asy
         }
     )
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None))
+    app = create_app(settings)
+    server = uvicorn.Server(server_config(app, settings, host="127.0.0.1", port=port))
     task = asyncio.create_task(server.serve())
     while not server.started:  # noqa: ASYNC110 (uvicorn offers no event for it)
         await asyncio.sleep(0.05)

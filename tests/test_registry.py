@@ -8,15 +8,18 @@ import time
 
 import pytest
 
+from app.admission import Streams
 from app.channels import Channel, parse_channel
 from app.config import load_settings
 from app.errors import TooMany, UnknownChannel
-from app.fanout import ReplayBuffer, Subscription
+from app.fanout import ReplayBuffer
 from app.hub import LocalHub
+from app.ports import Ending
 from app.recording import ReplaySource
 from app.registry import Registry
 from app.store import Store
 from app.upstream import LinkState
+from tests.sinks import follow
 from tests.support import sample
 
 BOOK = parse_channel("orderbook:BTC_USD:0.01")
@@ -34,7 +37,7 @@ class Clock:
 
 
 def registry(clock: Clock, **settings: object) -> tuple[Registry, LocalHub]:
-    hub = LocalHub(Store("e"), ReplayBuffer(100, 600_000))
+    hub = LocalHub(Store("e"), ReplayBuffer(100, 600_000), Streams(10, 10), send_timeout_s=10)
     defaults: dict[str, object] = {"gateway_idle_release_s": 10, "gateway_no_data_release_s": 5}
     return Registry(load_settings(**{**defaults, **settings}), hub, clock, replay=ReplaySource([])), hub
 
@@ -65,11 +68,10 @@ async def test_a_channel_nobody_follows_is_released_after_the_idle_time() -> Non
     feed(hub, BOOK)
     clock.now += 9
     assert await reg.release_idle() == []
-    follower = Subscription((), 10)
-    hub.fanout.retarget(follower, frozenset({BOOK.name}))
+    follower = hub.open("address:a", [BOOK], None, 10).stream
     clock.now += 60
     assert await reg.release_idle() == []  # followed: kept, and its idle time starts again
-    hub.fanout.remove(follower)
+    hub.end(follower, Ending.GONE)
     clock.now += 10
     assert await reg.release_idle() == [BOOK]
     assert BOOK.name not in reg.tracked and hub.state(BOOK) is None
@@ -88,14 +90,13 @@ async def test_a_channel_with_no_data_is_released_remembered_and_refused() -> No
     reg, hub = registry(clock, gateway_unknown_ttl_s=60)
     fake = parse_channel("orderbook:BTC_XYZ:0.0001")
     reg.demand(fake)
-    follower = Subscription((), 10)
-    hub.fanout.retarget(follower, frozenset({fake.name}))
+    follower = follow(hub, fake)
     clock.now += 4
     assert await reg.release_idle() == []
     clock.now += 2
     assert await reg.release_idle() == [fake]  # followed or not: it never got data
-    [status] = follower.take()
-    assert status.name == "status" and json.loads(status.data)["status"] == "failed"
+    [status] = follower.events()
+    assert status["name"] == "status" and json.loads(status["data"])["status"] == "failed"
     with pytest.raises(UnknownChannel) as refused:
         reg.demand(fake)
     assert "is the symbol right" in refused.value.detail and refused.value.status == 404

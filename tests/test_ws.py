@@ -13,7 +13,7 @@ import pytest
 from httpx_ws import WebSocketDisconnect, aconnect_ws
 
 from app.client import GatewayStream, StreamEvent
-from tests.support import Mosquitto, wait_for
+from tests.support import CuttingProxy, Mosquitto, wait_for
 from tests.world import CHANNELS, World, start_flowing
 
 BOOK, TRADES = CHANNELS.split(",")[1], CHANNELS.split(",")[0]
@@ -159,18 +159,23 @@ class Follower:
 def test_the_client_resumes_by_itself_through_drops_and_a_broker_restart(
     world: World, mosquitto: Mosquitto, transport: str
 ) -> None:
-    # A small buffer: a push of 30 new trades overflows it, and the gateway drops the client.
-    gw = world.gateway(GATEWAY_CLIENT_BUFFER="20", GATEWAY_STALE_FACTOR="1000")
+    gw = world.gateway(GATEWAY_STALE_FACTOR="1000")
+    # The client reaches the gateway through a relay that drops its connections.
+    proxy = CuttingProxy(gw.port)
     try:
         start_flowing(world, gw)
         tape = world.tape
-        follower = Follower(GatewayStream(gw.base, [TRADES], transport=transport, first_delay=0.1))  # type: ignore[arg-type]
+        base = f"http://127.0.0.1:{proxy.port}"
+        follower = Follower(GatewayStream(base, [TRADES], transport=transport, first_delay=0.1))  # type: ignore[arg-type]
         wait_for(lambda: gw.http.get("/v1/channels").json()["open_streams"] == 1, 10, "the client connected")
         start = len(tape.trades)
-        for _ in range(3):
-            tape.add(30)  # each push: 30 trade events at once, more than the buffer holds
-        wait_for(lambda: len(follower.trades()) == 90, 20, "the first 90 trades")
-        assert gw.http.get("/v1/channels").json()["open_streams"] == 1
+        tape.add(30)
+        wait_for(lambda: len(follower.trades()) == 30, 20, "the first 30 trades")
+        proxy.cut()  # dropped: the trades of the next pushes are missed meanwhile
+        for _ in range(2):
+            tape.add(30)
+        wait_for(lambda: len(follower.trades()) == 90, 20, "the first 90 trades, after a drop")
+        wait_for(lambda: gw.http.get("/v1/channels").json()["open_streams"] == 1, 10, "one stream")
 
         mosquitto.kill()
         wait_for(lambda: gw.channels()[TRADES]["link_state"] != "up", 10, "the link down")
@@ -186,4 +191,5 @@ def test_the_client_resumes_by_itself_through_drops_and_a_broker_restart(
         assert [e for e in follower.events if e.event == "reset"] == []
         follower.stop()
     finally:
+        proxy.close()
         gw.stop()

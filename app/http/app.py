@@ -14,14 +14,12 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry
-from starlette.types import Receive, Scope, Send
 
 from app import __version__
 from app.config import Settings
 from app.gateway import Gateway
 from app.http import problems, rest, schemas, stream, ws
 from app.http.auth import TokenCheck
-from app.http.eventstream import RAW_SEND
 from app.http.server import ConnectionGuard, Limits, connection_cap, raise_fd_limit
 from app.metrics import GatewayCollector, LabelPolicy, RequestMetrics
 
@@ -48,14 +46,6 @@ TAGS = [
 ]
 
 
-class GatewayApp(FastAPI):
-    """FastAPI, with the server's own send kept in the scope, for streams."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        scope[RAW_SEND] = send
-        await super().__call__(scope, receive, send)
-
-
 def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     """Build the app; the gateway starts and stops with it."""
     the_gateway = gateway or Gateway(settings)
@@ -68,7 +58,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
         finally:
             await the_gateway.stop()
 
-    app = GatewayApp(
+    app = FastAPI(
         title="coinsuper-gateway",
         version=__version__,
         summary="Coinsuper's MQTT push feed as REST snapshots and Server-Sent Events",

@@ -25,18 +25,21 @@ Theory of operation:
   line over ``GATEWAY_MAX_REQUEST_LINE`` is answered ``414``, a head over
   ``GATEWAY_MAX_HEADER_BYTES`` ``431``, each a problem, and the connection is
   closed.
-- The transport is put in the request's scope (``TRANSPORT``), so that a
-  stream can bound its own buffers and close its socket when it ends.
+- The transport is put in the request's scope (``TRANSPORT``). A stream
+  response takes the connection over once its head is sent
+  (:meth:`GuardedProtocol.hand_over`): the request is then complete for
+  uvicorn, its task ends, and from there the fan-out writes to the transport
+  (app/http/sinks.py); flow control and the loss of the connection go to the
+  stream's subscription, and bytes the client sends are ignored (past
+  ``UNSOLICITED_MAX``, the connection is closed).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import resource
-import socket
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
@@ -51,6 +54,8 @@ log = logging.getLogger("coinsuper_gateway.http")
 
 # Where GuardedProtocol puts the connection's transport in the scope.
 TRANSPORT = "coinsuper.transport"
+# Bytes a client may send on a connection a stream has taken over.
+UNSOLICITED_MAX = 65536
 # File descriptors kept back from the connection cap: upstream links, logs,
 # recordings, the listener itself.
 FD_HEADROOM = 256
@@ -167,6 +172,10 @@ class GuardedProtocol(HttpToolsProtocol):
     _head_bytes = 0
     _in_head = True
     _deadline: asyncio.TimerHandle | None = None
+    # The stream that took the connection over (hand_over), and what its
+    # client sent since.
+    taken: Any = None
+    _unsolicited = 0
 
     # --- admission ---------------------------------------------------------
 
@@ -203,7 +212,36 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._release()
+        taken, self.taken = self.taken, None
         super().connection_lost(exc)
+        if taken is not None:
+            taken.lost()
+
+    # --- a stream's connection ---------------------------------------------
+
+    def hand_over(self, stream: Any) -> bool | None:
+        """Give the connection to ``stream`` (a subscription: ``pause``,
+        ``resume``, ``lost``) once its response head is sent. The request is
+        then complete as far as uvicorn is concerned (no keep-alive after it).
+        Returns whether the body is chunked; None if the connection is gone."""
+        cycle = self.cycle
+        if cycle is None or cycle.disconnected or self.transport.is_closing():
+            return None
+        self.taken = stream
+        cycle.response_complete = True
+        cycle.keep_alive = False
+        self._stop_deadline()
+        return bool(cycle.chunked_encoding)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self.taken is not None:
+            self.taken.pause()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.taken is not None:
+            self.taken.resume()
 
     def _release(self) -> None:
         self._stop_deadline()
@@ -265,6 +303,11 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if not self._admitted:
+            return
+        if self.taken is not None:
+            self._unsolicited += len(data)
+            if self._unsolicited > UNSOLICITED_MAX:
+                self.transport.abort()
             return
         if not self._in_head:
             super().data_received(data)
@@ -329,26 +372,3 @@ class GuardedProtocol(HttpToolsProtocol):
         scope = getattr(upgraded, "scope", None)
         if isinstance(scope, dict):
             scope[TRANSPORT] = self.transport
-
-
-def bound_stream(transport: Any, send_buffer: int, write_buffer: int) -> None:
-    """Bound what one stream's connection may hold: the kernel's send buffer
-    and the transport's queue before the writer waits (flow control)."""
-    transport.set_write_buffer_limits(high=write_buffer)
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
-
-
-def end_connection(transport: Any, *, at_once: bool, grace_s: float = 1.0) -> None:
-    """Close a stream's connection when the stream ends. ``at_once`` (a client
-    that stopped reading) drops it with whatever is queued; otherwise what is
-    queued gets ``grace_s`` to go out before the socket is dropped all the same,
-    so that a peer that never reads cannot keep it."""
-    if at_once:
-        transport.abort()
-        return
-    if not transport.is_closing():
-        transport.close()
-    asyncio.get_running_loop().call_later(grace_s, transport.abort)

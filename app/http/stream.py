@@ -1,36 +1,30 @@
 """``GET /v1/stream``: Server-Sent Events over any number of channels.
 
-Each event's frame was encoded once by the store; this module only decides
-which frames a stream gets and when. A stream starts with the current
-snapshots (or, resuming, with what it missed), then takes what the fan-out put
-in its buffer whenever it is woken, and sends a heartbeat comment when nothing
-else was sent for the heartbeat interval.
+This module admits a stream and says what it opens with: ``retry:``, a
+``reset`` if its id could not be resumed, the current snapshots (or, resuming,
+every missed event once, in order) and an id-only block at its position. From
+there the fan-out writes each event to it when it is published, a heartbeat
+comment when it is idle (app/fanout.py, app/http/sinks.py).
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
-from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from starlette.requests import HTTPConnection
+from starlette.types import Receive, Scope, Send
 
-from app.admission import reset_payload
 from app.channels import Channel, parse_channel_list
-from app.gateway import Gateway
 from app.http import schemas
 from app.http.auth import presented_token
-from app.http.eventstream import EventStreamResponse
 from app.http.rest import GatewayDep, private_access, tokens_of
-from app.hub import Opening
-from app.store import sse_frame
+from app.http.sinks import run_sse
+from app.ports import Feed, Opening
 
 router = APIRouter()
-log = logging.getLogger("coinsuper_gateway.stream")
 
-HEARTBEAT = b": heartbeat\n\n"
 STREAM_DESCRIPTION = """Server-Sent Events. Every event has an id `EPOCH-SEQ` and one line of JSON data.
 
 Events: `orderbook`, `depth`, `kline`, `assets` (the snapshot envelope, as REST);
@@ -67,7 +61,7 @@ async def stream(
     access_token: Annotated[
         str | None, Query(description="bearer token, for clients that cannot set headers")
     ] = None,
-) -> EventStreamResponse:
+) -> StreamResponse:
     """Follow channels as Server-Sent Events (see API.md for events and ids)."""
     settings = gateway.settings
     wanted = parse_channel_list(channels or "", cap=settings.gateway_max_channels_per_stream)
@@ -79,17 +73,59 @@ async def stream(
     gateway.streams.admit(client)
     for channel in wanted:
         if not channel.is_private:
-            gateway.registry.demand(channel)
+            gateway.demand.demand(channel)
     resume_from = request.headers.get("last-event-id") or last_event_id
-    # Registered now, and released by the body's finally, which is sure to run
-    # (the response closes the body however the stream ends).
-    opening = gateway.hub.open_stream(wanted, resume_from, settings.gateway_client_buffer)
-    return EventStreamResponse(
-        _events(gateway, wanted, opening, client),
-        opening.subscription,
+    # Registered now, in the step that computes its backlog: nothing published
+    # from here on is lost before the response takes the connection over.
+    feed = gateway.feed
+    opening = feed.open(client, wanted, resume_from, settings.gateway_client_buffer)
+    return StreamResponse(
+        feed,
+        opening,
+        _opening_bytes(feed, wanted, opening, settings.gateway_retry_ms),
         send_buffer=settings.gateway_stream_send_buffer,
         write_buffer=settings.gateway_stream_write_buffer,
     )
+
+
+class StreamResponse(Response):
+    """An SSE response whose connection the fan-out writes to (app/http/sinks.py)."""
+
+    def __init__(
+        self, feed: Feed, opening: Opening, first: bytes, *, send_buffer: int, write_buffer: int
+    ) -> None:
+        # A Response for the framework's sake; nothing of Response.__init__ applies.
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = []
+        self.feed = feed
+        self.opening = opening
+        self.first = first
+        self.send_buffer = send_buffer
+        self.write_buffer = write_buffer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await run_sse(
+            scope,
+            receive,
+            send,
+            self.feed,
+            self.opening.stream,
+            self.first,
+            send_buffer=self.send_buffer,
+            write_buffer=self.write_buffer,
+        )
+
+
+def _opening_bytes(feed: Feed, channels: list[Channel], opening: Opening, retry_ms: int) -> bytes:
+    first = [f"retry: {retry_ms}\n\n".encode()]
+    if opening.reset:
+        first.append(feed.reset_event(channel.name for channel in channels).frame)
+    first.extend(event.frame for event in opening.backlog)
+    # An id with no data moves the client's Last-Event-ID without an event:
+    # dropped before any event, it still resumes from here, losing nothing.
+    first.append(f"id: {opening.position}\n\n".encode())
+    return b"".join(first)
 
 
 def client_key(request: HTTPConnection) -> str:
@@ -99,51 +135,3 @@ def client_key(request: HTTPConnection) -> str:
     if token and tokens_of(request).accepts(token):
         return "token:" + hashlib.sha256(token.encode()).hexdigest()[:16]
     return "address:" + (request.client.host if request.client else "unknown")
-
-
-async def _events(
-    gateway: Gateway, channels: list[Channel], opening: Opening, client: str
-) -> AsyncIterator[bytes]:
-    settings = gateway.settings
-    streams = gateway.streams
-    subscription = opening.subscription
-    with streams.opened(client):
-        try:
-            first = [f"retry: {settings.gateway_retry_ms}\n\n".encode()]
-            if opening.reset:
-                data = reset_payload(gateway.hub.epoch, (channel.name for channel in channels))
-                first.append(sse_frame(None, "reset", data))
-            first.extend(event.frame for event in opening.backlog)
-            # An id with no data moves the client's Last-Event-ID without an event:
-            # dropped before any event, it still resumes from here, losing nothing.
-            first.append(f"id: {opening.position}\n\n".encode())
-            streams.sent(len(opening.backlog))
-            yield b"".join(first)
-            while True:
-                await subscription.wait()
-                if subscription.overflowed:
-                    streams.overflowed()
-                    log.info(
-                        "closed a stream of %s that fell %d events behind",
-                        client,
-                        settings.gateway_client_buffer,
-                    )
-                    yield b": closed: this stream fell too far behind; resume with Last-Event-ID\n\n"
-                    return
-                if subscription.closed:
-                    return
-                events = subscription.take()
-                if events:
-                    streams.sent(len(events))
-                    yield b"".join(event.frame for event in events)
-                elif subscription.heartbeat_due:
-                    yield HEARTBEAT
-                subscription.heartbeat_due = False
-        finally:
-            if subscription.stalled:
-                log.info(
-                    "closed a stream of %s: it took nothing for %g s",
-                    client,
-                    settings.gateway_send_timeout_s,
-                )
-            gateway.hub.close_stream(subscription)

@@ -9,44 +9,39 @@ Client → gateway, text frames of JSON:
 ``{"op": "error", "type", "title", "status", "detail", ...}`` (the problem
 fields of REST); an error never closes the connection.
 
-Gateway → client: ``{"id", "event", "data"}`` frames, each encoded once by
-the store for every client. On subscribe, the current snapshots of the new
-channels (ids: the current sequence, so ids never go back), or with
-``last_event_id`` every missed event once, in order (or ``reset`` first).
-Pings come from the server (uvicorn, every ``GATEWAY_HEARTBEAT_S``). A client
-whose buffer overflows is closed with code 1013 and resumes with its last id;
-one whose socket takes nothing for ``GATEWAY_SEND_TIMEOUT_S`` is dropped.
+Gateway → client: ``{"id", "event", "data"}`` frames, each made once per
+event for every client, written by the fan-out when the event is published
+(app/http/sinks.py). On subscribe, the current snapshots of the new channels
+(ids: the current sequence, so ids never go back), or with ``last_event_id``
+every missed event once, in order (or ``reset`` first), right after the
+reply. Pings come from the server (every ``GATEWAY_HEARTBEAT_S``). A client
+that falls too far behind is closed with code 1013 and resumes with its last
+id; one whose socket takes nothing for ``GATEWAY_SEND_TIMEOUT_S`` is dropped.
 
-One fan-out serves both transports: a connection is one
-:class:`~app.fanout.Subscription`, whatever its channels.
+The connection's task only reads ops; one fan-out serves both transports.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import logging
 import time
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from app.admission import reset_payload
 from app.channels import Channel, parse_channel
 from app.errors import GatewayError, InvalidInput, TooMany
-from app.fanout import Subscription
 from app.gateway import Gateway
 from app.http.problems import problem_body
 from app.http.rest import private_access, tokens_of
-from app.http.server import TRANSPORT, bound_stream, end_connection
+from app.http.server import TRANSPORT
+from app.http.sinks import GuardedWebSocketProtocol, WebSocketSink, bound, ws_frame, ws_text
 from app.http.stream import client_key
-from app.store import Event
+from app.ports import Ending, Stream
 
 router = APIRouter()
-log = logging.getLogger("coinsuper_gateway.ws")
 
-OVERFLOW = 1013  # "try again later": resume with the last id
 POLICY = 1008  # "policy violation": ops sent far past the rate
 
 
@@ -87,29 +82,28 @@ def _channel_names(message: dict[str, Any]) -> list[Channel]:
 
 
 class Connection:
-    """One WebSocket client: its subscription and the ops it sends."""
+    """One WebSocket client: its stream, and the ops it sends."""
 
-    def __init__(self, gateway: Gateway, websocket: WebSocket, client: str) -> None:
+    def __init__(self, gateway: Gateway, websocket: WebSocket, stream: Stream) -> None:
         self.gateway = gateway
         self.websocket = websocket
-        self.client = client
-        self.subscription = Subscription((), gateway.settings.gateway_client_buffer)
-        self.first: list[Event] = []  # what a subscribe sends before anything pending
-        self.sending = asyncio.Lock()  # acks and events share the socket
+        self.stream = stream
 
-    async def send(self, text: str) -> None:
-        async with self.sending:
-            await self.websocket.send_text(text)
+    def reply(self, text: str, first: bytes = b"") -> None:
+        """An op's reply, then what it makes the stream send first."""
+        self.gateway.feed.write(self.stream, ws_text(text) + first)
 
-    def subscribe(self, message: dict[str, Any]) -> str:
-        settings = self.gateway.settings
+    def subscribe(self, message: dict[str, Any]) -> None:
+        gateway = self.gateway
+        settings = gateway.settings
+        feed = gateway.feed
         channels = _channel_names(message)
         last_event_id = message.get("last_event_id")
         if last_event_id is not None and not isinstance(last_event_id, str):
             raise InvalidInput("last_event_id", "not a string", "an event id such as 'a1b2c3d4-42'")
         if any(channel.is_private for channel in channels):
             private_access(self.websocket, allow_query=True)
-        total = len(self.subscription.channels | {c.name for c in channels})
+        total = len(feed.channels(self.stream) | {c.name for c in channels})
         if total > settings.gateway_max_channels_per_stream:
             raise TooMany(
                 "channels per stream",
@@ -118,80 +112,54 @@ class Connection:
             )
         for channel in channels:
             if not channel.is_private:
-                self.gateway.registry.demand(channel)
-        backlog, reset = self.gateway.hub.extend_stream(
-            self.subscription, channels, last_event_id, restamp=last_event_id is None
-        )
-        if reset:
-            data = reset_payload(self.gateway.hub.epoch, (c.name for c in channels))
-            self.first.append(_reset_event(data))
-        self.first.extend(backlog)
-        self.subscription.wake.set()
-        return json.dumps(
-            {
-                "op": "subscribed",
-                "channels": [c.name for c in channels],
-                "reset": reset,
-                # The client's cursor from here: dropped before any event, it
-                # resumes from this position and loses nothing.
-                "position": self.gateway.hub.position(),
-            }
-        )
+                gateway.demand.demand(channel)
+        # One synchronous step: the reply, then the backlog, then live events.
+        backlog, reset = feed.extend(self.stream, channels, last_event_id)
+        first = [ws_frame(feed.reset_event(c.name for c in channels))] if reset else []
+        first.extend(event.wire(ws_frame) for event in backlog)
+        answer = {
+            "op": "subscribed",
+            "channels": [c.name for c in channels],
+            "reset": reset,
+            # The client's cursor from here: dropped before any event, it
+            # resumes from this position and loses nothing.
+            "position": feed.position(),
+        }
+        self.reply(json.dumps(answer), b"".join(first))
 
-    def unsubscribe(self, message: dict[str, Any]) -> str:
+    def unsubscribe(self, message: dict[str, Any]) -> None:
         channels = _channel_names(message)
-        self.gateway.hub.shrink_stream(self.subscription, channels)
-        return json.dumps({"op": "unsubscribed", "channels": [c.name for c in channels]})
+        self.gateway.feed.shrink(self.stream, channels)
+        self.reply(json.dumps({"op": "unsubscribed", "channels": [c.name for c in channels]}))
 
-    def handle(self, text: str | None) -> str:
+    def handle(self, text: str | None) -> None:
         if text is None:
-            return _problem(InvalidInput("message", "a binary frame", "text frames of JSON"))
+            self.reply(_problem(InvalidInput("message", "a binary frame", "text frames of JSON")))
+            return
         try:
             message = json.loads(text)
         except (ValueError, RecursionError):
-            return _problem(
-                InvalidInput("message", "not JSON", '{"op": "subscribe" | "unsubscribe", ...}')
+            self.reply(
+                _problem(
+                    InvalidInput("message", "not JSON", '{"op": "subscribe" | "unsubscribe", ...}')
+                )
             )
+            return
         if not isinstance(message, dict):
-            return _problem(
-                InvalidInput("message", "not an object", '{"op": ..., "channels": [...]}')
+            self.reply(
+                _problem(InvalidInput("message", "not an object", '{"op": ..., "channels": [...]}'))
             )
+            return
         op = message.get("op")
         try:
             if op == "subscribe":
-                return self.subscribe(message)
-            if op == "unsubscribe":
-                return self.unsubscribe(message)
-            raise InvalidInput("op", f"'{str(op)[:20]}' is not an op", "subscribe, unsubscribe")
+                self.subscribe(message)
+            elif op == "unsubscribe":
+                self.unsubscribe(message)
+            else:
+                raise InvalidInput("op", f"'{str(op)[:20]}' is not an op", "subscribe, unsubscribe")
         except GatewayError as error:
-            return _problem(error)
-
-    async def send_events(self) -> None:
-        """The writer: pending events to the socket, as the SSE stream does."""
-        subscription = self.subscription
-        websocket = self.websocket
-        gateway = self.gateway
-        while True:
-            await subscription.wait()
-            if subscription.overflowed:
-                gateway.streams.overflowed()
-                await websocket.close(OVERFLOW, "fell too far behind; resume with last_event_id")
-                return
-            if subscription.closed:
-                return
-            events = self.first + subscription.take()
-            self.first = []
-            subscription.heartbeat_due = False  # pings are the server's
-            for event in events:
-                subscription.sending_since = time.monotonic()
-                await self.send(event.message)
-            subscription.sending_since = None
-            subscription.last_sent = time.monotonic()
-            gateway.streams.sent(len(events))
-
-
-def _reset_event(data: bytes) -> Event:
-    return Event(0, "", "reset", data, event_id=None, conflatable=False, received_ts=0)
+            self.reply(_problem(error))
 
 
 @router.websocket("/v1/ws")
@@ -212,67 +180,54 @@ async def websocket_stream(websocket: WebSocket) -> None:
             gateway.streams.admit(client)
         except GatewayError as error:
             refusal = error
+    transport = websocket.scope.get(TRANSPORT)
+    protocol = transport.get_protocol() if transport is not None else None
+    if refusal is None and not isinstance(protocol, GuardedWebSocketProtocol):
+        refusal = InvalidInput(
+            "server", "this server is not the gateway's own", "coinsuper-gateway serve"
+        )
     if refusal is not None:
         await websocket.send_text(_problem(refusal))
         await websocket.close(1008, refusal.title)
         return
-    with gateway.streams.opened(client):
-        await _session(Connection(gateway, websocket, client))
+    assert isinstance(protocol, GuardedWebSocketProtocol)
+    feed = gateway.feed
+    opening = feed.open(client, [], None, settings.gateway_client_buffer)
+    stream = opening.stream
+    bound(transport, settings.gateway_stream_send_buffer, settings.gateway_stream_write_buffer)
+    sink: WebSocketSink = protocol.take(stream)
+    feed.attach(stream, sink, b"")
+    try:
+        await _read_ops(Connection(gateway, websocket, stream))
+    finally:
+        feed.end(stream, Ending.GONE)
 
 
-async def _session(connection: Connection) -> None:
-    """One admitted connection, from its first op to its close."""
-    gateway, websocket, client = connection.gateway, connection.websocket, connection.client
-    settings = gateway.settings
-    subscription = connection.subscription
-    gateway.hub.extend_stream(subscription, [], None)  # registered: closed with the others
-    transport = websocket.scope.get(TRANSPORT)
-    if transport is not None:
-        bound_stream(
-            transport, settings.gateway_stream_send_buffer, settings.gateway_stream_write_buffer
-        )
-    writer = asyncio.create_task(connection.send_events())
-    subscription.sender = writer
-    ops = OpRate(settings.gateway_ws_ops_per_s)
+async def _read_ops(connection: Connection) -> None:
+    """Ops from the client, until it leaves or its stream is ended."""
+    websocket = connection.websocket
+    ops = OpRate(connection.gateway.settings.gateway_ws_ops_per_s)
     try:
         while True:
-            receiving = asyncio.ensure_future(websocket.receive())
-            done, _ = await asyncio.wait({receiving, writer}, return_when=asyncio.FIRST_COMPLETED)
-            if writer in done:
-                receiving.cancel()
-                break
-            message = receiving.result()
+            message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
-                break
+                return
             if ops.allow(time.monotonic()):
-                reply = connection.handle(message.get("text"))
+                connection.handle(message.get("text"))
             elif ops.refused > ops.burst:
                 await websocket.close(POLICY, "too many ops: sustained past the rate")
-                break
+                return
             else:
-                reply = _problem(
-                    TooMany(
-                        "WebSocket ops per second",
-                        "this connection sends ops faster than allowed",
-                        int(ops.rate),
+                connection.reply(
+                    _problem(
+                        TooMany(
+                            "WebSocket ops per second",
+                            "this connection sends ops faster than allowed",
+                            int(ops.rate),
+                        )
                     )
                 )
-            await connection.send(reply)
             # Queued frames are read without suspending: let the others run.
             await asyncio.sleep(0)
     except (WebSocketDisconnect, RuntimeError, OSError):
-        pass
-    finally:
-        subscription.close()
-        writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await writer
-        if subscription.stalled:
-            log.info(
-                "closed a WebSocket of %s: it took nothing for %g s",
-                client,
-                settings.gateway_send_timeout_s,
-            )
-        if transport is not None and (subscription.stalled or subscription.overflowed):
-            end_connection(transport, at_once=subscription.stalled)
-        gateway.hub.close_stream(subscription)
+        return

@@ -1,0 +1,118 @@
+"""What the HTTP side sees of the gateway: small ports, each implemented in
+this process today (app/hub.py), and by a shared backend when several
+replicas serve one cluster.
+
+- :class:`Feed`: the event log and the fan-out, as a stream sees them: open a
+  stream at a position (or resume one from an id), change its channels, end
+  it. Positions are opaque strings to the HTTP side.
+- :class:`Sink`: where the fan-out writes a stream's bytes, implemented by
+  each transport (app/http/sinks.py); :class:`Stream` is what a sink tells
+  the fan-out (its connection is full, has drained, is gone).
+- :class:`StateView`: the latest answer of each channel, and its status.
+- :class:`Demand`: who wants which channel (the upstream subscribes on the
+  first demand and releases idle channels).
+- :class:`Leadership`: whether this process holds the upstream links.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+from app.channels import Channel
+from app.store import Event
+
+# A transport's wire form of an event (an HTTP chunk of the SSE frame, a
+# WebSocket frame), made once per event and form: see Event.wire.
+Form = Callable[[Event], bytes]
+
+
+class Ending(Enum):
+    """Why a stream ended."""
+
+    GONE = "gone"  # the client went away, or its stream finished
+    OVERFLOW = "overflow"  # fell too far behind: told to resume with its last id
+    STALLED = "stalled"  # took nothing for the send timeout: dropped at once
+    SHUTDOWN = "shutdown"  # the gateway is stopping
+
+
+class Sink(Protocol):
+    """One client's connection, as the fan-out writes to it. ``write`` never
+    blocks: the bytes go to the connection's buffer; the sink tells its
+    :class:`Stream` when that buffer is full, drained, or gone."""
+
+    form: Form
+    label: str  # what the log calls it: "stream", "WebSocket"
+
+    def write(self, data: bytes) -> None: ...
+    def heartbeat(self) -> None: ...
+    def end(self, ending: Ending) -> None:
+        """Say why, where the transport can, and close the connection."""
+        ...
+
+
+class Stream(Protocol):
+    """A stream's handle, as its sink sees it."""
+
+    def pause(self) -> None: ...
+    def resume(self) -> None: ...
+    def lost(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Opening:
+    """What a new stream starts with: the events to send first, whether the
+    client must be told to reset (its id could not be resumed), and its
+    position (the id of the newest event when it opened)."""
+
+    stream: Stream
+    backlog: Sequence[Event]
+    reset: bool
+    position: str
+
+
+class Feed(Protocol):
+    """The event log and the fan-out, as streams see them."""
+
+    @property
+    def epoch(self) -> str: ...
+    def position(self) -> str: ...
+    def open(
+        self, client: str, channels: Iterable[Channel], last_event_id: str | None, capacity: int
+    ) -> Opening:
+        """Register a stream (parked until :meth:`attach`) and say what it
+        starts with, in one synchronous step: no event falls between."""
+        ...
+
+    def attach(self, stream: Stream, sink: Sink, opening: bytes) -> None: ...
+    def extend(
+        self, stream: Stream, channels: Iterable[Channel], last_event_id: str | None
+    ) -> tuple[list[Event], bool]:
+        """Add channels to a running stream: what to send for them first
+        (missed events, else snapshots whose ids are the current position, so
+        that ids never go back), and whether the id could not be resumed."""
+        ...
+
+    def shrink(self, stream: Stream, channels: Iterable[Channel]) -> None: ...
+    def channels(self, stream: Stream) -> frozenset[str]: ...
+    def write(self, stream: Stream, data: bytes) -> None:
+        """Bytes that are not events (an op's reply), in order with them."""
+        ...
+
+    def end(self, stream: Stream, ending: Ending) -> None: ...
+    def reset_event(self, channels: Iterable[str]) -> Event: ...
+
+
+class Demand(Protocol):
+    def demand(self, channel: Channel) -> object:
+        """A client wants ``channel``: subscribe it upstream if it is not."""
+        ...
+
+
+class Leadership(Protocol):
+    @property
+    def leads(self) -> bool:
+        """Whether this process holds the upstream links."""
+        ...
