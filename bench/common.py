@@ -86,7 +86,8 @@ def start_gateway(broker_port: int, channels: list[str], **env: str) -> tuple[su
         "GATEWAY_LOG_LEVEL": "warning",
         "GATEWAY_MAX_STREAMS": "50000",
         "GATEWAY_MAX_STREAMS_PER_CLIENT": "50000",
-        # The load generator opens every client from 127.0.0.1.
+        # bench/attack.py and bench/soak.py open their clients from 127.0.0.1
+        # (bench/loadgen.py gives each client an address of its own).
         "GATEWAY_MAX_CONNECTIONS_PER_ADDRESS": "50000",
         "GATEWAY_MAX_UPSTREAM": "1000",
         **env,

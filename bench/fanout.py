@@ -1,8 +1,11 @@
-"""Fan-out: N SSE clients spread over C order-book channels pushed every I
-seconds, against the gateway, or against nginx + nchan fed the same events.
+"""Fan-out: N SSE (or WebSocket) clients spread over C order-book channels
+pushed every I seconds, against the gateway and then, in the same run, against
+nginx + nchan fed the same events; the figures side by side, with ratios.
 
-    .venv/bin/python bench/fanout.py --clients 10000 --channels 20 --interval 0.5 --seconds 30
-    .venv/bin/python bench/fanout.py --target nchan ...   # the reference
+    .venv/bin/python bench/fanout.py --clients 10000 --channels 20 --interval 0.5
+    .venv/bin/python bench/fanout.py --transport ws ...          # WebSocket clients
+    .venv/bin/python bench/fanout.py --interval 0.1667 ...       # the burst: 6 pushes/s
+    .venv/bin/python bench/fanout.py --target gateway ...        # one side only
 
 The simulator publishes the books (stamped with the publish time), the gateway
 follows them, and bench/loadgen.py (a process of its own) opens the clients and
@@ -58,7 +61,7 @@ http {{
   server {{
     listen 127.0.0.1:{port} backlog=4096;
     location ~ ^/pub/(\\w+)$ {{ nchan_publisher; nchan_channel_id $1; nchan_message_buffer_length 20; }}
-    location ~ ^/sub/(\\w+)$ {{ nchan_subscriber eventsource; nchan_channel_id $1; }}
+    location ~ ^/sub/(\\w+)$ {{ nchan_subscriber eventsource websocket; nchan_channel_id $1; }}
   }}
 }}
 """
@@ -110,10 +113,12 @@ def bridge(gateway: str, nchan: str, channels: list[str], stop: threading.Event)
 
 
 def run_loadgen(base: str, path: str, channels: list[str], args: argparse.Namespace,
-                server: ProcessStats) -> dict[str, Any]:
+                server: ProcessStats, *, ws: bool, subscribe: bool) -> dict[str, Any]:
     command = [sys.executable, str(REPO / "bench" / "loadgen.py"), "--url", base, "--path", path,
                "--channels", ",".join(channels), "--clients", str(args.clients),
                "--seconds", str(args.seconds), "--warmup", str(args.warmup)]
+    command += ["--ws"] if ws else []
+    command += ["--subscribe"] if subscribe else []
     rss_before = server.rss_kib()
     loadgen = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     assert loadgen.stdout is not None
@@ -137,9 +142,26 @@ def run_loadgen(base: str, path: str, channels: list[str], args: argparse.Namesp
     return result
 
 
+def report(name: str, result: dict[str, Any], final: dict[str, int]) -> None:
+    print(f"  {name}: connected {result['connected_at_start']} (in {result['connect_seconds']} s), "
+          f"ended early {result['ended_early']}; {result['kib_per_client']} KiB per client "
+          f"({result['rss_before_kib']} → {result['rss_connected_kib']} KiB)")
+    print(f"    deliveries {result['events_per_second']}/s at {result['server_cpu_share']} of a core: "
+          f"{result['deliveries_per_core_second']} per core-second; lag p50 {result['lag_ms']['p50']} ms, "
+          f"p99 {result['lag_ms']['p99']} ms, max {result['lag_ms']['max']} ms")
+    if final:
+        behind = {ch: final.get(ch, 0) - low for ch, (low, _high) in result["last_seq"].items()}
+        print(f"    every client's last book vs the channel's at the end: at most {max(behind.values())} behind")
+
+
+def ratio(ours: float, theirs: float) -> str:
+    return f"{ours / theirs:.2f}×" if theirs else "n/a"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--target", choices=["gateway", "nchan"], default="gateway")
+    parser.add_argument("--target", choices=["both", "gateway", "nchan"], default="both")
+    parser.add_argument("--transport", choices=["sse", "ws"], default="sse")
     parser.add_argument("--clients", type=int, default=10000)
     parser.add_argument("--channels", type=int, default=20)
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between pushes of each book")
@@ -152,38 +174,40 @@ def main() -> int:
     simulator, broker_port = start_simulator(extra_symbols=args.channels, book_interval=args.interval)
     processes: list[subprocess.Popen[bytes]] = [simulator]
     stop = threading.Event()
+    ws = args.transport == "ws"
+    results: dict[str, dict[str, Any]] = {}
     try:
         gateway, base = start_gateway(broker_port, channels)
         processes.append(gateway)
-        if args.target == "gateway":
-            server = ProcessStats(gateway.pid)
-            result = run_loadgen(base, "/v1/stream?channels={channel}", channels, args, server)
+        final: dict[str, int] = {}
+        if args.target in ("both", "gateway"):
+            path = "/v1/ws" if ws else "/v1/stream?channels={channel}"
+            results["gateway"] = run_loadgen(base, path, channels, args, ProcessStats(gateway.pid), ws=ws,
+                                             subscribe=ws)
             final = {c["channel"]: c["seq"] for c in httpx.get(base + "/v1/channels").json()["channels"]}
-        else:
+        if args.target in ("both", "nchan"):
             workdir = Path(tempfile.mkdtemp(prefix="nchan-"))
             nginx, nchan_base = start_nchan(workdir)
             processes.append(nginx)
             feeder = threading.Thread(target=bridge, args=(base, nchan_base, channels, stop), daemon=True)
             feeder.start()
-            server = ProcessStats(nchan_worker(nginx))
             ids = [nchan_id(c) for c in channels]
-            result = run_loadgen(nchan_base, "/sub/{channel}", ids, args, server)
-            final = {}
+            results["nchan"] = run_loadgen(nchan_base, "/sub/{channel}", ids, args,
+                                           ProcessStats(nchan_worker(nginx)), ws=ws, subscribe=False)
         print(f"machine: {machine()}")
-        print(f"fan-out against {args.target}: {args.clients} clients over {args.channels} order books "
-              f"pushed every {args.interval} s; measured {result['measured_seconds']} s")
-        print(f"  connected: {result['connected_at_start']} (in {result['connect_seconds']} s); "
-              f"ended early: {result['ended_early']}")
-        print(f"  memory: {result['rss_before_kib']} KiB before clients, {result['rss_connected_kib']} KiB "
-              f"connected: {result['kib_per_client']} KiB per client")
-        print(f"  deliveries: {result['events_per_second']}/s with the server at {result['server_cpu_share']} "
-              f"of a core: {result['deliveries_per_core_second']} per core-second")
-        print(f"  lag publish→receipt: p50 {result['lag_ms']['p50']} ms, p99 {result['lag_ms']['p99']} ms, "
-              f"max {result['lag_ms']['max']} ms")
-        if final:
-            behind = {ch: final.get(ch, 0) - low for ch, (low, _high) in result["last_seq"].items()}
-            print(f"  every client's last book vs the channel's at the end: at most {max(behind.values())} behind")
-        print(json.dumps(result))
+        print(f"fan-out, {args.transport.upper()}: {args.clients} clients over {args.channels} order books "
+              f"pushed every {args.interval} s; measured {args.seconds} s each")
+        if "gateway" in results:
+            report("coinsuper-gateway", results["gateway"], final)
+        if "nchan" in results:
+            report("nginx + nchan (1 worker)", results["nchan"], {})
+        if len(results) == 2:
+            ours, theirs = results["gateway"], results["nchan"]
+            print(f"  gateway / nchan: p99 lag {ratio(ours['lag_ms']['p99'], theirs['lag_ms']['p99'])}, "
+                  f"KiB per client {ratio(ours['kib_per_client'], theirs['kib_per_client'])}, "
+                  f"deliveries per core-second "
+                  f"{ratio(ours['deliveries_per_core_second'], theirs['deliveries_per_core_second'])}")
+        print(json.dumps(results))
     finally:
         stop.set()
         for process in reversed(processes):

@@ -1,6 +1,9 @@
-"""Load generator: N Server-Sent Events clients over raw sockets, in one process.
+"""Load generator: N Server-Sent Events or WebSocket clients over raw sockets,
+in one process, each from a loopback address of its own (127.1.x.y).
 
-Each client sends one GET, then reads. It does no JSON work: it finds each
+Each client sends one GET (a WebSocket client: the upgrade, then, with
+``--subscribe``, one subscribe op for its channel, and a pong for each ping),
+then reads. It does no JSON work: it finds each
 event's `"seq":N,"exchange_ts":T` with one regular expression over what it
 read, and records the lag from T (the simulator stamps it with the publish
 time) to receipt, and the last seq it saw of its channel. At the end it prints
@@ -22,6 +25,8 @@ import sys
 import time
 from urllib.parse import urlsplit
 
+from websockets.frames import Frame, Opcode
+
 EVENT = re.compile(rb'"seq":(\d+),"exchange_ts":(\d+)')
 
 
@@ -42,19 +47,65 @@ class Stats:
         self.measure = False
 
 
-async def run_client(host: str, port: int, path: str, client: Client, stats: Stats, stop: asyncio.Event) -> None:
+def source_address(index: int) -> str:
+    return f"127.1.{(index >> 8) & 255}.{(index & 255) or 254}"
+
+
+def masked(opcode: Opcode, payload: bytes) -> bytes:
+    return Frame(opcode, payload).serialize(mask=True)
+
+
+def frames(data: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
+    """Whole (unmasked) server frames in ``data``, and what is left over."""
+    out = []
+    at = 0
+    while len(data) - at >= 2:
+        opcode, length = data[at] & 0x0F, data[at + 1] & 0x7F
+        head = 2
+        if length == 126:
+            if len(data) - at < 4:
+                break
+            length, head = int.from_bytes(data[at + 2 : at + 4], "big"), 4
+        elif length == 127:
+            if len(data) - at < 10:
+                break
+            length, head = int.from_bytes(data[at + 2 : at + 10], "big"), 10
+        if len(data) - at < head + length:
+            break
+        out.append((opcode, data[at + head : at + head + length]))
+        at += head + length
+    return out, data[at:]
+
+
+def count(client: Client, stats: Stats, payload: bytes, now: int) -> None:
+    for match in EVENT.finditer(payload):
+        client.events += 1
+        client.last_seq = int(match.group(1))
+        if stats.measure:
+            stats.lags.append(now - int(match.group(2)))
+
+
+async def run_client(host: str, port: int, path: str, client: Client, stats: Stats, stop: asyncio.Event,
+                     index: int, ws: bool, subscribe: bool) -> None:
     try:
-        reader, writer = await asyncio.open_connection(host, port)
+        reader, writer = await asyncio.open_connection(host, port, local_addr=(source_address(index), 0))
     except OSError:
         client.ended = True
         return
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n".encode())
+    if ws:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    else:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n".encode())
     try:
         head = await reader.readuntil(b"\r\n\r\n")
-        if b" 200 " not in head.split(b"\r\n", 1)[0]:
+        if (b" 101 " if ws else b" 200 ") not in head.split(b"\r\n", 1)[0]:
             client.ended = True
             return
         client.connected = True
+        if ws:
+            await read_frames(reader, writer, client, stats, stop, subscribe)
+            return
         carry = b""
         while not stop.is_set():
             chunk = await reader.read(65536)
@@ -68,15 +119,34 @@ async def run_client(host: str, port: int, path: str, client: Client, stats: Sta
                 carry = data
                 continue
             carry = data[cut + 2 :]
-            for match in EVENT.finditer(data, 0, cut):
-                client.events += 1
-                client.last_seq = int(match.group(1))
-                if stats.measure:
-                    stats.lags.append(now - int(match.group(2)))
+            count(client, stats, data[:cut], now)
     except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
         client.ended = not stop.is_set()
     finally:
         writer.close()
+
+
+async def read_frames(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: Client, stats: Stats,
+                      stop: asyncio.Event, subscribe: bool) -> None:
+    if subscribe:
+        op = json.dumps({"op": "subscribe", "channels": [client.channel]}).encode()
+        writer.write(masked(Opcode.TEXT, op))
+    carry = b""
+    while not stop.is_set():
+        chunk = await reader.read(65536)
+        if not chunk:
+            client.ended = not stop.is_set()
+            return
+        now = time.time_ns() // 1_000_000
+        whole, carry = frames(carry + chunk)
+        for opcode, payload in whole:
+            if opcode == 0x9:
+                writer.write(masked(Opcode.PONG, payload))
+            elif opcode == 0x8:
+                client.ended = not stop.is_set()
+                return
+            elif opcode == 0x1:
+                count(client, stats, payload, now)
 
 
 def percentile(values: list[int], q: float) -> float:
@@ -97,7 +167,8 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
     started = time.monotonic()
     for index, client in enumerate(clients):
         path = args.path.format(channel=client.channel)
-        tasks.append(asyncio.create_task(run_client(host, port, path, client, stats, stop)))
+        tasks.append(asyncio.create_task(
+            run_client(host, port, path, client, stats, stop, index, args.ws, args.subscribe)))
         if index % args.batch == args.batch - 1:
             await asyncio.sleep(args.batch_pause)  # the listen backlog is finite
     deadline = time.monotonic() + 60
@@ -146,6 +217,8 @@ if __name__ == "__main__":
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=30, help="measured time")
     parser.add_argument("--warmup", type=float, default=5, help="seconds after connecting, not measured")
+    parser.add_argument("--ws", action="store_true", help="WebSocket clients (default: SSE)")
+    parser.add_argument("--subscribe", action="store_true", help="a WebSocket client subscribes with an op")
     parser.add_argument("--batch", type=int, default=250, help="connections opened at once")
     parser.add_argument("--batch-pause", type=float, default=0.05)
     arguments = parser.parse_args()

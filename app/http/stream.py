@@ -39,6 +39,35 @@ The stream opens with `retry:` and the current snapshots (or, resuming, every
 missed event once, in order); a `: heartbeat` comment is sent when idle."""
 
 
+class StreamResponse(Response):
+    """An SSE response whose connection the fan-out writes to (app/http/sinks.py)."""
+
+    def __init__(
+        self, feed: Feed, opening: Opening, first: bytes, *, send_buffer: int, write_buffer: int
+    ) -> None:
+        # A Response for the framework's sake; nothing of Response.__init__ applies.
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = []
+        self.feed = feed
+        self.opening = opening
+        self.first = first
+        self.send_buffer = send_buffer
+        self.write_buffer = write_buffer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await run_sse(
+            scope,
+            receive,
+            send,
+            self.feed,
+            self.opening.stream,
+            self.first,
+            send_buffer=self.send_buffer,
+            write_buffer=self.write_buffer,
+        )
+
+
 @router.get(
     "/v1/stream",
     tags=["streams"],
@@ -86,35 +115,6 @@ async def stream(
         send_buffer=settings.gateway_stream_send_buffer,
         write_buffer=settings.gateway_stream_write_buffer,
     )
-
-
-class StreamResponse(Response):
-    """An SSE response whose connection the fan-out writes to (app/http/sinks.py)."""
-
-    def __init__(
-        self, feed: Feed, opening: Opening, first: bytes, *, send_buffer: int, write_buffer: int
-    ) -> None:
-        # A Response for the framework's sake; nothing of Response.__init__ applies.
-        self.status_code = 200
-        self.background = None
-        self.raw_headers = []
-        self.feed = feed
-        self.opening = opening
-        self.first = first
-        self.send_buffer = send_buffer
-        self.write_buffer = write_buffer
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await run_sse(
-            scope,
-            receive,
-            send,
-            self.feed,
-            self.opening.stream,
-            self.first,
-            send_buffer=self.send_buffer,
-            write_buffer=self.write_buffer,
-        )
 
 
 def _opening_bytes(feed: Feed, channels: list[Channel], opening: Opening, retry_ms: int) -> bytes:
