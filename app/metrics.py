@@ -13,9 +13,10 @@ their template, never by the path a client sent.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -237,3 +238,33 @@ class RequestMetrics:
         if method not in ("GET", "HEAD", "OPTIONS", "POST"):
             method = "other"
         self.histogram.labels(template, method, str(status)).observe(time.perf_counter() - start)
+
+
+class GcPauses:
+    """The garbage collector's pauses, by generation: with thousands of
+    connections a full collection is what can stall every stream at once
+    (bench/fanout.py), so it is measured where it happens."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.histogram = Histogram(
+            "coinsuper_gc_pause_seconds",
+            "Garbage collection pauses, by generation",
+            ["generation"],
+            registry=registry,
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+        )
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            pause = time.perf_counter() - self._started
+            self.histogram.labels(str(info["generation"])).observe(pause)
+
+    def install(self) -> None:
+        gc.callbacks.append(self)
+
+    def uninstall(self) -> None:
+        if self in gc.callbacks:
+            gc.callbacks.remove(self)

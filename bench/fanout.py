@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import resource
 import shutil
 import subprocess
@@ -67,6 +68,9 @@ http {{
 """
 
 
+RECEIVED = re.compile(rb'"received_ts":\d+')
+
+
 def nchan_id(channel: str) -> str:
     return channel.replace(":", "_").replace(".", "_")
 
@@ -106,14 +110,32 @@ def bridge(gateway: str, nchan: str, channels: list[str], stop: threading.Event)
                         continue
                     if event.get("event") == "orderbook":
                         channel = json.loads(event["data"])["channel"]
-                        await http.post(f"{nchan}/pub/{nchan_id(channel)}", content=event["data"].encode())
+                        # nchan's receipt is this post: the fan-out lag is measured from it.
+                        stamp = b'"received_ts":%d' % (time.time_ns() // 1_000_000)
+                        data = RECEIVED.sub(stamp, event["data"].encode(), count=1)
+                        await http.post(f"{nchan}/pub/{nchan_id(channel)}", content=data)
                     event = {}
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except httpx.HTTPError:
+        if not stop.is_set():
+            raise  # the gateway ending at the end of the run is no error
+
+
+def gc_counts(base: str) -> dict[str, float]:
+    """The gateway's garbage collections so far, by generation (from /metrics)."""
+    counts = {}
+    for line in httpx.get(base + "/metrics").text.splitlines():
+        if line.startswith("coinsuper_gc_pause_seconds_count"):
+            counts[line.split('"')[1]] = float(line.split()[-1])
+        elif line.startswith("coinsuper_gc_pause_seconds_sum"):
+            counts[line.split('"')[1] + "_s"] = float(line.split()[-1])
+    return counts
 
 
 def run_loadgen(base: str, path: str, channels: list[str], args: argparse.Namespace,
-                server: ProcessStats, *, ws: bool, subscribe: bool) -> dict[str, Any]:
+                server: ProcessStats, *, ws: bool, subscribe: bool, gc_of: str | None = None) -> dict[str, Any]:
     command = [sys.executable, str(REPO / "bench" / "loadgen.py"), "--url", base, "--path", path,
                "--channels", ",".join(channels), "--clients", str(args.clients),
                "--seconds", str(args.seconds), "--warmup", str(args.warmup)]
@@ -126,9 +148,15 @@ def run_loadgen(base: str, path: str, channels: list[str], args: argparse.Namesp
     time.sleep(2)
     rss_connected = server.rss_kib()
     time.sleep(max(0.0, args.warmup - 2))
-    cpu_start, wall_start = server.cpu_seconds(), time.monotonic()
+    generator = ProcessStats(loadgen.pid)
+    gc_before = gc_counts(gc_of) if gc_of else {}
+    cpu_start, wall_start, generator_start = server.cpu_seconds(), time.monotonic(), generator.cpu_seconds()
     result: dict[str, Any] = json.loads(loadgen.stdout.readline())
     cpu = server.cpu_seconds() - cpu_start
+    generator_cpu = generator.cpu_seconds() - generator_start
+    if gc_of:
+        after = gc_counts(gc_of)
+        result["gc_in_window"] = {key: round(after[key] - gc_before.get(key, 0), 3) for key in after}
     wall = time.monotonic() - wall_start
     loadgen.wait(30)
     result.update(
@@ -137,6 +165,7 @@ def run_loadgen(base: str, path: str, channels: list[str], args: argparse.Namesp
         rss_connected_kib=rss_connected,
         kib_per_client=round((rss_connected - rss_before) / max(1, connected["clients"]), 1),
         server_cpu_share=round(cpu / wall, 2),
+        loadgen_cpu_share=round(generator_cpu / wall, 2),
         deliveries_per_core_second=round(result["events_per_second"] / max(cpu / wall, 0.01)),
     )
     return result
@@ -147,8 +176,11 @@ def report(name: str, result: dict[str, Any], final: dict[str, int]) -> None:
           f"ended early {result['ended_early']}; {result['kib_per_client']} KiB per client "
           f"({result['rss_before_kib']} → {result['rss_connected_kib']} KiB)")
     print(f"    deliveries {result['events_per_second']}/s at {result['server_cpu_share']} of a core: "
-          f"{result['deliveries_per_core_second']} per core-second; lag p50 {result['lag_ms']['p50']} ms, "
-          f"p99 {result['lag_ms']['p99']} ms, max {result['lag_ms']['max']} ms")
+          f"{result['deliveries_per_core_second']} per core-second (load generator at "
+          f"{result['loadgen_cpu_share']} of a core)")
+    print(f"    fan-out lag (server's receipt → client): p50 {result['fanout_lag_ms']['p50']} ms, "
+          f"p99 {result['fanout_lag_ms']['p99']} ms, max {result['fanout_lag_ms']['max']} ms; end to end "
+          f"(exchange → client): p50 {result['lag_ms']['p50']} ms, p99 {result['lag_ms']['p99']} ms")
     if final:
         behind = {ch: final.get(ch, 0) - low for ch, (low, _high) in result["last_seq"].items()}
         print(f"    every client's last book vs the channel's at the end: at most {max(behind.values())} behind")
@@ -183,7 +215,7 @@ def main() -> int:
         if args.target in ("both", "gateway"):
             path = "/v1/ws" if ws else "/v1/stream?channels={channel}"
             results["gateway"] = run_loadgen(base, path, channels, args, ProcessStats(gateway.pid), ws=ws,
-                                             subscribe=ws)
+                                             subscribe=ws, gc_of=base)
             final = {c["channel"]: c["seq"] for c in httpx.get(base + "/v1/channels").json()["channels"]}
         if args.target in ("both", "nchan"):
             workdir = Path(tempfile.mkdtemp(prefix="nchan-"))
@@ -199,11 +231,15 @@ def main() -> int:
               f"pushed every {args.interval} s; measured {args.seconds} s each")
         if "gateway" in results:
             report("coinsuper-gateway", results["gateway"], final)
+            collected = results["gateway"]["gc_in_window"]
+            print("    garbage collections in the measured window (generation: count, seconds): " + ", ".join(
+                f"{g}: {collected.get(g, 0):.0f}, {collected.get(g + '_s', 0):.3f}" for g in ("0", "1", "2")))
         if "nchan" in results:
             report("nginx + nchan (1 worker)", results["nchan"], {})
         if len(results) == 2:
             ours, theirs = results["gateway"], results["nchan"]
-            print(f"  gateway / nchan: p99 lag {ratio(ours['lag_ms']['p99'], theirs['lag_ms']['p99'])}, "
+            print(f"  gateway / nchan: p99 fan-out lag "
+                  f"{ratio(ours['fanout_lag_ms']['p99'], theirs['fanout_lag_ms']['p99'])}, "
                   f"KiB per client {ratio(ours['kib_per_client'], theirs['kib_per_client'])}, "
                   f"deliveries per core-second "
                   f"{ratio(ours['deliveries_per_core_second'], theirs['deliveries_per_core_second'])}")

@@ -21,7 +21,7 @@ from app.gateway import Gateway
 from app.http import problems, rest, schemas, stream, ws
 from app.http.auth import TokenCheck
 from app.http.server import ConnectionGuard, Limits, connection_cap, raise_fd_limit
-from app.metrics import GatewayCollector, LabelPolicy, RequestMetrics
+from app.metrics import GatewayCollector, GcPauses, LabelPolicy, RequestMetrics
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 DESCRIPTION = """Coinsuper's MQTT push feed (order books, depth charts, candles, trades, and
@@ -53,9 +53,11 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await the_gateway.start()
+        app.state.gc_pauses.install()
         try:
             yield
         finally:
+            app.state.gc_pauses.uninstall()
             await the_gateway.stop()
 
     app = FastAPI(
@@ -80,6 +82,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
         GatewayCollector(the_gateway, LabelPolicy(settings.metric_symbols), app.state.connections)
     )
     app.state.metrics = registry
+    app.state.gc_pauses = GcPauses(registry)
     app.add_middleware(RequestMetrics, registry=registry)
     problems.install(app)
     app.include_router(rest.router)

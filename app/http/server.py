@@ -37,6 +37,7 @@ Theory of operation:
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import resource
@@ -118,6 +119,14 @@ class ConnectionGuard:
     def protocol(self) -> type[GuardedProtocol]:
         """The protocol class for uvicorn's ``http`` setting, bound to this guard."""
         return type("GuardedHttpProtocol", (GuardedProtocol,), {"guard": self})
+
+    def release(self, address: str | None) -> None:
+        """A connection admitted (of ``address``, if counted by address) is gone."""
+        self.open -= 1
+        if address is not None:
+            self.by_address[address] -= 1
+            if self.by_address[address] <= 0:
+                del self.by_address[address]
 
     def make_room(self) -> bool:
         """At the overall cap, close the connection that has waited longest
@@ -222,8 +231,10 @@ class GuardedProtocol(HttpToolsProtocol):
     def hand_over(self, stream: Any) -> bool | None:
         """Give the connection to ``stream`` (a subscription: ``pause``,
         ``resume``, ``lost``) once its response head is sent. The request is
-        then complete as far as uvicorn is concerned (no keep-alive after it).
-        Returns whether the body is chunked; None if the connection is gone."""
+        then complete as far as uvicorn is concerned (no keep-alive after it),
+        and what only the request needed is let go: a stream holds a socket,
+        not a request. Returns whether the body is chunked; None if the
+        connection is gone."""
         cycle = self.cycle
         if cycle is None or cycle.disconnected or self.transport.is_closing():
             return None
@@ -231,6 +242,9 @@ class GuardedProtocol(HttpToolsProtocol):
         cycle.response_complete = True
         cycle.keep_alive = False
         self._stop_deadline()
+        self.cycle = None  # type: ignore[assignment]
+        self.scope = None  # type: ignore[assignment]
+        self.headers = []
         return bool(cycle.chunked_encoding)
 
     def pause_writing(self) -> None:
@@ -245,15 +259,9 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def _release(self) -> None:
         self._stop_deadline()
-        if not self._admitted:
-            return
-        self._admitted = False
-        guard = self.guard
-        guard.open -= 1
-        if self._address is not None:
-            guard.by_address[self._address] -= 1
-            if guard.by_address[self._address] <= 0:
-                del guard.by_address[self._address]
+        if self._admitted:
+            self._admitted = False
+            self.guard.release(self._address)
 
     def _refuse(self, counted_as: str, status: int, detail: str, limit: str, cap: int) -> None:
         """Count a refusal by its reason (for /metrics), answer the problem, close."""
@@ -360,15 +368,22 @@ class GuardedProtocol(HttpToolsProtocol):
     def handle_websocket_upgrade(self) -> None:
         super().handle_websocket_upgrade()
         # The WebSocket protocol takes the transport over: the slot is released
-        # when that protocol loses the connection.
+        # when that protocol loses the connection (by the guard and the
+        # address: this protocol is done with, and is let go).
         upgraded: Any = self.transport.get_protocol()
-        lost = upgraded.connection_lost
+        release = functools.partial(self.guard.release, self._address) if self._admitted else None
+        self._stop_deadline()
+        self._admitted = False
+        if hasattr(upgraded, "release_slot"):  # the gateway's own (app/http/sinks.py)
+            upgraded.release_slot = release
+        elif release is not None:
+            lost = upgraded.connection_lost
 
-        def connection_lost(exc: Exception | None) -> None:
-            self._release()
-            lost(exc)
+            def connection_lost(exc: Exception | None) -> None:
+                release()
+                lost(exc)
 
-        upgraded.connection_lost = connection_lost
+            upgraded.connection_lost = connection_lost
         scope = getattr(upgraded, "scope", None)
         if isinstance(scope, dict):
             scope[TRANSPORT] = self.transport

@@ -37,9 +37,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from starlette.types import Receive, Scope, Send
+from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Frame, Opcode
 
@@ -288,14 +290,61 @@ class WebSocketSink:
 
 
 class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's sans-I/O WebSocket protocol, whose flow control and loss are
-    passed on to the stream that follows the connection (its subscription)."""
+    """uvicorn's sans-I/O WebSocket protocol, taken over by a stream once the
+    handshake is done (:meth:`take`): its flow control and loss go to the
+    stream's subscription, the client's text messages to the stream's op
+    handler, synchronously, as they are parsed; and the connection outlives
+    the ASGI call that set it up, so that a WebSocket costs no task either."""
 
     taken: Stream | None = None
+    ops: Callable[[str | None], None] | None = None
+    # The connection's slot in the HTTP layer's count (app/http/server.py).
+    release_slot: Callable[[], None] | None = None
 
-    def take(self, stream: Stream) -> WebSocketSink:
+    def take(self, stream: Stream, ops: Callable[[str | None], None]) -> WebSocketSink:
         self.taken = stream
+        self.ops = ops
+        # The handshake is over: what only it needed can go.
+        self.request = None  # type: ignore[assignment]
+        self.response = None  # type: ignore[assignment]
+        self.scope = None  # type: ignore[assignment]
         return WebSocketSink(self)
+
+    def send_receive_event_to_app(self) -> None:
+        ops = self.ops
+        if ops is None or self.close_sent:
+            super().send_receive_event_to_app()
+            return
+        data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+        self.frames = []
+        if self.curr_msg_data_type != "text":
+            ops(None)
+            return
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:
+            self.frames = [data]
+            super().send_receive_event_to_app()  # uvicorn's answer: close with 1007
+            return
+        ops(text)
+
+    async def run_asgi(self) -> None:
+        """uvicorn's, except that a connection a stream took is left open."""
+        try:
+            result = await self.app(self.scope, self.receive, self.send)
+        except ClientDisconnected:
+            pass
+        except BaseException:
+            self.logger.exception("Exception in ASGI application\n")
+            self.send_500_response()
+        else:
+            if not self.handshake_complete:
+                self.logger.error("ASGI callable returned without completing handshake.")
+                self.send_500_response()
+            elif result is not None:
+                self.logger.error("ASGI callable should return None, but returned '%s'.", result)
+        if self.close_timer is None and self.taken is None:
+            self.transport.close()
 
     def open_for_data(self) -> bool:
         return not (self.close_sent or self.disconnected or self.transport.is_closing())
@@ -312,13 +361,17 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         taken, self.taken = self.taken, None
+        release, self.release_slot = self.release_slot, None
+        if release is not None:
+            release()
         super().connection_lost(exc)
         if taken is not None:
             taken.lost()
 
     def end_stream(self, code: int, reason: str, *, at_once: bool) -> None:
-        """Close from the server's side; the connection's task sees a disconnect."""
+        """Close from the server's side."""
         self.taken = None
+        self.ops = None
         if at_once or not self.open_for_data():
             self.transport.abort()
             return

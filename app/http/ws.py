@@ -18,17 +18,18 @@ reply. Pings come from the server (every ``GATEWAY_HEARTBEAT_S``). A client
 that falls too far behind is closed with code 1013 and resumes with its last
 id; one whose socket takes nothing for ``GATEWAY_SEND_TIMEOUT_S`` is dropped.
 
-The connection's task only reads ops; one fan-out serves both transports.
+No task per connection: once the handshake is done the gateway's WebSocket
+protocol hands each message to :meth:`Connection.on_message` as it is parsed,
+and the ASGI call returns; one fan-out serves both transports.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from typing import Any
 
-from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, WebSocket
 
 from app.channels import Channel, parse_channel
 from app.errors import GatewayError, InvalidInput, TooMany
@@ -36,7 +37,7 @@ from app.gateway import Gateway
 from app.http.problems import problem_body
 from app.http.rest import private_access, tokens_of
 from app.http.server import TRANSPORT
-from app.http.sinks import GuardedWebSocketProtocol, WebSocketSink, bound, ws_frame, ws_text
+from app.http.sinks import GuardedWebSocketProtocol, bound, ws_frame, ws_text
 from app.http.stream import client_key
 from app.ports import Ending, Stream
 
@@ -86,8 +87,36 @@ class Connection:
 
     def __init__(self, gateway: Gateway, websocket: WebSocket, stream: Stream) -> None:
         self.gateway = gateway
-        self.websocket = websocket
         self.stream = stream
+        # Judged once, on the handshake's credentials: nothing of the request
+        # is kept for the life of the connection.
+        self.private_refusal: GatewayError | None = None
+        try:
+            private_access(websocket, allow_query=True)
+        except GatewayError as error:
+            # Without its traceback, which would keep the handshake's frames.
+            self.private_refusal = error.with_traceback(None)
+        self.ops = OpRate(gateway.settings.gateway_ws_ops_per_s)
+        self.protocol: GuardedWebSocketProtocol | None = None
+
+    def on_message(self, text: str | None) -> None:
+        """A message from the client (None: a binary one), as it arrives."""
+        ops = self.ops
+        if ops.allow(time.monotonic()):
+            self.handle(text)
+        elif ops.refused > ops.burst:
+            self.gateway.feed.end(self.stream, Ending.GONE)
+            if self.protocol is not None:
+                self.protocol.end_stream(
+                    POLICY, "too many ops: sustained past the rate", at_once=False
+                )
+        else:
+            refusal = TooMany(
+                "WebSocket ops per second",
+                "this connection sends ops faster than allowed",
+                int(ops.rate),
+            )
+            self.reply(_problem(refusal))
 
     def reply(self, text: str, first: bytes = b"") -> None:
         """An op's reply, then what it makes the stream send first."""
@@ -101,8 +130,8 @@ class Connection:
         last_event_id = message.get("last_event_id")
         if last_event_id is not None and not isinstance(last_event_id, str):
             raise InvalidInput("last_event_id", "not a string", "an event id such as 'a1b2c3d4-42'")
-        if any(channel.is_private for channel in channels):
-            private_access(self.websocket, allow_query=True)
+        if self.private_refusal is not None and any(channel.is_private for channel in channels):
+            raise self.private_refusal
         total = len(feed.channels(self.stream) | {c.name for c in channels})
         if total > settings.gateway_max_channels_per_stream:
             raise TooMany(
@@ -195,39 +224,9 @@ async def websocket_stream(websocket: WebSocket) -> None:
     opening = feed.open(client, [], None, settings.gateway_client_buffer)
     stream = opening.stream
     bound(transport, settings.gateway_stream_send_buffer, settings.gateway_stream_write_buffer)
-    sink: WebSocketSink = protocol.take(stream)
+    connection = Connection(gateway, websocket, stream)
+    sink = protocol.take(stream, connection.on_message)
+    connection.protocol = protocol
     feed.attach(stream, sink, b"")
-    try:
-        await _read_ops(Connection(gateway, websocket, stream))
-    finally:
-        feed.end(stream, Ending.GONE)
-
-
-async def _read_ops(connection: Connection) -> None:
-    """Ops from the client, until it leaves or its stream is ended."""
-    websocket = connection.websocket
-    ops = OpRate(connection.gateway.settings.gateway_ws_ops_per_s)
-    try:
-        while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            if ops.allow(time.monotonic()):
-                connection.handle(message.get("text"))
-            elif ops.refused > ops.burst:
-                await websocket.close(POLICY, "too many ops: sustained past the rate")
-                return
-            else:
-                connection.reply(
-                    _problem(
-                        TooMany(
-                            "WebSocket ops per second",
-                            "this connection sends ops faster than allowed",
-                            int(ops.rate),
-                        )
-                    )
-                )
-            # Queued frames are read without suspending: let the others run.
-            await asyncio.sleep(0)
-    except (WebSocketDisconnect, RuntimeError, OSError):
-        return
+    # From here the connection is the stream's: ops are handled as they
+    # arrive (Connection.on_message), events written as they are published.
