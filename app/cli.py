@@ -127,8 +127,10 @@ def server_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicorn
         "proxy_headers": bool(trusted),
         "forwarded_allow_ips": trusted or [],
         "ws_max_size": settings.gateway_ws_max_message_bytes,
-        "ws_ping_interval": settings.gateway_heartbeat_s,  # WebSocket heartbeats
-        "ws_ping_timeout": settings.gateway_heartbeat_s,
+        # WebSocket pings come from the fan-out's tick (GATEWAY_HEARTBEAT_S), as
+        # SSE heartbeats do: no timers per connection.
+        "ws_ping_interval": None,
+        "ws_ping_timeout": None,
     }
     return uvicorn.Config(app, **{**options, **overrides})
 

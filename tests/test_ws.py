@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
+import time
 from typing import Any
 
 import httpx
@@ -192,4 +194,26 @@ def test_the_client_resumes_by_itself_through_drops_and_a_broker_restart(
         follower.stop()
     finally:
         proxy.close()
+        gw.stop()
+
+
+def test_an_idle_websocket_is_pinged(world: World) -> None:
+    gw = world.gateway(GATEWAY_HEARTBEAT_S="1")
+    try:
+        sock = socket.create_connection(("127.0.0.1", gw.port))
+        sock.sendall(b"GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        sock.settimeout(5)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(4096)
+        head, _, rest = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101")
+        started = time.monotonic()
+        while len(rest) < 2:
+            rest += sock.recv(4096)
+        assert rest[0] == 0x89  # a ping, unasked, within the heartbeat and a tick
+        assert time.monotonic() - started < 4
+        sock.close()
+    finally:
         gw.stop()

@@ -54,6 +54,7 @@ OVERFLOW_NOTE = b": closed: this stream fell too far behind; resume with Last-Ev
 LAST_CHUNK = b"0\r\n\r\n"
 GRACE_S = 1.0  # what is queued at a close gets this long to go out
 
+PING = Frame(Opcode.PING, b"").serialize(mask=False)
 OVERFLOW_CODE = 1013  # "try again later": resume with the last id
 SHUTDOWN_CODE = 1012  # "service restart"
 STALLED_CODE = 1011
@@ -277,7 +278,9 @@ class WebSocketSink:
         self.write(ws_text(text))
 
     def heartbeat(self) -> None:
-        """Nothing: the server pings WebSocket clients (``GATEWAY_HEARTBEAT_S``)."""
+        """A ping, from the fan-out's tick like an SSE heartbeat: no timer per
+        connection. A client that stops reading is found by the send timeout."""
+        self.write(PING)
 
     def end(self, ending: Ending) -> None:
         if ending is Ending.STALLED:
