@@ -16,7 +16,7 @@ from app.config import Settings
 from app.fanout import ReplayBuffer
 from app.hub import Hub, LocalHub
 from app.pipeline import Pipeline
-from app.ports import Demand, Feed
+from app.ports import Alone, Demand, Feed, Leadership, Reading, StateView
 from app.recording import Recorder, ReplaySource
 from app.registry import Registry
 from app.status import Facts, Judged, LinkView, Status, changed, channel_status, readiness
@@ -70,6 +70,8 @@ class Gateway:
         # The ports the HTTP side works with (app/ports.py).
         self.feed: Feed = self.hub
         self.demand: Demand = self.registry
+        self.view: StateView = _View(self)
+        self.leadership: Leadership = Alone()
         # One way: sources → pipeline → state, event log, fan-out.
         self.pipeline = Pipeline(
             self.registry.route,
@@ -187,6 +189,20 @@ class Gateway:
             return self.status(channel, now)[0] != "live"
         return self.hub.stale(state, now)
 
+    # --- the state view (app/ports.py) -------------------------------------
+
+    def read(self, channel: Channel) -> Reading | None:
+        state = self.readable_state(channel)
+        if state is None:
+            return None
+        return self.hub.reading(state, self.is_stale(channel, state, self.now()))
+
+    async def wait_for_data(self, channel: Channel, timeout_s: float) -> bool:
+        return await self.hub.wait_for_data(channel, timeout_s)
+
+    def channel_status(self, channel: Channel) -> tuple[str, str | None]:
+        return self.status(channel, self.now())
+
     def readable_state(self, channel: Channel) -> ChannelState | None:
         """The state to answer from, or None while there is nothing to say.
         Orders and fills are known to be empty once the private link is up."""
@@ -200,6 +216,15 @@ class Gateway:
         return None
 
     # --- reports -----------------------------------------------------------
+
+    def report(self, now: int) -> dict[str, object]:
+        """What /v1/channels answers: channels, links, counts."""
+        return {
+            "channels": self.channel_report(now),
+            "links": [link.describe() for link in self.registry.links.values()],
+            "unknown_topic_messages": self.pipeline.unknown_messages,
+            "open_streams": self.streams.open,
+        }
 
     def channel_report(self, now: int) -> list[dict[str, object]]:
         """Every subscribed channel with its status and counts, for /v1/channels."""
@@ -239,3 +264,19 @@ class Gateway:
             status, reason = channel_status(self.facts(tracked.channel, now))
             judged.append(Judged(tracked.channel.name, tracked.pinned, status, reason))
         return readiness(judged)
+
+
+class _View:
+    """The gateway's state view (app/ports.py): what REST reads."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def read(self, channel: Channel) -> Reading | None:
+        return self.gateway.read(channel)
+
+    async def wait_for_data(self, channel: Channel, timeout_s: float) -> bool:
+        return await self.gateway.wait_for_data(channel, timeout_s)
+
+    def status(self, channel: Channel) -> tuple[str, str | None]:
+        return self.gateway.channel_status(channel)

@@ -33,14 +33,7 @@ class Hub(Feed, Protocol):
     def state(self, channel: Channel) -> ChannelState | None: ...
     def open_channel(self, channel: Channel) -> ChannelState: ...
     def stale(self, state: ChannelState, now_ms: int) -> bool: ...
-    def snapshot(self, state: ChannelState, stale: bool) -> bytes: ...
-    def trade_answer(self, state: ChannelState, stale: bool, limit: int) -> bytes: ...
-    def candle_answer(self, state: ChannelState, stale: bool, limit: int) -> bytes: ...
-    def order_answer(
-        self, state: ChannelState, stale: bool, order_state: str | None, symbol: str | None
-    ) -> bytes: ...
-    def fill_answer(self, state: ChannelState, stale: bool, limit: int) -> bytes: ...
-    def etag(self, state: ChannelState, stale: bool) -> str: ...
+    def reading(self, state: ChannelState, stale: bool) -> LocalReading: ...
     async def wait_for_data(self, channel: Channel, timeout_s: float) -> bool: ...
     def subscribers(self, channel: Channel) -> int: ...
     def close_all_streams(self) -> None: ...
@@ -99,25 +92,9 @@ class LocalHub:
     def stale(self, state: ChannelState, now_ms: int) -> bool:
         return self.store.stale(state, now_ms)
 
-    def snapshot(self, state: ChannelState, stale: bool) -> bytes:
-        return self.store.snapshot(state, stale)
-
-    def trade_answer(self, state: ChannelState, stale: bool, limit: int) -> bytes:
-        return self.store.trade_answer(state, stale, limit)
-
-    def candle_answer(self, state: ChannelState, stale: bool, limit: int) -> bytes:
-        return self.store.candle_answer(state, stale, limit)
-
-    def order_answer(
-        self, state: ChannelState, stale: bool, order_state: str | None, symbol: str | None
-    ) -> bytes:
-        return self.store.order_answer(state, stale, order_state, symbol)
-
-    def fill_answer(self, state: ChannelState, stale: bool, limit: int) -> bytes:
-        return self.store.fill_answer(state, stale, limit)
-
-    def etag(self, state: ChannelState, stale: bool) -> str:
-        return self.store.etag(state, stale)
+    def reading(self, state: ChannelState, stale: bool) -> LocalReading:
+        """A channel's answers, as REST reads them (the StateView's Reading)."""
+        return LocalReading(self.store, state, stale)
 
     async def wait_for_data(self, channel: Channel, timeout_s: float) -> bool:
         """Wait until ``channel`` has data; False if ``timeout_s`` passed first."""
@@ -232,3 +209,33 @@ def _subscription(stream: Stream) -> Subscription:
     """The fan-out's own handle behind a stream (only this hub makes them)."""
     assert isinstance(stream, Subscription)
     return stream
+
+
+class LocalReading:
+    """A channel's state in this process's store, read at one moment."""
+
+    __slots__ = ("stale", "state", "store")
+
+    def __init__(self, store: Store, state: ChannelState, stale: bool) -> None:
+        self.store = store
+        self.state = state
+        self.stale = stale
+
+    @property
+    def etag(self) -> str:
+        return self.store.etag(self.state, self.stale)
+
+    def snapshot(self) -> bytes:
+        return self.store.snapshot(self.state, self.stale)
+
+    def trades(self, limit: int) -> bytes:
+        return self.store.trade_answer(self.state, self.stale, limit)
+
+    def candles(self, limit: int) -> bytes:
+        return self.store.candle_answer(self.state, self.stale, limit)
+
+    def orders(self, state: str | None, symbol: str | None) -> bytes:
+        return self.store.order_answer(self.state, self.stale, state, symbol)
+
+    def fills(self, limit: int) -> bytes:
+        return self.store.fill_answer(self.state, self.stale, limit)

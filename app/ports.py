@@ -11,7 +11,8 @@ replicas serve one cluster.
 - :class:`StateView`: the latest answer of each channel, and its status.
 - :class:`Demand`: who wants which channel (the upstream subscribes on the
   first demand and releases idle channels).
-- :class:`Leadership`: whether this process holds the upstream links.
+- :class:`Leadership`: whether this process holds the upstream links
+  (:class:`Alone`: always, for the single process).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from enum import Enum
 from typing import Protocol
 
 from app.channels import Channel
-from app.store import Event
+from app.store import Event as Event  # the type of what a Form encodes
 
 # A transport's wire form of an event (an HTTP chunk of the SSE frame, a
 # WebSocket frame), made once per event and form: see Event.wire.
@@ -105,6 +106,31 @@ class Feed(Protocol):
     def reset_event(self, channels: Iterable[str]) -> Event: ...
 
 
+class Reading(Protocol):
+    """One channel's latest answer as read now (stale or not), encoded."""
+
+    @property
+    def etag(self) -> str: ...
+    def snapshot(self) -> bytes: ...
+    def trades(self, limit: int) -> bytes: ...
+    def candles(self, limit: int) -> bytes: ...
+    def orders(self, state: str | None, symbol: str | None) -> bytes: ...
+    def fills(self, limit: int) -> bytes: ...
+
+
+class StateView(Protocol):
+    """The latest state of every channel, as REST reads it."""
+
+    def read(self, channel: Channel) -> Reading | None:
+        """The channel's answer, or None while there is nothing to say."""
+        ...
+
+    async def wait_for_data(self, channel: Channel, timeout_s: float) -> bool: ...
+    def status(self, channel: Channel) -> tuple[str, str | None]:
+        """The channel's status (connecting, live, stale, failed) and why."""
+        ...
+
+
 class Demand(Protocol):
     def demand(self, channel: Channel) -> object:
         """A client wants ``channel``: subscribe it upstream if it is not."""
@@ -116,3 +142,9 @@ class Leadership(Protocol):
     def leads(self) -> bool:
         """Whether this process holds the upstream links."""
         ...
+
+
+class Alone:
+    """The leadership of a process that is the whole gateway: it always leads."""
+
+    leads = True

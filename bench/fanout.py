@@ -127,9 +127,9 @@ def gc_counts(base: str) -> dict[str, float]:
     """The gateway's garbage collections so far, by generation (from /metrics)."""
     counts = {}
     for line in httpx.get(base + "/metrics").text.splitlines():
-        if line.startswith("coinsuper_gc_pause_seconds_count"):
+        if line.startswith("coinsuper_gc_collections_total"):
             counts[line.split('"')[1]] = float(line.split()[-1])
-        elif line.startswith("coinsuper_gc_pause_seconds_sum"):
+        elif line.startswith("coinsuper_gc_pause_seconds_total"):
             counts[line.split('"')[1] + "_s"] = float(line.split()[-1])
     return counts
 

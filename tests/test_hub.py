@@ -7,9 +7,11 @@ import json
 
 from app.admission import Streams
 from app.channels import parse_channel
+from app.config import load_settings
 from app.decode import Trade, TradeWindow, decode
 from app.domain import Snapshot
 from app.fanout import ReplayBuffer
+from app.gateway import Gateway
 from app.hub import LocalHub
 from app.ports import Opening
 from app.store import Store
@@ -97,3 +99,19 @@ async def test_waiting_for_first_data() -> None:
     book(local, T0)
     assert await waiting
     assert await local.wait_for_data(BOOK, 0)
+
+
+async def test_the_state_view_reads_answers_and_says_why_there_is_none() -> None:
+    gateway = Gateway(load_settings())
+    view = gateway.view
+    assert view.read(BOOK) is None  # nothing yet
+    status, _reason = view.status(BOOK)
+    assert status == "connecting"
+    assert not await view.wait_for_data(BOOK, 0.01)
+    book(gateway.hub, T0)  # type: ignore[arg-type]
+    reading = view.read(BOOK)
+    assert reading is not None
+    body = json.loads(reading.snapshot())
+    assert body["channel"] == BOOK.name and body["stale"] is True  # the clock says 2018: long stale
+    assert reading.etag.endswith('-1"') and reading.etag.startswith('"')
+    assert gateway.leadership.leads  # one process: it holds the upstream

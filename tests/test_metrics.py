@@ -28,8 +28,12 @@ def test_metrics_parse_and_count_every_public_channel(tmp_path: Path) -> None:
         for name in ("coinsuper_upstream_messages", "coinsuper_upstream_rejected", "coinsuper_link_up",
                      "coinsuper_link_reconnects", "coinsuper_message_age_seconds", "coinsuper_open_streams",
                      "coinsuper_events_sent", "coinsuper_stream_overflow_closes",
-                     "coinsuper_http_request_duration_seconds"):
+                     "coinsuper_http_request_duration_seconds", "coinsuper_gc_collections",
+                     "coinsuper_gc_pause_seconds", "coinsuper_gc_longest_pause_seconds"):
             assert name in families, name
+        collections = {s.labels["generation"]: s.value for s in families["coinsuper_gc_collections"].samples
+                       if s.name.endswith("_total")}
+        assert collections["0"] > 0  # a running gateway collects its youngest generation often
         symbols = {s.labels.get("symbol") for s in families["coinsuper_upstream_messages"].samples}
         assert "ZZ_USD" not in symbols and "other" in symbols  # labels stay bounded
         routes = {(s.labels["route"], s.labels["status"])

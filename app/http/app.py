@@ -78,11 +78,16 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
             expose_headers=["ETag", "Retry-After"],
         )
     registry = CollectorRegistry(auto_describe=True)
+    app.state.gc_pauses = GcPauses()
     registry.register(
-        GatewayCollector(the_gateway, LabelPolicy(settings.metric_symbols), app.state.connections)
+        GatewayCollector(
+            the_gateway,
+            LabelPolicy(settings.metric_symbols),
+            app.state.connections,
+            app.state.gc_pauses,
+        )
     )
     app.state.metrics = registry
-    app.state.gc_pauses = GcPauses(registry)
     app.add_middleware(RequestMetrics, registry=registry)
     problems.install(app)
     app.include_router(rest.router)

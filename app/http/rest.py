@@ -15,7 +15,7 @@ from app.errors import InvalidInput, NotConfigured, NotReady
 from app.gateway import Gateway
 from app.http import schemas
 from app.http.auth import TokenCheck
-from app.store import ChannelState
+from app.ports import Reading
 
 router = APIRouter()
 
@@ -94,7 +94,7 @@ async def answer(
     request: Request,
     gateway: Gateway,
     channel: Channel,
-    render: Callable[[ChannelState, bool], bytes],
+    render: Callable[[Reading], bytes],
     wait: str | None,
 ) -> Response:
     """The common path of every snapshot route: subscribe on demand, wait
@@ -108,20 +108,24 @@ async def answer(
         high=settings.gateway_wait_max_ms,
     )
     if not channel.is_private:
-        gateway.registry.demand(channel)
-    state = gateway.readable_state(channel)
-    if state is None and await gateway.hub.wait_for_data(channel, wait_ms / 1000):
-        state = gateway.readable_state(channel)
-    if state is None:
-        status, reason = gateway.status(channel, gateway.now())
+        gateway.demand.demand(channel)
+    view = gateway.view
+    reading = view.read(channel)
+    if reading is None and await view.wait_for_data(channel, wait_ms / 1000):
+        reading = view.read(channel)
+    if reading is None:
+        status, reason = view.status(channel)
         why = f" (upstream {status}: {reason})" if reason else f" (upstream {status})"
         raise NotReady(f"{channel.name} has no data yet{why}; try again shortly", retry_after=1)
-    stale = gateway.is_stale(channel, state, gateway.now())
-    etag = gateway.hub.etag(state, stale)
+    etag = reading.etag
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if etag in _etags(request.headers.get("if-none-match")):
         return Response(status_code=304, headers=headers)
-    return Response(render(state, stale), media_type=JSON, headers=headers)
+    return Response(render(reading), media_type=JSON, headers=headers)
+
+
+def _snapshot(reading: Reading) -> bytes:
+    return reading.snapshot()
 
 
 def _etags(header: str | None) -> set[str]:
@@ -148,7 +152,7 @@ async def orderbook(
 ) -> Response:
     """Latest order book of a symbol at one aggregation step."""
     channel = Channel.orderbook(symbol, required("step", step, "a step such as 0.01"))
-    return await answer(request, gateway, channel, gateway.hub.snapshot, wait)
+    return await answer(request, gateway, channel, _snapshot, wait)
 
 
 @router.get(
@@ -159,7 +163,7 @@ async def orderbook(
 )
 async def depth(request: Request, gateway: GatewayDep, symbol: str, wait: Wait = None) -> Response:
     """Latest depth chart (cumulative quantities) of a symbol."""
-    return await answer(request, gateway, Channel.depth(symbol), gateway.hub.snapshot, wait)
+    return await answer(request, gateway, Channel.depth(symbol), _snapshot, wait)
 
 
 Range = Annotated[str | None, Query(alias="range", description="candle length: 1m … 1w")]
@@ -176,7 +180,7 @@ async def kline(
 ) -> Response:
     """The current candle of a symbol and range."""
     channel = Channel.kline(symbol, required("range", range_, "a range such as 1m"))
-    return await answer(request, gateway, channel, gateway.hub.snapshot, wait)
+    return await answer(request, gateway, channel, _snapshot, wait)
 
 
 @router.get(
@@ -196,10 +200,7 @@ async def klines(
     """Candles seen since start (the current one last), oldest first."""
     channel = Channel.kline(symbol, required("range", range_, "a range such as 1m"))
     count = parse_int("limit", limit, default=100, low=1, high=MAX_LIMIT)
-    hub = gateway.hub
-    return await answer(
-        request, gateway, channel, lambda s, stale: hub.candle_answer(s, stale, count), wait
-    )
+    return await answer(request, gateway, channel, lambda r: r.candles(count), wait)
 
 
 @router.get(
@@ -217,14 +218,7 @@ async def trades(
 ) -> Response:
     """Distinct trades of a symbol, newest first."""
     count = parse_int("limit", limit, default=50, low=1, high=MAX_LIMIT)
-    hub = gateway.hub
-    return await answer(
-        request,
-        gateway,
-        Channel.trades(symbol),
-        lambda s, stale: hub.trade_answer(s, stale, count),
-        wait,
-    )
+    return await answer(request, gateway, Channel.trades(symbol), lambda r: r.trades(count), wait)
 
 
 ORDER_STATES = ("new", "cancel")
@@ -238,7 +232,7 @@ ORDER_STATES = ("new", "cancel")
 )
 async def account_assets(request: Request, gateway: GatewayDep, wait: Wait = None) -> Response:
     """Balances per currency (exact decimals), as last pushed."""
-    return await answer(request, gateway, Channel(Kind.ASSETS), gateway.hub.snapshot, wait)
+    return await answer(request, gateway, Channel(Kind.ASSETS), _snapshot, wait)
 
 
 @router.get(
@@ -261,12 +255,11 @@ async def account_orders(
         )
     wanted_state = state.lower() if state else None
     wanted_symbol = normalize_symbol(symbol).replace("_", "/") if symbol else None
-    hub = gateway.hub
     return await answer(
         request,
         gateway,
         Channel(Kind.ORDERS),
-        lambda s, stale: hub.order_answer(s, stale, wanted_state, wanted_symbol),
+        lambda r: r.orders(wanted_state, wanted_symbol),
         wait,
     )
 
@@ -285,14 +278,7 @@ async def account_fills(
 ) -> Response:
     """Fills, unique by deal number, newest first."""
     count = parse_int("limit", limit, default=100, low=1, high=MAX_LIMIT)
-    hub = gateway.hub
-    return await answer(
-        request,
-        gateway,
-        Channel(Kind.FILLS),
-        lambda s, stale: hub.fill_answer(s, stale, count),
-        wait,
-    )
+    return await answer(request, gateway, Channel(Kind.FILLS), lambda r: r.fills(count), wait)
 
 
 @router.get(
@@ -303,15 +289,7 @@ async def account_fills(
 )
 async def channels(gateway: GatewayDep) -> JSONResponse:
     """Every channel subscribed upstream: status, last update, counts, subscribers."""
-    registry = gateway.registry
-    return JSONResponse(
-        {
-            "channels": gateway.channel_report(gateway.now()),
-            "links": [link.describe() for link in registry.links.values()],
-            "unknown_topic_messages": gateway.pipeline.unknown_messages,
-            "open_streams": gateway.streams.open,
-        }
-    )
+    return JSONResponse(gateway.report(gateway.now()))
 
 
 @router.get(

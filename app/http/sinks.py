@@ -46,8 +46,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.frames import Frame, Opcode
 
 from app.http.server import TRANSPORT, GuardedProtocol
-from app.ports import Ending, Feed, Form, Stream
-from app.store import Event
+from app.ports import Ending, Event, Feed, Form, Stream
 
 HEARTBEAT = b": heartbeat\n\n"
 OVERFLOW_NOTE = b": closed: this stream fell too far behind; resume with Last-Event-ID\n\n"
