@@ -46,15 +46,18 @@ format: $(STAMP)
 test: system-deps $(STAMP) lint  ## install what the tests need, then run them
 	$(BIN)/pytest -q
 
-bench-deps:  ## Debian packages the benchmarks need: wrk, nginx with nchan (the reference)
+bench-deps: $(STAMP)  ## what the benchmarks need: wrk, nginx with nchan (the reference), granian
 	@missing=""; for p in wrk nginx libnginx-mod-nchan; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
+	$(BIN)/python -m pip install --quiet granian  # the other ASGI server bench/fanout.py measures
 
 bench: bench-deps $(STAMP)  ## every benchmark, with the figures of the README's table (several minutes)
 	cd bench && ../$(BIN)/python ingest.py
 	cd bench && ../$(BIN)/python rest.py
 	cd bench && ../$(BIN)/python fanout.py --clients 10000 --channels 20 --interval 0.5
-	cd bench && ../$(BIN)/python fanout.py --target nchan --clients 10000 --channels 20 --interval 0.5
+	cd bench && ../$(BIN)/python fanout.py --transport ws --clients 10000 --channels 20 --interval 0.5
+	cd bench && ../$(BIN)/python fanout.py --clients 10000 --channels 20 --interval 0.1667
+	cd bench && ../$(BIN)/python fanout.py --server granian --target gateway --clients 10000 --channels 20 --interval 0.5
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -74,7 +74,8 @@ def start_simulator(extra_symbols: int = 0, book_interval: float | None = None) 
     return process, tcp
 
 
-def start_gateway(broker_port: int, channels: list[str], **env: str) -> tuple[subprocess.Popen[bytes], str]:
+def start_gateway(broker_port: int, channels: list[str], server: str = "uvicorn",
+                  **env: str) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     full_env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("COINSUPER_", "GATEWAY_"))},
@@ -92,8 +93,13 @@ def start_gateway(broker_port: int, channels: list[str], **env: str) -> tuple[su
         "GATEWAY_MAX_UPSTREAM": "1000",
         **env,
     }
-    process = subprocess.Popen([sys.executable, "-m", "app", "serve"], cwd=REPO, env=full_env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if server == "granian":  # the plain ASGI app (app/asgi.py) on granian, one worker
+        command = [sys.executable, "-m", "granian", "--interface", "asgi", "--factory", "--host", "127.0.0.1",
+                   "--port", str(port), "--workers", "1", "--loop", "uvloop", "--no-ws", "--backlog", "16384",
+                   "--backpressure", "50000", "app.asgi:application"]
+    else:
+        command = [sys.executable, "-m", "app", "serve"]
+    process = subprocess.Popen(command, cwd=REPO, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     wait_until(lambda: all(c["status"] == "live" for c in httpx.get(base + "/v1/channels").json()["channels"])
                and len(httpx.get(base + "/v1/channels").json()["channels"]) == len(channels), 60, "channels live")
