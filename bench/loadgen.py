@@ -106,9 +106,9 @@ async def run_client(host: str, port: int, path: str, client: Client, stats: Sta
             client.ended = True
             return
         client.connected = True
-        if ws:
-            await read_frames(reader, writer, client, stats, stop, subscribe)
-            return
+        if ws and subscribe:
+            op = json.dumps({"op": "subscribe", "channels": [client.channel]}).encode()
+            writer.write(masked(Opcode.TEXT, op))
         carry = b""
         while not stop.is_set():
             chunk = await reader.read(65536)
@@ -116,40 +116,25 @@ async def run_client(host: str, port: int, path: str, client: Client, stats: Sta
                 client.ended = not stop.is_set()
                 return
             now = time.time_ns() // 1_000_000
-            data = carry + chunk
-            cut = data.rfind(b"\n\n")
-            if cut < 0:
-                carry = data
+            if not ws:
+                data = carry + chunk
+                cut = data.rfind(b"\n\n")
+                carry = data[cut + 2 :] if cut >= 0 else data
+                count(client, stats, data[: max(cut, 0)], now)
                 continue
-            carry = data[cut + 2 :]
-            count(client, stats, data[:cut], now)
+            whole, carry = frames(carry + chunk)
+            for opcode, payload in whole:
+                if opcode == 0x9:
+                    writer.write(masked(Opcode.PONG, payload))
+                elif opcode == 0x8:
+                    client.ended = not stop.is_set()
+                    return
+                elif opcode == 0x1:
+                    count(client, stats, payload, now)
     except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
         client.ended = not stop.is_set()
     finally:
         writer.close()
-
-
-async def read_frames(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: Client, stats: Stats,
-                      stop: asyncio.Event, subscribe: bool) -> None:
-    if subscribe:
-        op = json.dumps({"op": "subscribe", "channels": [client.channel]}).encode()
-        writer.write(masked(Opcode.TEXT, op))
-    carry = b""
-    while not stop.is_set():
-        chunk = await reader.read(65536)
-        if not chunk:
-            client.ended = not stop.is_set()
-            return
-        now = time.time_ns() // 1_000_000
-        whole, carry = frames(carry + chunk)
-        for opcode, payload in whole:
-            if opcode == 0x9:
-                writer.write(masked(Opcode.PONG, payload))
-            elif opcode == 0x8:
-                client.ended = not stop.is_set()
-                return
-            elif opcode == 0x1:
-                count(client, stats, payload, now)
 
 
 def percentile(values: list[int], q: float) -> float:

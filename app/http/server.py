@@ -171,7 +171,25 @@ def problem_bytes(status: int, detail: str, extensions: dict[str, Any] | None = 
     )
 
 
-class GuardedProtocol(HttpToolsProtocol):
+class TakenOver:
+    """Flow control passed on to the stream that took a connection over (a
+    subscription: ``pause``, ``resume``): mixed into the gateway's HTTP and
+    WebSocket protocols, before uvicorn's."""
+
+    taken: Any = None
+
+    def pause_writing(self) -> None:
+        super().pause_writing()  # type: ignore[misc]
+        if self.taken is not None:
+            self.taken.pause()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()  # type: ignore[misc]
+        if self.taken is not None:
+            self.taken.resume()
+
+
+class GuardedProtocol(TakenOver, HttpToolsProtocol):
     """uvicorn's httptools protocol with the limits of the module docstring."""
 
     guard: ConnectionGuard  # set on the class by ConnectionGuard.protocol
@@ -181,9 +199,7 @@ class GuardedProtocol(HttpToolsProtocol):
     _head_bytes = 0
     _in_head = True
     _deadline: asyncio.TimerHandle | None = None
-    # The stream that took the connection over (hand_over), and what its
-    # client sent since.
-    taken: Any = None
+    # What the client of a connection a stream took over sent since.
     _unsolicited = 0
 
     # --- admission ---------------------------------------------------------
@@ -246,16 +262,6 @@ class GuardedProtocol(HttpToolsProtocol):
         self.scope = None  # type: ignore[assignment]
         self.headers = []
         return bool(cycle.chunked_encoding)
-
-    def pause_writing(self) -> None:
-        super().pause_writing()
-        if self.taken is not None:
-            self.taken.pause()
-
-    def resume_writing(self) -> None:
-        super().resume_writing()
-        if self.taken is not None:
-            self.taken.resume()
 
     def _release(self) -> None:
         self._stop_deadline()

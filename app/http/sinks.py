@@ -45,7 +45,7 @@ from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Frame, Opcode
 
-from app.http.server import TRANSPORT, GuardedProtocol
+from app.http.server import TRANSPORT, GuardedProtocol, TakenOver
 from app.ports import Ending, Event, Feed, Form, Stream
 
 HEARTBEAT = b": heartbeat\n\n"
@@ -291,14 +291,13 @@ class WebSocketSink:
             self.protocol.end_stream(SHUTDOWN_CODE, "the gateway is stopping", at_once=False)
 
 
-class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
+class GuardedWebSocketProtocol(TakenOver, WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O WebSocket protocol, taken over by a stream once the
     handshake is done (:meth:`take`): its flow control and loss go to the
     stream's subscription, the client's text messages to the stream's op
     handler, synchronously, as they are parsed; and the connection outlives
     the ASGI call that set it up, so that a WebSocket costs no task either."""
 
-    taken: Stream | None = None
     ops: Callable[[str | None], None] | None = None
     # The connection's slot in the HTTP layer's count (app/http/server.py).
     release_slot: Callable[[], None] | None = None
@@ -350,16 +349,6 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def open_for_data(self) -> bool:
         return not (self.close_sent or self.disconnected or self.transport.is_closing())
-
-    def pause_writing(self) -> None:
-        super().pause_writing()
-        if self.taken is not None:
-            self.taken.pause()
-
-    def resume_writing(self) -> None:
-        super().resume_writing()
-        if self.taken is not None:
-            self.taken.resume()
 
     def connection_lost(self, exc: Exception | None) -> None:
         taken, self.taken = self.taken, None
