@@ -2,7 +2,10 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+SUM := $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# What the gateway needs (make demo), and that plus the test tooling (make test).
+APP_STAMP := $(VENV)/.installed-app-$(SUM)
+STAMP := $(VENV)/.installed-test-$(SUM)
 # Debian packages the tests need: Mosquitto, the broker the integration tests
 # start, and Chromium, the browser the page test drives (through Playwright).
 DEBIAN_PACKAGES := mosquitto chromium
@@ -10,17 +13,22 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo serve test lint format openapi system-deps bench bench-deps clean
 
-$(STAMP): pyproject.toml
+$(APP_STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
-	@rm -f $(VENV)/.installed-*
+	$(BIN)/python -m pip install --quiet -e .
+	@rm -f $(VENV)/.installed-app-*
 	@touch $@
 
-demo: $(STAMP)  ## run the gateway against the built-in simulated exchange
+$(STAMP): $(APP_STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@rm -f $(VENV)/.installed-test-*
+	@touch $@
+
+demo: $(APP_STAMP)  ## run the gateway against the built-in simulated exchange
 	$(BIN)/coinsuper-gateway demo
 
-serve: $(STAMP)  ## run the gateway against COINSUPER_URL
+serve: $(APP_STAMP)  ## run the gateway against COINSUPER_URL
 	$(BIN)/coinsuper-gateway serve
 
 system-deps:  ## Debian packages the tests need
@@ -35,8 +43,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check app
 	$(BIN)/mypy --strict app
 	$(BIN)/lint-imports
+	$(BIN)/hadolint Dockerfile
 
-openapi: $(STAMP)  ## regenerate openapi/openapi.json from the app
+openapi: $(APP_STAMP)  ## regenerate openapi/openapi.json from the app
 	$(BIN)/coinsuper-gateway openapi --output openapi/openapi.json
 
 format: $(STAMP)

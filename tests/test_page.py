@@ -74,3 +74,50 @@ def test_the_page_follows_the_market_and_survives_the_exchange_going_away(page: 
         assert status_of(page, "orderbook:BTC_USD:0.01") == "live"
         page.screenshot(path=str(SHOTS / "3-live-again.png"))
     assert errors == []
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("width", "height", "name"), [(1400, 1000, "desktop"), (390, 844, "phone")])
+def test_the_page_shows_the_whole_market_at_a_desktop_and_a_phone_width(
+    width: int, height: int, name: str, tmp_path: Path
+) -> None:
+    if not Path(CHROMIUM).exists():
+        pytest.fail("chromium is not installed; `make test` installs it (Debian package chromium)")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with gateway(tmp_path, {"GATEWAY_TOKENS": "page-token"}, command="demo") as gw, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            # Someone else asks for a symbol the exchange does not have.
+            assert gw.http.get("/v1/orderbook/BTC_XYZ?step=0.0001&wait=0").status_code == 503
+            page.goto(gw.base + "/#token=page-token")
+            page.wait_for_selector("#bids tr", timeout=15_000)
+            page.wait_for_selector("#balances tbody tr", timeout=15_000)
+            page.wait_for_function("() => asksDepth.data().length > 10 && bidsDepth.data().length > 10",
+                                   timeout=15_000)
+            page.wait_for_timeout(6_000)  # a status refresh, a few candles' updates
+            # The depth chart is fitted to both sides of the book.
+            fitted = page.evaluate("""() => {
+                const range = depthChart.timeScale().getVisibleRange();
+                const bids = bidsDepth.data(), asks = asksDepth.data();
+                return {from: range.from, to: range.to, low: bids[0].time, high: asks[asks.length - 1].time};
+            }""")
+            assert fitted["from"] <= fitted["low"] and fitted["to"] >= fitted["high"], fitted
+            # Balances readable, the exact string on hover.
+            cells = page.eval_on_selector_all(
+                "#balances tbody td:nth-child(2)", "tds => tds.map(td => [td.textContent, td.title])")
+            assert cells and all(title.startswith(text) for text, title in cells), cells
+            assert all(not (("." in text) and text.endswith("0")) for text, _ in cells), cells
+            # The made-up symbol is not on this page's channel list.
+            listed = page.eval_on_selector_all("#status tr", "trs => trs.map(tr => tr.dataset.channel)")
+            assert "orderbook:BTC_XYZ:0.0001" not in listed and "orderbook:BTC_USD:0.01" in listed
+            page.screenshot(path=str(SHOTS / f"4-{name}.png"), full_page=True)
+            # The page is no wider than the screen (a wide table scrolls inside its panel).
+            wide = page.evaluate("""() => [...document.querySelectorAll('header, main > section')]
+                .filter(e => e.getBoundingClientRect().right > window.innerWidth + 1).map(e => e.id || e.tagName)""")
+            assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth + 1"), wide
+            assert errors == []
+        finally:
+            browser.close()

@@ -4,6 +4,7 @@ against a gateway fed by Mosquitto."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import threading
@@ -29,13 +30,20 @@ class Frames:
         self.closed: int | None = None
         self._outbox: asyncio.Queue[str] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._main: asyncio.Task[None] | None = None
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run(base, headers or {})), daemon=True)
         self._thread.start()
         wait_for(lambda: self._outbox is not None, 10, "the WebSocket to open")
 
     async def _run(self, base: str, headers: dict[str, str]) -> None:
+        self._main = asyncio.current_task()
         self._loop = asyncio.get_running_loop()
         self._outbox = asyncio.Queue()
+        with contextlib.suppress(asyncio.CancelledError):  # closed by the test: the thread ends quietly
+            await self._session(base, headers)
+
+    async def _session(self, base: str, headers: dict[str, str]) -> None:
+        assert self._outbox is not None
         async with httpx.AsyncClient(headers=headers) as http, aconnect_ws(base + "/v1/ws", http) as ws:
 
             async def sender() -> None:
@@ -67,9 +75,8 @@ class Frames:
         return [f["id"] for f in list(self.frames) if f.get("id")][-1]
 
     def close(self) -> None:
-        if self._loop is not None:
-            for task in asyncio.all_tasks(self._loop):
-                self._loop.call_soon_threadsafe(task.cancel)
+        if self._loop is not None and self._main is not None:
+            self._loop.call_soon_threadsafe(self._main.cancel)
         self._thread.join(5)
 
 

@@ -35,8 +35,10 @@ connecting, live, stale, failed; on a trades channel, reason `gap` with a
 may be missing between them); `reset` (`{reason, epoch, channels}`: the given
 `Last-Event-ID` cannot be resumed, fresh snapshots follow).
 
-The stream opens with `retry:` and the current snapshots (or, resuming, every
-missed event once, in order); a `: heartbeat` comment is sent when idle."""
+The stream opens with `retry:`, the current snapshots (or, resuming, every
+missed event once, in order) and a block holding only an `id:`, the newest
+event's id (a client dropped before any live event resumes from it); a
+`: heartbeat` comment is sent when idle."""
 
 
 class StreamResponse(Response):

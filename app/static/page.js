@@ -18,13 +18,19 @@ const statuses = {};    // channel name → {status, reason}
 
 const chartLayout = { layout: { background: { color: "#1a1e24" }, textColor: "#c0c6cf" },
   grid: { vertLines: { color: "#242a31" }, horzLines: { color: "#242a31" } } };
-const depthChart = LightweightCharts.createOptionsChart($("depth-chart"), { ...chartLayout, autoSize: true });
+// The depth chart's horizontal axis is the price; it is fitted to both sides
+// of the book at every update, with room for the last price label.
+const depthChart = LightweightCharts.createOptionsChart($("depth-chart"),
+  { ...chartLayout, autoSize: true, timeScale: { minBarSpacing: 0.001 },
+    rightPriceScale: { scaleMargins: { top: 0.12, bottom: 0.04 } } });
 const bidsDepth = depthChart.addSeries(LightweightCharts.AreaSeries,
   { lineColor: "#26a69a", topColor: "rgba(38,166,154,0.4)", bottomColor: "rgba(38,166,154,0.05)" });
 const asksDepth = depthChart.addSeries(LightweightCharts.AreaSeries,
   { lineColor: "#ef5350", topColor: "rgba(239,83,80,0.4)", bottomColor: "rgba(239,83,80,0.05)" });
+// Candles start at the left edge while there are few of them, at a readable width.
 const candleChart = LightweightCharts.createChart($("candle-chart"),
-  { ...chartLayout, autoSize: true, timeScale: { timeVisible: true } });
+  { ...chartLayout, autoSize: true,
+    timeScale: { timeVisible: true, fixLeftEdge: true, barSpacing: 14, rightOffset: 3 } });
 const candles = candleChart.addSeries(LightweightCharts.CandlestickSeries, {});
 
 // --- helpers ----------------------------------------------------------------
@@ -52,6 +58,18 @@ function row(cells, cls) {
     tr.appendChild(td);
   }
   return tr;
+}
+
+// Exact decimals, shown readably: trailing zeros trimmed ("11.880000" → "11.88").
+// The exact string stays in the cell's title.
+function trimmed(decimal) {
+  return decimal.includes(".") ? decimal.replace(/0+$/, "").replace(/\.$/, "") : decimal;
+}
+
+function decimalCell(tr, index, decimal) {
+  const td = tr.children[index];
+  td.textContent = trimmed(decimal);
+  td.title = decimal;
 }
 
 function time(ms) {
@@ -112,8 +130,18 @@ function renderDepth(envelope) {
   const points = (levels) => levels.map(([p, q]) => ({ time: Number(p), value: Number(q) }))
     .sort((a, b) => a.time - b.time)
     .filter((point, i, all) => i === 0 || point.time > all[i - 1].time);
-  bidsDepth.setData(points(envelope.data.bids));
-  asksDepth.setData(points(envelope.data.asks));
+  const bids = points(envelope.data.bids);
+  const asks = points(envelope.data.asks);
+  // Each side carried flat a little past its last level, so that fitting the
+  // chart to the data leaves the edge price labels whole.
+  if (bids.length && asks.length) {
+    const margin = (asks[asks.length - 1].time - bids[0].time) * 0.04;
+    bids.unshift({ time: bids[0].time - margin, value: bids[0].value });
+    asks.push({ time: asks[asks.length - 1].time + margin, value: asks[asks.length - 1].value });
+  }
+  bidsDepth.setData(bids);
+  asksDepth.setData(asks);
+  depthChart.timeScale().fitContent();  // both sides of the book in view
 }
 
 function addTrade(data, atTop) {
@@ -132,12 +160,16 @@ async function loadHistory(symbol, range) {
   await refreshStatuses();
 }
 
-// Every channel of the gateway, not only those this page follows.
+// The channels this page follows, and the others of the gateway that have
+// data: a made-up symbol someone else asked for (connecting until the gateway
+// gives up on it) is not this page's business.
 async function refreshStatuses() {
   try {
     const channels = await getJSON("/v1/channels");
     if (channels.status !== 200) return;
-    for (const item of channels.body.channels) setStatus(item.channel, item.status, item.reason);
+    for (const item of channels.body.channels) {
+      if (item.channel in panels || item.seq > 0) setStatus(item.channel, item.status, item.reason);
+    }
   } catch (err) {
     setConnection("disconnected");
   }
@@ -182,7 +214,12 @@ function follow() {
 // --- account ----------------------------------------------------------------
 
 function renderBalances(envelope) {
-  const rows = Object.entries(envelope.data.balances).map(([c, b]) => row([c, b.total, b.available]));
+  const rows = Object.entries(envelope.data.balances).map(([c, b]) => {
+    const tr = row([c, "", ""]);
+    decimalCell(tr, 1, b.total);
+    decimalCell(tr, 2, b.available);
+    return tr;
+  });
   $("balances").tBodies[0].replaceChildren(...rows);
 }
 
