@@ -101,3 +101,30 @@ def test_an_overflowing_stream_closes_its_connection(world: World) -> None:
         sock.close()
     finally:
         gw.stop()
+
+
+def test_a_stream_client_that_sends_endless_bytes_is_dropped(world: World) -> None:
+    gw = world.gateway()
+    try:
+        start_flowing(world, gw)
+        sock = socket.create_connection(("127.0.0.1", gw.port))
+        sock.sendall(b"GET /v1/stream?channels=trades:BTC_USD HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.settimeout(5)
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        wait_for(lambda: gw.http.get("/v1/channels").json()["open_streams"] == 1, 10, "a stream")
+        # A stream's connection reads nothing more from its client: a little is
+        # ignored, more than 64 KiB ends it.
+        sock.sendall(b"GET /v1/channels HTTP/1.1\r\nHost: x\r\n\r\n")
+        world.tape.add(2)
+        time.sleep(0.5)
+        assert b"HTTP/1.1" not in sock.recv(65536)  # no answer spliced into the stream
+        assert gw.http.get("/v1/channels").json()["open_streams"] == 1
+        try:
+            for _ in range(40):
+                sock.sendall(b"x" * 4096)
+        except OSError:
+            pass  # dropped while sending: that is the point
+        wait_for(lambda: gw.http.get("/v1/channels").json()["open_streams"] == 0, 10, "the stream dropped")
+        sock.close()
+    finally:
+        gw.stop()
