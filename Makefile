@@ -7,8 +7,9 @@ SUM := $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 APP_STAMP := $(VENV)/.installed-app-$(SUM)
 STAMP := $(VENV)/.installed-test-$(SUM)
 # Debian packages the tests need: Mosquitto, the broker the integration tests
-# start, and Chromium, the browser the page test drives (through Playwright).
-DEBIAN_PACKAGES := mosquitto chromium
+# start, Redis, the engine of the cluster's shared parts, and Chromium, the
+# browser the page test drives (through Playwright).
+DEBIAN_PACKAGES := mosquitto redis-server chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo serve test lint format openapi system-deps bench bench-deps clean

@@ -1,0 +1,140 @@
+"""The cluster's shared parts in Redis: the first piece of the scale-out issue.
+
+Not wired into the gateway yet (the embedded single process is what runs);
+the `Feed` and `StateView` ports of app/ports.py are where a Redis backend
+built on these parts plugs in. What is here, each part checked against a real
+``redis-server`` by tests/test_redislog.py:
+
+- **The epoch** of the cluster's data: made once (``SET NX``) and kept in Redis,
+  so that every replica, and every restart of every replica, shares it. If
+  Redis loses its data the key goes with it, the next call makes a new epoch,
+  and a client's cursor of the old one is told to reset: never a silent gap.
+- **The leader's lease**, ``SET NX PX`` with a **fencing term** that grows at
+  every change of holder. The holder is named by node *and* process, so a
+  restarted process with the same node id is another holder with a new term.
+  Taking, renewing and resigning are each one script: no holder can renew a
+  lease another took meanwhile.
+- **The event log**, one Redis Stream trimmed by count. Every append is checked
+  against the writer's term in the script that makes it, so a paused or
+  partitioned old leader can never write after a new one took over.
+- Reading the log **after a position**, and knowing when that position is no
+  longer in it (trimmed, or lost in a failover), so that a cursor is resumed
+  exactly or refused, never resumed with a hole.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+# KEYS: lease, term. ARGV: holder, ttl_ms. The term held, or 0 if another holds it.
+_LEAD = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return tonumber(redis.call('GET', KEYS[2]))
+end
+if holder then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return redis.call('INCR', KEYS[2])
+"""
+
+# KEYS: lease. ARGV: holder. Gives the lease up only if it is still this holder's.
+_RESIGN = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS: term, log. ARGV: term, maxlen, data. The new entry's id, or an error
+# FENCED when the term is no longer the cluster's.
+_APPEND = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return redis.error_reply("FENCED the term " .. ARGV[1] .. " is not the cluster's")
+end
+return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[3])
+"""
+
+
+class Fenced(Exception):
+    """An append by a writer whose term is over: another process leads."""
+
+
+def _data(fields: Any) -> bytes:
+    """An entry's event bytes."""
+    data = fields[b"e"]
+    assert isinstance(data, bytes)
+    return data
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisCluster:
+    """One process's view of a cluster's shared parts in Redis."""
+
+    def __init__(self, client: Redis, cluster: str, node: str) -> None:
+        self.client = client
+        self.node = node
+        # Node and process: a restarted process is another holder.
+        self.holder = f"{node}:{secrets.token_hex(4)}"
+        prefix = f"{cluster}:"
+        self.keys = {
+            "epoch": prefix + "epoch",
+            "lease": prefix + "leader",
+            "term": prefix + "term",
+            "log": prefix + "log",
+        }
+        self._lead = client.register_script(_LEAD)
+        self._resign = client.register_script(_RESIGN)
+        self._append = client.register_script(_APPEND)
+
+    async def epoch(self) -> str:
+        """The epoch of the cluster's data, made by the first process to ask."""
+        await self.client.set(self.keys["epoch"], secrets.token_hex(4), nx=True)
+        value = await self.client.get(self.keys["epoch"])
+        return _text(value)
+
+    async def lead(self, ttl_ms: int) -> int | None:
+        """Take or renew the lease for ``ttl_ms``: the fencing term this
+        process leads with, or None while another holds it."""
+        term = await self._lead(
+            keys=[self.keys["lease"], self.keys["term"]], args=[self.holder, ttl_ms]
+        )
+        return int(term) or None
+
+    async def leader(self) -> str | None:
+        """The node that holds the lease, if any."""
+        holder = await self.client.get(self.keys["lease"])
+        return _text(holder).rsplit(":", 1)[0] if holder is not None else None
+
+    async def resign(self) -> None:
+        await self._resign(keys=[self.keys["lease"]], args=[self.holder])
+
+    async def append(self, term: int, data: bytes, maxlen: int) -> str:
+        """Append to the event log as the leader of ``term``: the entry's id.
+        Raises :class:`Fenced` when another process has led since."""
+        try:
+            entry = await self._append(
+                keys=[self.keys["term"], self.keys["log"]], args=[term, maxlen, data]
+            )
+        except ResponseError as error:
+            if str(error).startswith("FENCED"):
+                raise Fenced(str(error)) from None
+            raise
+        return _text(entry)
+
+    async def since(self, position: str, count: int = 10_000) -> list[tuple[str, bytes]] | None:
+        """The entries after ``position`` (an entry id; "0-0" for all), oldest
+        first; None when the log no longer holds ``position`` itself (trimmed,
+        or lost), so that what followed it cannot be known to be complete."""
+        log = self.keys["log"]
+        if position != "0-0":
+            held = await self.client.xrange(log, min=position, max=position, count=1)
+            if not held:
+                return None
+        entries = await self.client.xrange(log, min=f"({position}", max="+", count=count)
+        return [(_text(entry_id), _data(fields)) for entry_id, fields in entries or []]

@@ -1,0 +1,99 @@
+"""The cluster's shared parts (app/redislog.py) against a real redis-server,
+started here on a free port with a config of its own (no persistence)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from app.cli import free_port
+from app.redislog import Fenced, RedisCluster
+from tests.support import wait_for
+
+
+@pytest.fixture
+def redis_port(tmp_path: Path) -> Iterator[int]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed; `make test` installs it (Debian package redis-server)")
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True,
+                                        text=True).stdout.strip() == "PONG", 10, "redis-server")
+        yield port
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@pytest.fixture
+async def client(redis_port: int) -> AsyncIterator[Redis]:
+    redis = Redis(port=redis_port)
+    try:
+        yield redis
+    finally:
+        await redis.aclose()
+
+
+async def test_the_epoch_is_the_datas_not_a_processs(client: Redis) -> None:
+    first, second = RedisCluster(client, "c", "a"), RedisCluster(client, "c", "b")
+    epoch = await first.epoch()
+    assert await second.epoch() == epoch  # every replica, every restart
+    assert await RedisCluster(client, "other", "a").epoch() != epoch  # clusters apart by prefix
+    await client.flushall()  # Redis lost its data: a new epoch, so cursors of the old one reset
+    assert await first.epoch() != epoch
+
+
+async def test_one_leader_at_a_time_with_a_term_that_grows_at_every_change(client: Redis) -> None:
+    a, b = RedisCluster(client, "c", "a"), RedisCluster(client, "c", "b")
+    term = await a.lead(ttl_ms=300)
+    assert term == 1 and await b.lead(ttl_ms=300) is None
+    assert await a.lead(ttl_ms=300) == term  # renewed, same term
+    assert await a.leader() == "a"
+    await asyncio.sleep(0.4)  # a stopped renewing: its lease ran out
+    assert await b.lead(ttl_ms=300) == 2
+    assert await a.lead(ttl_ms=300) is None
+    await b.resign()
+    restarted = RedisCluster(client, "c", "b")  # the same node id, another process
+    assert await restarted.lead(ttl_ms=300) == 3
+
+
+async def test_an_old_leader_can_never_write_after_a_new_one_took_over(client: Redis) -> None:
+    a, b = RedisCluster(client, "c", "a"), RedisCluster(client, "c", "b")
+    old = await a.lead(ttl_ms=200)
+    assert old is not None
+    first = await a.append(old, b"one", maxlen=100)
+    await asyncio.sleep(0.3)  # a is paused past its lease
+    new = await b.lead(ttl_ms=200)
+    assert new is not None and new > old
+    with pytest.raises(Fenced):
+        await a.append(old, b"from the old leader", maxlen=100)
+    await b.append(new, b"two", maxlen=100)
+    entries = await b.since("0-0")
+    assert entries is not None and [data for _, data in entries] == [b"one", b"two"]
+    assert entries[0][0] == first
+
+
+async def test_reading_after_a_position_and_knowing_when_it_is_gone(client: Redis) -> None:
+    cluster = RedisCluster(client, "c", "a")
+    term = await cluster.lead(ttl_ms=5000)
+    assert term is not None
+    ids = [await cluster.append(term, b"%d" % n, maxlen=1_000_000) for n in range(5)]
+    after = await cluster.since(ids[1])
+    assert after is not None and [data for _, data in after] == [b"2", b"3", b"4"]
+    assert await cluster.since(ids[-1]) == []
+    await client.xtrim(cluster.keys["log"], maxlen=2, approximate=False)  # trimmed past the cursor
+    assert await cluster.since(ids[1]) is None  # not resumable: the client is told, never short-changed
+    assert [data for _, data in await cluster.since(ids[3]) or []] == [b"4"]
