@@ -20,11 +20,19 @@ built on these parts plugs in. What is here, each part checked against a real
 - Reading the log **after a position**, and knowing when that position is no
   longer in it (trimmed, or lost in a failover), so that a cursor is resumed
   exactly or refused, never resumed with a hole.
+- **Demand across the cluster**: when each channel was last wanted by a client
+  of any replica (a sorted set scored by time, only ever moved forward), so
+  that the leader subscribes what any replica's clients want and releases
+  what none has wanted for the idle time.
+- **The nodes**: each replica's role and when it was last seen, for
+  ``/v1/cluster``.
 """
 
 from __future__ import annotations
 
+import json
 import secrets
+from collections.abc import Iterable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -87,6 +95,8 @@ class RedisCluster:
             "lease": prefix + "leader",
             "term": prefix + "term",
             "log": prefix + "log",
+            "demand": prefix + "demand",
+            "nodes": prefix + "nodes",
         }
         self._lead = client.register_script(_LEAD)
         self._resign = client.register_script(_RESIGN)
@@ -138,3 +148,34 @@ class RedisCluster:
                 return None
         entries = await self.client.xrange(log, min=f"({position}", max="+", count=count)
         return [(_text(entry_id), _data(fields)) for entry_id, fields in entries or []]
+
+    async def demand(self, channels: Iterable[str], now_ms: int) -> None:
+        """Clients of this replica want ``channels`` now (a time never moves back)."""
+        mapping = {name: now_ms for name in channels}
+        if mapping:
+            await self.client.zadd(self.keys["demand"], mapping, gt=True)
+
+    async def wanted(self, now_ms: int, idle_ms: int) -> list[str]:
+        """The channels some replica's client wanted within ``idle_ms``; the
+        others are forgotten (the leader releases them)."""
+        horizon = now_ms - idle_ms
+        await self.client.zremrangebyscore(self.keys["demand"], "-inf", f"({horizon}")
+        names = await self.client.zrangebyscore(self.keys["demand"], horizon, "+inf")
+        return sorted(_text(name) for name in names)
+
+    async def seen(self, role: str, now_ms: int) -> None:
+        """This replica is alive in ``role`` (leader or follower)."""
+        await self.client.hset(self.keys["nodes"], self.node, json.dumps([role, now_ms]))
+
+    async def nodes(self, now_ms: int, forget_ms: int) -> list[dict[str, object]]:
+        """Every replica seen within ``forget_ms``: node, role, last seen; the
+        others are forgotten."""
+        table = await self.client.hgetall(self.keys["nodes"])
+        nodes = []
+        for node, value in table.items():
+            role, last_seen = json.loads(value)
+            if now_ms - last_seen > forget_ms:
+                await self.client.hdel(self.keys["nodes"], node)
+                continue
+            nodes.append({"node": _text(node), "role": role, "last_seen_ms": last_seen})
+        return sorted(nodes, key=lambda item: str(item["node"]))

@@ -97,3 +97,27 @@ async def test_reading_after_a_position_and_knowing_when_it_is_gone(client: Redi
     await client.xtrim(cluster.keys["log"], maxlen=2, approximate=False)  # trimmed past the cursor
     assert await cluster.since(ids[1]) is None  # not resumable: the client is told, never short-changed
     assert [data for _, data in await cluster.since(ids[3]) or []] == [b"4"]
+
+
+async def test_demand_is_the_clusters_and_idle_channels_are_forgotten(client: Redis) -> None:
+    a, b = RedisCluster(client, "c", "a"), RedisCluster(client, "c", "b")
+    await a.demand(["orderbook:BTC_USD:0.01", "trades:BTC_USD"], now_ms=1_000)
+    await b.demand(["trades:BTC_USD", "depth:ETH_USD"], now_ms=5_000)
+    await a.demand(["trades:BTC_USD"], now_ms=2_000)  # an older time never moves a channel back
+    assert await a.wanted(now_ms=6_000, idle_ms=10_000) == ["depth:ETH_USD", "orderbook:BTC_USD:0.01",
+                                                           "trades:BTC_USD"]
+    # Nobody has wanted the book for the idle time: the leader releases it.
+    assert await b.wanted(now_ms=12_000, idle_ms=8_000) == ["depth:ETH_USD", "trades:BTC_USD"]
+    assert await b.wanted(now_ms=12_000, idle_ms=100_000) == ["depth:ETH_USD", "trades:BTC_USD"]  # forgotten
+
+
+async def test_the_nodes_and_their_roles(client: Redis) -> None:
+    a, b = RedisCluster(client, "c", "a"), RedisCluster(client, "c", "b")
+    await a.seen("leader", now_ms=10_000)
+    await b.seen("follower", now_ms=10_500)
+    assert await a.nodes(now_ms=11_000, forget_ms=5_000) == [
+        {"node": "a", "role": "leader", "last_seen_ms": 10_000},
+        {"node": "b", "role": "follower", "last_seen_ms": 10_500},
+    ]
+    await b.seen("leader", now_ms=16_000)  # a went silent; b took over
+    assert await b.nodes(now_ms=16_000, forget_ms=5_000) == [{"node": "b", "role": "leader", "last_seen_ms": 16_000}]
