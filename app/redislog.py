@@ -30,13 +30,15 @@ built on these parts plugs in. What is here, each part checked against a real
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 # KEYS: lease, term. ARGV: holder, ttl_ms. The term held, or 0 if another holds it.
 _LEAD = """
@@ -179,3 +181,67 @@ class RedisCluster:
                 continue
             nodes.append({"node": _text(node), "role": role, "last_seen_ms": last_seen})
         return sorted(nodes, key=lambda item: str(item["node"]))
+
+
+class RedisLeadership:
+    """The :class:`~app.ports.Leadership` of a replica: it leads while it holds
+    the lease, renewed every third of its time to live. When a renewal fails
+    (another holds the lease, or Redis cannot be reached before the lease would
+    run out) it stops leading at once and says so (``on_lost``: the upstream
+    links close). The term it leads with fences its writes (:meth:`RedisCluster.append`)."""
+
+    def __init__(
+        self,
+        cluster: RedisCluster,
+        ttl_ms: int,
+        on_gained: Callable[[int], None] = lambda term: None,
+        on_lost: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.cluster = cluster
+        self.ttl_ms = ttl_ms
+        self.on_gained = on_gained
+        self.on_lost = on_lost
+        self.term: int | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def leads(self) -> bool:
+        return self.term is not None
+
+    async def step(self) -> None:
+        """One try to take or renew the lease, bounded by the lease's own time."""
+        deadline = self.ttl_ms / 3000
+        try:
+            async with asyncio.timeout(deadline):
+                term = await self.cluster.lead(self.ttl_ms)
+        except (TimeoutError, RedisError, OSError):
+            term = None  # not renewed in time: the lease may be another's by now
+        if term is not None and term != self.term:
+            if self.term is not None:
+                self._lose()
+            self.term = term
+            self.on_gained(term)
+        elif term is None and self.term is not None:
+            self._lose()
+
+    def _lose(self) -> None:
+        self.term = None
+        self.on_lost()
+
+    async def run(self) -> None:
+        while True:
+            await self.step()
+            await asyncio.sleep(self.ttl_ms / 3000)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="leadership")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.term is not None:
+            self._lose()
+            with contextlib.suppress(RedisError, OSError):
+                await self.cluster.resign()

@@ -13,7 +13,7 @@ import pytest
 from redis.asyncio import Redis
 
 from app.cli import free_port
-from app.redislog import Fenced, RedisCluster
+from app.redislog import Fenced, RedisCluster, RedisLeadership
 from tests.support import wait_for
 
 
@@ -121,3 +121,30 @@ async def test_the_nodes_and_their_roles(client: Redis) -> None:
     ]
     await b.seen("leader", now_ms=16_000)  # a went silent; b took over
     assert await b.nodes(now_ms=16_000, forget_ms=5_000) == [{"node": "b", "role": "leader", "last_seen_ms": 16_000}]
+
+
+async def test_exactly_one_replica_leads_and_a_leader_that_loses_the_lease_stops_at_once(client: Redis) -> None:
+    events: list[str] = []
+    # A lease of 2 s, renewed every 0.3 s here: a loaded machine has time to spare.
+    a = RedisLeadership(RedisCluster(client, "c", "a"), ttl_ms=2000,
+                        on_gained=lambda t: events.append(f"a leads {t}"), on_lost=lambda: events.append("a lost"))
+    b = RedisLeadership(RedisCluster(client, "c", "b"), ttl_ms=2000,
+                        on_gained=lambda t: events.append(f"b leads {t}"), on_lost=lambda: events.append("b lost"))
+    await a.step()
+    await b.step()
+    assert a.leads and not b.leads and events == ["a leads 1"]
+    for _ in range(3):  # renewed well inside the time to live: still the leader, same term
+        await asyncio.sleep(0.3)
+        await a.step()
+        await b.step()
+    assert a.term == 1 and not b.leads
+    await asyncio.sleep(2.1)  # a pauses past its lease (a stop-the-world, a partition)
+    await b.step()
+    assert b.term == 2
+    await a.step()  # its next renewal fails: it stops leading, and says so
+    assert not a.leads and events == ["a leads 1", "b leads 2", "a lost"]
+    await client.execute_command("CLIENT", "PAUSE", 1500)  # every client of Redis stalls
+    await b.step()  # Redis paused longer than the renewal may take: b cannot know it still leads
+    assert not b.leads and events[-1] == "b lost"
+    await b.stop()
+    await a.stop()
