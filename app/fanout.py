@@ -207,8 +207,7 @@ class Fanout:
             sink.write(opening)
             self.end(subscription, Ending.OVERFLOW)
             return
-        self._write(subscription, opening + b"".join(event.wire(sink.form) for event in missed))
-        self.streams.sent(len(missed))
+        self._write(subscription, opening + self._encode(sink, missed))
 
     def end(self, subscription: Subscription, ending: Ending) -> None:
         """End a stream: out of the fan-out, its sink closed, its slot freed."""
@@ -294,8 +293,7 @@ class Fanout:
         if missed is None:
             self.end(subscription, Ending.OVERFLOW)
             return
-        self._write(subscription, b"".join(event.wire(sink.form) for event in missed))
-        self.streams.sent(len(missed))
+        self._write(subscription, self._encode(sink, missed))
 
     def catch_up(self, subscription: Subscription) -> bool:
         """Write what a paused subscription missed now, though its connection
@@ -313,8 +311,7 @@ class Fanout:
         subscription.position = self.head
         subscription.missed = 0
         if missed:
-            sink.write(b"".join(event.wire(sink.form) for event in missed))
-            self.streams.sent(len(missed))
+            sink.write(self._encode(sink, missed))
         return True
 
     def _missed(self, subscription: Subscription) -> list[Event] | None:
@@ -328,6 +325,11 @@ class Fanout:
             position = subscription.position
             missed = [e for e in self.latest(subscription.channels) if e.seq > position]
         return missed
+
+    def _encode(self, sink: Sink, events: list[Event]) -> bytes:
+        """Events in the sink's wire form, in one piece, counted as sent."""
+        self.streams.sent(len(events))
+        return b"".join(event.wire(sink.form) for event in events)
 
     def _write(self, subscription: Subscription, data: bytes) -> None:
         """Unpause and write: a write that fills the connection pauses it

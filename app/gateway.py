@@ -189,20 +189,6 @@ class Gateway:
             return self.status(channel, now)[0] != "live"
         return self.hub.stale(state, now)
 
-    # --- the state view (app/ports.py) -------------------------------------
-
-    def read(self, channel: Channel) -> Reading | None:
-        state = self.readable_state(channel)
-        if state is None:
-            return None
-        return self.hub.reading(state, self.is_stale(channel, state, self.now()))
-
-    async def wait_for_data(self, channel: Channel, timeout_s: float) -> bool:
-        return await self.hub.wait_for_data(channel, timeout_s)
-
-    def channel_status(self, channel: Channel) -> tuple[str, str | None]:
-        return self.status(channel, self.now())
-
     def readable_state(self, channel: Channel) -> ChannelState | None:
         """The state to answer from, or None while there is nothing to say.
         Orders and fills are known to be empty once the private link is up."""
@@ -273,10 +259,14 @@ class _View:
         self.gateway = gateway
 
     def read(self, channel: Channel) -> Reading | None:
-        return self.gateway.read(channel)
+        gateway = self.gateway
+        state = gateway.readable_state(channel)
+        if state is None:
+            return None
+        return gateway.hub.reading(state, gateway.is_stale(channel, state, gateway.now()))
 
     async def wait_for_data(self, channel: Channel, timeout_s: float) -> bool:
-        return await self.gateway.wait_for_data(channel, timeout_s)
+        return await self.gateway.hub.wait_for_data(channel, timeout_s)
 
     def status(self, channel: Channel) -> tuple[str, str | None]:
-        return self.gateway.channel_status(channel)
+        return self.gateway.status(channel, self.gateway.now())

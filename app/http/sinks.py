@@ -128,12 +128,8 @@ class SseSink:
         if not transport.is_closing():
             transport.write(data)
 
-    def write_raw(self, data: bytes) -> None:
-        """Bytes that are not an event's wire form: framed here."""
-        self.write(self.wrap(data))
-
     def heartbeat(self) -> None:
-        self.write_raw(HEARTBEAT)
+        self.write(self.wrap(HEARTBEAT))
 
     def end(self, ending: Ending) -> None:
         if ending is Ending.STALLED:
@@ -169,9 +165,6 @@ class AsgiSink:
         if self.size > self.limit and not self.full:
             self.full = True
             self.subscription.pause()
-
-    def write_raw(self, data: bytes) -> None:
-        self.write(data)
 
     def heartbeat(self) -> None:
         self.write(HEARTBEAT)
@@ -271,10 +264,6 @@ class WebSocketSink:
     def write(self, data: bytes) -> None:
         if self.protocol.open_for_data():
             self.transport.write(data)
-
-    def send_text(self, text: str) -> None:
-        """An op's reply, as a frame among the events."""
-        self.write(ws_text(text))
 
     def heartbeat(self) -> None:
         """A ping, from the fan-out's tick like an SSE heartbeat: no timer per
