@@ -65,6 +65,8 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
         version=__version__,
         summary="Coinsuper's MQTT push feed as REST snapshots and Server-Sent Events",
         lifespan=lifespan,
+        # Any route: the connection layer's answers (app/http/server.py).
+        responses=schemas.connection_limits(),
     )
     app.state.gateway = the_gateway
     app.state.connections = ConnectionGuard(limits_of(settings))

@@ -233,6 +233,9 @@ _DESCRIPTIONS = {
     "exchange sent no data for the channel when it was last subscribed (a wrong symbol?)",
     429: "A cap was reached",
     503: "No data yet; come back after Retry-After seconds",
+    408: "The request head did not arrive within GATEWAY_HEADER_TIMEOUT_S (answered by the server, then closed)",
+    414: "The request line is longer than GATEWAY_MAX_REQUEST_LINE (answered by the server, then closed)",
+    431: "The request head is larger than GATEWAY_MAX_HEADER_BYTES (answered by the server, then closed)",
 }
 PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 
@@ -254,6 +257,11 @@ def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
             response["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
         responses[code] = response
     return responses
+
+
+def connection_limits() -> dict[int | str, dict[str, Any]]:
+    """What the server's connection layer may answer on any route (app/http/server.py)."""
+    return problems(408, 414, 431)
 
 
 def snapshot(model: Any, *codes: int) -> dict[int | str, dict[str, Any]]:
