@@ -94,6 +94,11 @@ HELP: dict[str, str] = {
     "gateway_unknown_ttl_s": "how long a channel that never got data is answered 404, seconds",
     "gateway_max_pending_upstream": "cap on channels waiting for their first data at once",
     "gateway_max_clock_skew_s": "reject upstream timestamps this far ahead of the receive time, seconds",
+    "gateway_redis_url": "redis://HOST:PORT/DB: run as one replica of a cluster sharing that Redis",
+    "gateway_node_id": "this replica's name in the cluster (default: host name and process id)",
+    "gateway_cluster": "the cluster's name, the prefix of its Redis keys",
+    "gateway_leader_ttl_ms": "the leader's lease in Redis, milliseconds (renewed every third)",
+    "gateway_checkpoint_s": "how often the leader saves the whole state to Redis, seconds",
 }
 
 
@@ -171,6 +176,14 @@ class Settings(BaseSettings):
     gateway_unknown_ttl_s: float = Field(600.0, ge=0)
     gateway_max_pending_upstream: int = Field(16, ge=1, le=10_000)
     gateway_max_clock_skew_s: float = Field(300.0, gt=0)
+    # A cluster of replicas on Redis
+    gateway_redis_url: SecretStr = SecretStr("")
+    gateway_node_id: str = Field("", max_length=100, pattern=r"^[A-Za-z0-9_.:-]*$")
+    gateway_cluster: str = Field(
+        "coinsuper", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$"
+    )
+    gateway_leader_ttl_ms: int = Field(3000, ge=300, le=600_000)
+    gateway_checkpoint_s: float = Field(5.0, gt=0, le=3600)
 
     @field_validator("coinsuper_url")
     @classmethod
@@ -195,6 +208,18 @@ class Settings(BaseSettings):
                 parse_channel(name)
             except GatewayError as exc:
                 raise ValueError(exc.detail) from None
+        return value
+
+    @field_validator("gateway_redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: SecretStr) -> SecretStr:
+        text = value.get_secret_value()
+        if text and urlsplit(text).scheme not in ("redis", "rediss", "unix"):
+            # The URL may hold a password: only its scheme is shown.
+            raise ValueError(
+                f"a URL of scheme '{urlsplit(text).scheme[:20]}' is not a Redis URL; "
+                "allowed: redis://[:PASSWORD@]HOST[:PORT][/DB], rediss://…, unix://PATH"
+            )
         return value
 
     @field_validator("gateway_log_format")

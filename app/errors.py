@@ -103,5 +103,15 @@ class NotReady(GatewayError):
         self.retry_after = retry_after
 
 
+class ClusterUnavailable(NotReady):
+    """The cluster's Redis cannot be reached to answer."""
+
+    title = "The cluster cannot be reached"
+    type_slug = "cluster-unavailable"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, retry_after=1)
+
+
 class ConfigError(Exception):
     """A setting has a wrong value; the message is the one line printed at start."""

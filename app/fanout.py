@@ -236,9 +236,9 @@ class Fanout:
                 subscription.capacity,
             )
 
-    def close_all(self) -> None:
+    def close_all(self, ending: Ending = Ending.SHUTDOWN) -> None:
         for subscription in list(self.everyone):
-            self.end(subscription, Ending.SHUTDOWN)
+            self.end(subscription, ending)
 
     # --- delivery ------------------------------------------------------------
 

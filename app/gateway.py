@@ -10,9 +10,20 @@ import secrets
 import time
 from collections.abc import Callable
 
+from redis.exceptions import RedisError
+
 from app.admission import Streams
-from app.channels import Channel, Kind
+from app.channels import Channel, Kind, parse_channel
+from app.cluster import (
+    UNREACHABLE,
+    ClusterDemand,
+    ClusterHub,
+    Replica,
+    default_node_id,
+    follow_wanted,
+)
 from app.config import Settings
+from app.errors import ClusterUnavailable
 from app.fanout import ReplayBuffer
 from app.hub import Hub, LocalHub
 from app.pipeline import Pipeline
@@ -48,30 +59,54 @@ class Gateway:
         self.recorder = recorder
         # The clock of staleness and answers: the wall clock, or a replay's.
         self.now: Callable[[], int] = replay.now_ms if replay is not None else now_ms
-        store = Store(
-            epoch or secrets.token_hex(4),
-            trade_capacity=settings.gateway_trade_log,
-            candle_capacity=settings.gateway_candle_history,
-            closed_order_capacity=settings.gateway_closed_orders,
-            fill_capacity=settings.gateway_fill_log,
-            stale_factor=settings.gateway_stale_factor,
-        )
-        buffer = ReplayBuffer(
-            settings.gateway_replay_events, int(settings.gateway_replay_age_s * 1000)
-        )
         self.streams = Streams(
             settings.gateway_max_streams, settings.gateway_max_streams_per_client
         )
-        # Typed as the seam: nothing outside app/hub.py reaches into its parts.
-        self.hub: Hub = LocalHub(
-            store, buffer, self.streams, send_timeout_s=settings.gateway_send_timeout_s
-        )
+        self.node = settings.gateway_node_id or default_node_id()
+        self.replica: Replica | None = None
+        redis_url = settings.gateway_redis_url.get_secret_value()
+        # Typed as the seam: nothing outside app/hub.py and app/cluster.py
+        # reaches into its parts.
+        self.hub: Hub
+        if redis_url:
+            hub = ClusterHub(
+                self._make_store,
+                self._make_replay,
+                self.streams,
+                send_timeout_s=settings.gateway_send_timeout_s,
+                checkpoint_s=settings.gateway_checkpoint_s,
+            )
+            self.hub = hub
+            self.replica = Replica(
+                hub,
+                redis_url,
+                cluster=settings.gateway_cluster,
+                node=self.node,
+                ttl_ms=settings.gateway_leader_ttl_ms,
+                log_entries=settings.gateway_replay_events,
+                idle_ms=int(settings.gateway_idle_release_s * 1000),
+                on_lead=self._lead,
+                on_follow=self._follow,
+                on_wanted=lambda names: follow_wanted(self.registry.demand, names),
+            )
+        else:
+            self.hub = LocalHub(
+                self._make_store(epoch or secrets.token_hex(4)),
+                self._make_replay(),
+                self.streams,
+                send_timeout_s=settings.gateway_send_timeout_s,
+            )
         self.registry = Registry(settings, self.hub, replay=replay)
         # The ports the HTTP side works with (app/ports.py).
         self.feed: Feed = self.hub
         self.demand: Demand = self.registry
         self.view: StateView = _View(self)
         self.leadership: Leadership = Alone()
+        if self.replica is not None:
+            self.demand = ClusterDemand(
+                self.replica, self.registry.demand, settings.gateway_max_upstream
+            )
+            self.leadership = self.replica
         # One way: sources → pipeline → state, event log, fan-out.
         self.pipeline = Pipeline(
             self.registry.route,
@@ -83,23 +118,81 @@ class Gateway:
         self.statuses: dict[str, Status] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
+    def _make_store(self, epoch: str) -> Store:
+        settings = self.settings
+        return Store(
+            epoch,
+            trade_capacity=settings.gateway_trade_log,
+            candle_capacity=settings.gateway_candle_history,
+            closed_order_capacity=settings.gateway_closed_orders,
+            fill_capacity=settings.gateway_fill_log,
+            stale_factor=settings.gateway_stale_factor,
+        )
+
+    def _make_replay(self) -> ReplayBuffer:
+        settings = self.settings
+        return ReplayBuffer(
+            settings.gateway_replay_events, int(settings.gateway_replay_age_s * 1000)
+        )
+
     async def start(self) -> None:
-        for channel in self.settings.subscribe_channels:
-            if not channel.is_private:
-                self.registry.demand(channel, pinned=True)
-        if self.replay is not None:
-            self.replay.start(self.pipeline.feed)
-        elif self.settings.private_configured:
-            self.registry.open_private()
-        elif self.settings.coinsuper_secret_key.get_secret_value():
+        if self.settings.coinsuper_secret_key.get_secret_value() and not (
+            self.settings.private_configured
+        ):
             log.warning(
                 "COINSUPER_SECRET_KEY is set but the access key or e-mail is not: "
                 "the private feed stays off"
             )
+        if self.replica is not None:
+            await self.replica.start()  # the upstream links open when it leads
+        elif self.replay is not None:
+            self._lead()
+            self.replay.start(self.pipeline.feed)
+        else:
+            self._lead()
         self._tasks = [
             asyncio.create_task(self._tick_streams(), name="stream tick"),
             asyncio.create_task(self._monitor(), name="monitor"),
         ]
+
+    def _lead(self) -> None:
+        """Open the upstream links: the configured channels and the private feed."""
+        for channel in self.settings.subscribe_channels:
+            if not channel.is_private:
+                self.registry.demand(channel, pinned=True)
+        if self.replay is None and self.settings.private_configured:
+            self.registry.open_private()
+        if self.replica is not None:
+            follow_wanted(self.registry.demand, self.replica.wanted)
+
+    async def _follow(self) -> None:
+        """This replica no longer leads: its upstream links close."""
+        await self.registry.close()
+        self.statuses.clear()
+
+    @property
+    def follows(self) -> bool:
+        """A replica of a cluster that does not lead: it answers from the log."""
+        return self.replica is not None and not self.replica.leads
+
+    async def cluster_report(self) -> dict[str, object]:
+        """What /v1/cluster answers: this process, its role, the cluster's nodes."""
+        if self.replica is not None:
+            try:
+                async with asyncio.timeout(2.0):
+                    return await self.replica.report()
+            except (TimeoutError, RedisError, OSError):
+                raise ClusterUnavailable(
+                    f"{UNREACHABLE}: this replica ({self.node}) cannot tell the cluster's state"
+                ) from None
+        return {
+            "node": self.node,
+            "role": "leader",
+            "leader": self.node,
+            "term": 1,
+            "epoch": self.hub.epoch,
+            "nodes": [{"node": self.node, "role": "leader", "last_seen_ms": now_ms()}],
+        }
 
     async def stop(self) -> None:
         self.hub.close_all_streams()
@@ -108,6 +201,8 @@ class Gateway:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.replica is not None:
+            await self.replica.stop()
         await self.registry.stop()
         if self.replay is not None:
             await self.replay.stop()
@@ -118,8 +213,12 @@ class Gateway:
 
     def status(self, channel: Channel, now: int) -> tuple[str, str | None]:
         """A channel's status (API.md: connecting, live, stale, failed) and
-        why: :func:`app.status.channel_status` of what is known now."""
-        status, reason = channel_status(self.facts(channel, now))
+        why: :func:`app.status.channel_status` of what is known now (on a
+        follower, the leader's word in the log and the data's age)."""
+        if self.replica is not None and not self.replica.leads:
+            status, reason = self.replica.status(channel, now)
+        else:
+            status, reason = channel_status(self.facts(channel, now))
         return status.value, reason
 
     def facts(self, channel: Channel, now: int) -> Facts:
@@ -196,6 +295,10 @@ class Gateway:
         if state is not None and state.has_data:
             return state
         if channel.kind in (Kind.ORDERS, Kind.FILLS):
+            if self.follows:
+                if self.status(channel, self.now())[0] == Status.LIVE.value:
+                    return ChannelState(channel)  # known empty: nothing is kept for it
+                return None
             link = self.registry.link_of(channel)
             if link is not None and link.state is LinkState.UP:
                 return self.hub.open_channel(channel)
@@ -214,6 +317,8 @@ class Gateway:
 
     def channel_report(self, now: int) -> list[dict[str, object]]:
         """Every subscribed channel with its status and counts, for /v1/channels."""
+        if self.follows:
+            return self._follower_report(now)
         report: list[dict[str, object]] = []
         for tracked in self.registry.tracked.values():
             channel = tracked.channel
@@ -242,10 +347,64 @@ class Gateway:
             )
         return report
 
+    def _follower_report(self, now: int) -> list[dict[str, object]]:
+        """The channels of a follower: those the log holds state or a status of."""
+        assert self.replica is not None
+        store_channels = self.replica.hub.store.channels
+        names = dict.fromkeys([*store_channels, *self.replica.hub.store.statuses])
+        pinned = {channel.name for channel in self.settings.subscribe_channels}
+        report: list[dict[str, object]] = []
+        for name in names:
+            state = store_channels.get(name)
+            channel = state.channel if state is not None else parse_channel(name)
+            status, reason = self.status(channel, now)
+            link_state = {"live": "up", "failed": "failed"}.get(status, "connecting")
+            report.append(
+                {
+                    "channel": name,
+                    "symbol": channel.display_symbol,
+                    "status": status,
+                    "reason": reason,
+                    "seq": state.seq if state else 0,
+                    "last_update_ts": state.received_ts if state else None,
+                    "exchange_ts": state.exchange_ts if state else None,
+                    "messages": state.messages if state else 0,
+                    "rejected": state.rejected if state else 0,
+                    "superseded": state.superseded if state else 0,
+                    "gaps": state.gaps if state else 0,
+                    "last_rejection": state.last_rejection if state else None,
+                    "subscribers": self.hub.subscribers(channel),
+                    "pinned": name in pinned,
+                    "link": "leader",
+                    "link_state": link_state,
+                    "link_connects": 0,
+                }
+            )
+        return report
+
     def readiness(self, now: int) -> tuple[bool, list[str]]:
         """Ready when every configured channel is live and no channel is stale
-        or failed (:func:`app.status.readiness`)."""
+        or failed (:func:`app.status.readiness`); a replica also needs its
+        Redis and its copy of the log."""
+        replica = self.replica
+        if replica is not None and not (replica.reachable and replica.hub.synced):
+            return False, [f"cluster: {UNREACHABLE}"]
         judged = []
+        if self.follows:
+            pinned = {channel.name for channel in self.settings.subscribe_channels}
+            for entry in self._follower_report(now):
+                name = str(entry["channel"])
+                judged.append(
+                    Judged(
+                        name,
+                        name in pinned,
+                        Status(str(entry["status"])),
+                        entry["reason"] if isinstance(entry["reason"], str) else None,
+                    )
+                )
+            missing = pinned - {j.name for j in judged}
+            judged.extend(Judged(n, True, Status.CONNECTING, None) for n in sorted(missing))
+            return readiness(judged)
         for tracked in self.registry.tracked.values():
             status, reason = channel_status(self.facts(tracked.channel, now))
             judged.append(Judged(tracked.channel.name, tracked.pinned, status, reason))

@@ -66,7 +66,11 @@ class LocalHub:
         """Apply one decoded update and deliver the events it makes."""
         for event in self.store.apply(channel, update, received_ts):
             self._deliver(event)
-        waiter = self._first_data.pop(channel.name, None)
+        self._arrived(channel.name)
+
+    def _arrived(self, name: str) -> None:
+        """A channel has data: whoever waits for its first wakes up."""
+        waiter = self._first_data.pop(name, None)
         if waiter is not None:
             waiter.set()
 

@@ -58,13 +58,35 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-# KEYS: term, log. ARGV: term, maxlen, data. The new entry's id, or an error
-# FENCED when the term is no longer the cluster's.
+# KEYS: term, log, epoch. ARGV: term, maxlen, data, epoch. The new entry's id,
+# or an error FENCED when the term is no longer the cluster's (another process
+# leads) or the epoch is not (the data it follows on was lost).
 _APPEND = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return redis.error_reply("FENCED the term " .. ARGV[1] .. " is not the cluster's")
 end
+if redis.call('GET', KEYS[3]) ~= ARGV[4] then
+  return redis.error_reply("FENCED the epoch " .. ARGV[4] .. " is not the cluster's")
+end
 return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[3])
+"""
+
+# KEYS: term, checkpoint. ARGV: term, position, data. 1, or 0 when fenced.
+_CHECKPOINT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[2], 'position', ARGV[2], 'data', ARGV[3])
+return 1
+"""
+
+# KEYS: epoch, log, checkpoint. ARGV: the epoch given up, a new one. The
+# epoch now (the new one, or another replica's if it was quicker); the old
+# epoch's log and checkpoint go with it.
+_RENEW_EPOCH = """
+local held = redis.call('GET', KEYS[1])
+if held and held ~= ARGV[1] then return held end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('DEL', KEYS[2], KEYS[3])
+return ARGV[2]
 """
 
 
@@ -99,15 +121,33 @@ class RedisCluster:
             "log": prefix + "log",
             "demand": prefix + "demand",
             "nodes": prefix + "nodes",
+            "checkpoint": prefix + "checkpoint",
         }
         self._lead = client.register_script(_LEAD)
         self._resign = client.register_script(_RESIGN)
         self._append = client.register_script(_APPEND)
+        self._checkpoint = client.register_script(_CHECKPOINT)
+        self._renew_epoch = client.register_script(_RENEW_EPOCH)
 
     async def epoch(self) -> str:
         """The epoch of the cluster's data, made by the first process to ask."""
         await self.client.set(self.keys["epoch"], secrets.token_hex(4), nx=True)
         value = await self.client.get(self.keys["epoch"])
+        return _text(value)
+
+    async def current_epoch(self) -> str | None:
+        """The epoch as Redis holds it now: None if Redis lost it."""
+        value = await self.client.get(self.keys["epoch"])
+        return _text(value) if value is not None else None
+
+    async def renew_epoch(self, old: str) -> str:
+        """Give up the epoch ``old`` (its newest entries were lost): the
+        cluster's data starts again under a new one, which every replica, and
+        every client, is told of."""
+        value = await self._renew_epoch(
+            keys=[self.keys["epoch"], self.keys["log"], self.keys["checkpoint"]],
+            args=[old, secrets.token_hex(4)],
+        )
         return _text(value)
 
     async def lead(self, ttl_ms: int) -> int | None:
@@ -123,21 +163,85 @@ class RedisCluster:
         holder = await self.client.get(self.keys["lease"])
         return _text(holder).rsplit(":", 1)[0] if holder is not None else None
 
+    async def current_term(self) -> int:
+        """The cluster's fencing term now (0 before any leader)."""
+        value = await self.client.get(self.keys["term"])
+        return int(value) if value is not None else 0
+
     async def resign(self) -> None:
         await self._resign(keys=[self.keys["lease"]], args=[self.holder])
 
-    async def append(self, term: int, data: bytes, maxlen: int) -> str:
+    async def append(self, term: int, epoch: str, data: bytes, maxlen: int) -> str:
         """Append to the event log as the leader of ``term``: the entry's id.
         Raises :class:`Fenced` when another process has led since."""
-        try:
-            entry = await self._append(
-                keys=[self.keys["term"], self.keys["log"]], args=[term, maxlen, data]
-            )
-        except ResponseError as error:
-            if str(error).startswith("FENCED"):
-                raise Fenced(str(error)) from None
-            raise
-        return _text(entry)
+        ids = await self.append_many(term, epoch, [data], maxlen)
+        return ids[0]
+
+    async def append_many(
+        self, term: int, epoch: str, entries: list[bytes], maxlen: int
+    ) -> list[str]:
+        """Append entries in order, in one round trip, each fenced by the
+        script that writes it: their ids. Raises :class:`Fenced` (after the
+        ones before it were written) when an append is refused."""
+        keys = [self.keys["term"], self.keys["log"], self.keys["epoch"]]
+        async with self.client.pipeline(transaction=False) as pipe:
+            for data in entries:
+                await self._append(keys=keys, args=[term, maxlen, data, epoch], client=pipe)
+            results = await pipe.execute(raise_on_error=False)
+        ids = []
+        for result in results:
+            if isinstance(result, ResponseError):
+                if str(result).startswith("FENCED"):
+                    raise Fenced(str(result))
+                raise result
+            if isinstance(result, Exception):
+                raise result
+            ids.append(_text(result))
+        return ids
+
+    async def save_checkpoint(self, term: int, position: str, data: bytes) -> bool:
+        """Keep the store as it stands after entry ``position`` (fenced like
+        an append): False when the term is over."""
+        saved = await self._checkpoint(
+            keys=[self.keys["term"], self.keys["checkpoint"]], args=[term, position, data]
+        )
+        return bool(saved)
+
+    async def load_checkpoint(self) -> tuple[str, bytes] | None:
+        """The newest checkpoint: its log position and its data."""
+        fields: Any = await self.client.hgetall(self.keys["checkpoint"])
+        if b"position" not in fields or b"data" not in fields:
+            return None
+        return _text(fields[b"position"]), _data({b"e": fields[b"data"]})
+
+    async def held(self, position: str) -> bool:
+        """Whether the log still holds the entry ``position``."""
+        log = self.keys["log"]
+        return bool(await self.client.xrange(log, min=position, max=position, count=1))
+
+    async def newest(self) -> str | None:
+        """The id of the log's newest entry, if it holds any."""
+        entries = await self.client.xrevrange(self.keys["log"], max="+", min="-", count=1)
+        return _text(entries[0][0]) if entries else None
+
+    async def after(self, position: str, count: int = 10_000) -> list[tuple[str, bytes]]:
+        """Up to ``count`` entries after ``position`` ("0-0": from the oldest)."""
+        log = self.keys["log"]
+        entries = await self.client.xrange(log, min=f"({position}", max="+", count=count)
+        return [(_text(entry_id), _data(fields)) for entry_id, fields in entries or []]
+
+    async def follow(
+        self, reader: Redis, position: str, block_ms: int, count: int
+    ) -> list[tuple[str, bytes]]:
+        """Entries after ``position``, waiting up to ``block_ms`` for one, read
+        on ``reader``: a connection of its own, since a blocking read that is
+        cancelled on a shared connection could leave its reply to the next
+        command."""
+        answer: Any = await reader.xread({self.keys["log"]: position}, count=count, block=block_ms)
+        entries: list[tuple[str, bytes]] = []
+        for _stream, items in answer or []:
+            entries.extend((_text(entry_id), _data(fields)) for entry_id, fields in items)
+        return entries
 
     async def since(self, position: str, count: int = 10_000) -> list[tuple[str, bytes]] | None:
         """The entries after ``position`` (an entry id; "0-0" for all), oldest
@@ -203,6 +307,7 @@ class RedisLeadership:
         self.on_lost = on_lost
         self.term: int | None = None
         self._task: asyncio.Task[None] | None = None
+        self._resigning: asyncio.Task[None] | None = None
 
     @property
     def leads(self) -> bool:
@@ -227,6 +332,20 @@ class RedisLeadership:
     def _lose(self) -> None:
         self.term = None
         self.on_lost()
+
+    def drop(self) -> None:
+        """Stop leading now (this process's writes were refused, or it lost
+        track of the log) and give the lease up: the next step takes a new
+        term, by this process or another."""
+        if self.term is None:
+            return
+        self._lose()
+        task = asyncio.create_task(self._resign_quietly(), name="resign")
+        self._resigning = task
+
+    async def _resign_quietly(self) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await self.cluster.resign()
 
     async def run(self) -> None:
         while True:

@@ -342,6 +342,18 @@ class Registry:
         for task in list(self._tasks):
             task.cancel()
 
+    async def close(self) -> None:
+        """Close every link and forget what was subscribed (a replica that no
+        longer leads); the channels' state stays: it is the cluster's."""
+        links = list(self.links.values())
+        self.links.clear()
+        self.tracked.clear()
+        self.by_topic.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        for link in links:
+            await link.stop()
+
     def link_of(self, channel: Channel) -> Link | None:
         tracked = self.tracked.get(channel.name)
         return tracked.link if tracked is not None else None

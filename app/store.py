@@ -205,6 +205,8 @@ class Store:
         self.fill_capacity = fill_capacity
         self.stale_factor = stale_factor
         self.channels: dict[str, ChannelState] = {}
+        # The last status event of each channel (a cluster's followers answer from it).
+        self.statuses: dict[str, Mapping[str, Json]] = {}
 
     # --- writing ---------------------------------------------------------
 
@@ -219,6 +221,7 @@ class Store:
     def drop(self, channel: Channel) -> None:
         """Forget a channel released upstream: its state would only grow stale."""
         self.channels.pop(channel.name, None)
+        self.statuses.pop(channel.name, None)
 
     def same_window(self, channel: Channel, payload: bytes, received_ts: int) -> bool:
         """True (and the channel counted fresh) when a trade push is the same
@@ -226,9 +229,14 @@ class Store:
         state = self.state(channel)
         if state.last_payload != payload or not state.has_data:
             return False
+        self.repeat(channel, received_ts)
+        return True
+
+    def repeat(self, channel: Channel, received_ts: int) -> None:
+        """Count a push that repeated the last one: nothing new, still fresh."""
+        state = self.state(channel)
         state.messages += 1
         self._touch(state, None, received_ts)
-        return True
 
     def reject(self, channel: Channel, reason: str) -> bool:
         """Count a rejected payload; True the first time this reason is seen on
@@ -432,6 +440,7 @@ class Store:
 
     def status_event(self, channel: Channel, status: Mapping[str, Json], received_ts: int) -> Event:
         """An event telling a channel's streams that its status changed."""
+        self.statuses[channel.name] = status
         return self._next_event(
             channel.name, "status", dumps(status), conflatable=True, received_ts=received_ts
         )

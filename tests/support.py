@@ -146,6 +146,68 @@ class Mosquitto:
         return f"mqtt://127.0.0.1:{self.tcp_port}"
 
 
+class RedisServer:
+    """Debian's redis-server on a free port with a config of its own: no
+    persistence unless asked (``keep``: an append-only file in the workdir, so
+    that a restart keeps the data)."""
+
+    def __init__(self, workdir: Path, *, keep: bool = False) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed; `make test` installs it (Debian package redis-server)")
+        self.binary = binary
+        self.dir = workdir / f"redis-{id(self)}"
+        self.dir.mkdir()
+        self.port = free_port()
+        self.keep = keep
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.keep else [
+            "--appendonly", "no"]
+        self.process = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             *persistence, "--dir", str(self.dir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(lambda: self.cli("ping") == "PONG", 10, "redis-server to answer")
+
+    def cli(self, *args: str) -> str:
+        done = subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True,
+                              text=True, timeout=10)
+        return done.stdout.strip()
+
+    def kill(self) -> None:
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGCONT)
+                self.process.kill()
+            self.process.wait(10)
+            self.process = None
+
+    def restart(self, *, empty: bool = False) -> None:
+        """Stop and start again on the same port: with its data (``keep``) or empty."""
+        self.kill()
+        if empty:
+            for file in self.dir.rglob("*"):
+                if file.is_file():
+                    file.unlink()
+        self.start()
+
+    def freeze(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+
 class Publisher:
     """An MQTT client independent of the gateway (paho, used directly) that
     plays the exchange's side: it publishes payloads on upstream topics."""

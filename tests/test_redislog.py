@@ -4,38 +4,24 @@ started here on a free port with a config of its own (no persistence)."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 
-from app.cli import free_port
 from app.redislog import Fenced, RedisCluster, RedisLeadership
-from tests.support import wait_for
+from tests.support import RedisServer
 
 
 @pytest.fixture
 def redis_port(tmp_path: Path) -> Iterator[int]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is not installed; `make test` installs it (Debian package redis-server)")
-    port = free_port()
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = RedisServer(tmp_path)
+    server.start()
     try:
-        wait_for(lambda: subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True,
-                                        text=True).stdout.strip() == "PONG", 10, "redis-server")
-        yield port
+        yield server.port
     finally:
-        process.terminate()
-        process.wait(10)
+        server.kill()
 
 
 @pytest.fixture
@@ -74,13 +60,13 @@ async def test_an_old_leader_can_never_write_after_a_new_one_took_over(client: R
     a, b = RedisCluster(client, "c", "a"), RedisCluster(client, "c", "b")
     old = await a.lead(ttl_ms=200)
     assert old is not None
-    first = await a.append(old, b"one", maxlen=100)
+    first = await a.append(old, await a.epoch(), b"one", maxlen=100)
     await asyncio.sleep(0.3)  # a is paused past its lease
     new = await b.lead(ttl_ms=200)
     assert new is not None and new > old
     with pytest.raises(Fenced):
-        await a.append(old, b"from the old leader", maxlen=100)
-    await b.append(new, b"two", maxlen=100)
+        await a.append(old, await a.epoch(), b"from the old leader", maxlen=100)
+    await b.append(new, await b.epoch(), b"two", maxlen=100)
     entries = await b.since("0-0")
     assert entries is not None and [data for _, data in entries] == [b"one", b"two"]
     assert entries[0][0] == first
@@ -90,7 +76,8 @@ async def test_reading_after_a_position_and_knowing_when_it_is_gone(client: Redi
     cluster = RedisCluster(client, "c", "a")
     term = await cluster.lead(ttl_ms=5000)
     assert term is not None
-    ids = [await cluster.append(term, b"%d" % n, maxlen=1_000_000) for n in range(5)]
+    epoch = await cluster.epoch()
+    ids = [await cluster.append(term, epoch, b"%d" % n, maxlen=1_000_000) for n in range(5)]
     after = await cluster.since(ids[1])
     assert after is not None and [data for _, data in after] == [b"2", b"3", b"4"]
     assert await cluster.since(ids[-1]) == []

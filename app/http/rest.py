@@ -293,6 +293,17 @@ async def channels(gateway: GatewayDep) -> JSONResponse:
 
 
 @router.get(
+    "/v1/cluster",
+    tags=["operations"],
+    dependencies=Public,
+    responses={200: {"model": schemas.Cluster}, **schemas.problems(401, 503)},
+)
+async def cluster(gateway: GatewayDep) -> JSONResponse:
+    """This replica, its role, the leader and every replica seen lately."""
+    return JSONResponse(await gateway.cluster_report())
+
+
+@router.get(
     "/metrics",
     tags=["operations"],
     response_class=PlainTextResponse,

@@ -158,6 +158,24 @@ class ChannelReport(BaseModel):
     open_streams: int
 
 
+class ClusterNode(BaseModel):
+    node: str
+    role: Literal["leader", "follower", "gone"]
+    last_seen_ms: int
+
+
+class Cluster(BaseModel):
+    """This replica and the cluster it is one of (a single process is a
+    cluster of one that always leads)."""
+
+    node: str = Field(description="this process's GATEWAY_NODE_ID")
+    role: Literal["leader", "follower"]
+    leader: str | None = Field(description="the node id of the leader, none while there is none")
+    term: int = Field(description="the fencing term: grows whenever another process leads")
+    epoch: str = Field(description="the epoch of the cluster's data: the first part of event ids")
+    nodes: list[ClusterNode]
+
+
 class Health(BaseModel):
     status: Literal["ok"]
 

@@ -1,0 +1,576 @@
+"""A replica of a cluster that shares one Redis (``GATEWAY_REDIS_URL``).
+
+Theory of operation. Every replica keeps the same parts as the single process
+(a store, an event log of its own, a fan-out: :class:`app.hub.LocalHub`), and
+the cluster's log in Redis keeps them the same on every replica
+(:mod:`app.replication`):
+
+- **The leader** (one at a time, by the lease of :class:`RedisLeadership`)
+  holds the upstream links. Its ingest changes its store at once, as in the
+  single process, and queues each change as an entry. The writer appends the
+  entries in order, each fenced by the leader's term and the cluster's epoch in
+  the script that writes it, and only then hands their events to this
+  replica's clients: a client never sees an event the log does not hold. Every
+  few seconds a checkpoint of the whole store follows an entry.
+- **A follower** reads the log on a connection of its own (``XREAD BLOCK``)
+  and applies each entry to its store with the leader's code, so its REST
+  answers are the leader's, and hands the entry's events (the leader's bytes
+  and ids) to its clients. A cursor of any replica resumes on any other.
+- **Starting, or losing track** (a write refused, Redis lost data): the
+  replica loads the newest checkpoint and the whole log, applies the entries
+  after the checkpoint, and puts every event the log holds in its own event
+  log, so that a client resumes here from any id the cluster still holds.
+- **Taking over**: the new leader first reads the log to its end (the old
+  leader's term is over: nothing more can be appended by it), so its trade
+  windows, order states and seen deal numbers are the last ones published;
+  only then does it open the upstream links.
+- **Epoch**: the cluster's data's, kept in Redis. If Redis loses it (restarted
+  empty, flushed), or loses the newest entries (a failover to a replica that
+  had not received them: this replica's last entry is gone), a new epoch is
+  made; every replica starts again empty and its streams are closed with word
+  to resume, which their clients do and are told to reset.
+- **Redis faults**: the replicas keep serving what they hold, their channels
+  turn stale, they are not ready, streams stay open; the leader whose lease
+  cannot be renewed closes its links. When Redis is back everything goes on
+  from where it was, with no reset if Redis kept its data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from app.admission import Streams
+from app.channels import Channel, parse_channel
+from app.domain import Json, Update
+from app.errors import GatewayError, TooMany
+from app.fanout import ReplayBuffer
+from app.hub import LocalHub
+from app.ports import Ending
+from app.redislog import Fenced, RedisCluster, RedisLeadership
+from app.replication import Entry, apply_entry, checkpoint, entry, read_checkpoint, restore
+from app.status import NO_UPDATE, Status
+from app.store import Event, Store, dumps
+
+log = logging.getLogger("coinsuper_gateway.cluster")
+
+_BATCH = 256  # entries appended in one round trip
+_READ_BLOCK_MS = 1000
+_NODE_FORGET_MS = 30_000  # a replica not seen for this long leaves /v1/cluster
+UNREACHABLE = "the cluster's Redis cannot be reached"
+
+
+def default_node_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class ClusterHub(LocalHub):
+    """The hub of a replica: the single process's parts, kept by the cluster's log."""
+
+    def __init__(
+        self,
+        make_store: Callable[[str], Store],
+        make_replay: Callable[[], ReplayBuffer],
+        streams: Streams,
+        *,
+        send_timeout_s: float,
+        checkpoint_s: float,
+    ) -> None:
+        super().__init__(make_store(""), make_replay(), streams, send_timeout_s=send_timeout_s)
+        self.make_store = make_store
+        self.make_replay = make_replay
+        self.checkpoint_s = checkpoint_s
+        self.applied = "0-0"  # the log entry the store stands after
+        self.synced = False  # the store follows the log (loaded since start or since lost)
+        self.writing: int | None = None  # the term this replica appends with
+        # Changes made and not yet written: (entry, its events) or (None, a checkpoint).
+        self.outbox: deque[tuple[bytes | None, list[Event] | bytes]] = deque()
+        self.wake = asyncio.Event()
+        self.on_refused: Callable[[], None] = lambda: None
+        self.refused_writes = 0
+        self.dropped_changes = 0
+        self._last_checkpoint = 0.0
+
+    # --- the leader's ingest: change the store, queue the entry ---------------
+
+    def _record(self, item: Entry, events: list[Event]) -> None:
+        self.outbox.append((item.encode(), events))
+        now = time.monotonic()
+        if now - self._last_checkpoint >= self.checkpoint_s:
+            self._last_checkpoint = now
+            self.outbox.append((None, checkpoint(self.store)))
+        self.wake.set()
+
+    def _leads(self) -> bool:
+        if self.writing is None:
+            # A message that was in flight when the lease was lost: it is the
+            # new leader's to take.
+            self.dropped_changes += 1
+            return False
+        return True
+
+    def repeated(self, channel: Channel, payload: bytes, received_ts: int) -> bool:
+        if not self._leads():
+            return True
+        if not self.store.same_window(channel, payload, received_ts):
+            return False
+        self._record(entry("repeat", channel, received_ts, self.store, []), [])
+        return True
+
+    def reject(self, channel: Channel, reason: str) -> bool:
+        if not self._leads():
+            return False
+        first = self.store.reject(channel, reason)
+        self._record(entry("reject", channel, 0, self.store, [], reason=reason), [])
+        return first
+
+    def apply(self, channel: Channel, update: Update, received_ts: int) -> None:
+        if not self._leads():
+            return
+        events = self.store.apply(channel, update, received_ts)
+        self._record(
+            entry("apply", channel, received_ts, self.store, events, update=update), events
+        )
+
+    def emit_status(self, channel: Channel, status: Mapping[str, Json], now_ms: int) -> None:
+        if not self._leads():
+            return
+        event = self.store.status_event(channel, status, now_ms)
+        self._record(entry("status", channel, now_ms, self.store, [event], status=status), [event])
+
+    def forget(self, channel: Channel) -> None:
+        if not self._leads():
+            return
+        self.store.drop(channel)
+        self._record(entry("forget", channel, 0, self.store, []), [])
+
+    def tell(self, channel: str, status: Mapping[str, Json]) -> None:
+        """A status of this replica's own (Redis cannot be reached, and back),
+        to its streams only: an event outside the log, with no id."""
+        self.fanout.publish(
+            Event(
+                self.store.seq,
+                channel,
+                "status",
+                dumps(status),
+                event_id=None,
+                conflatable=False,
+                received_ts=0,
+            )
+        )
+
+    # --- writing (the leader) -------------------------------------------------
+
+    async def write_loop(self, cluster: RedisCluster, maxlen: int) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            while self.outbox and self.writing is not None:
+                await self._write_some(cluster, self.writing, maxlen)
+
+    async def _write_some(self, cluster: RedisCluster, term: int, maxlen: int) -> None:
+        batch = [self.outbox.popleft() for _ in range(min(_BATCH, len(self.outbox)))]
+        entries = [data for data, _ in batch if data is not None]
+        try:
+            ids = await cluster.append_many(term, self.store.epoch, entries, maxlen)
+        except Fenced as refused:
+            self._refused(f"an append was refused ({refused})")
+            return
+        except (RedisError, OSError) as error:
+            self._refused(f"an append failed ({type(error).__name__}: {error})")
+            return
+        if self.writing != term:
+            return  # lost meanwhile: the store is reloaded from the log
+        written = iter(ids)
+        for data, made in batch:
+            if data is not None:
+                self.applied = next(written)
+                assert isinstance(made, list)
+                self._hand_out(made)
+            else:
+                assert isinstance(made, bytes)
+                with contextlib.suppress(RedisError, OSError):
+                    await cluster.save_checkpoint(term, self.applied, made)
+
+    def _refused(self, why: str) -> None:
+        """The log may not hold what this store does: stop writing and reload."""
+        self.refused_writes += 1
+        log.warning("stopped leading: %s", why)
+        self.stop_writing()
+        self.on_refused()
+
+    def stop_writing(self) -> None:
+        if self.writing is not None:
+            self.writing = None
+            # Changes the store made that the log may not hold: it is reloaded.
+            self.synced = False
+        self.outbox.clear()
+
+    def _hand_out(self, events: list[Event]) -> None:
+        for event in events:
+            self.replay.append(event)
+            if event.seq > self.fanout.head:
+                self.fanout.publish(event)
+            self._arrived(event.channel)
+
+    # --- following (every replica that does not lead) -------------------------
+
+    def follow(self, entries: Iterable[tuple[str, bytes]]) -> None:
+        """Apply entries read from the log after this store's position."""
+        for entry_id, data in entries:
+            if _id(entry_id) <= _id(self.applied):
+                continue  # read already (a read that raced a take-over's)
+            item = Entry.decode(data)
+            apply_entry(self.store, item)
+            self.applied = entry_id
+            self._hand_out(item.made(self.store.epoch))
+
+    async def sync(self, cluster: RedisCluster) -> None:
+        """Load the store from the newest checkpoint and the whole log."""
+        epoch = await cluster.epoch()
+        store = self.make_store(epoch)
+        position = "0-0"
+        saved = await cluster.load_checkpoint()
+        if saved is not None:
+            point = read_checkpoint(saved[1], saved[0])
+            if point.epoch == epoch:
+                restore(store, point)
+                position = point.position
+        entries: list[tuple[str, bytes]] = []
+        while True:
+            batch = await cluster.after(entries[-1][0] if entries else "0-0")
+            if not batch:
+                break
+            entries.extend(batch)
+        if position != "0-0" and (not entries or _id(entries[0][0]) > _id(position)):
+            log.warning("the log no longer reaches back to its checkpoint: some changes are lost")
+        replay = self.make_replay()
+        newest = position
+        for entry_id, data in entries:
+            item = Entry.decode(data)
+            if _id(entry_id) > _id(position):
+                apply_entry(store, item)
+                newest = entry_id
+            for event in item.made(epoch):
+                replay.append(event)
+        self._swap(store, replay, newest)
+
+    def _swap(self, store: Store, replay: ReplayBuffer, position: str) -> None:
+        new_epoch = store.epoch != self.store.epoch
+        self.store = store
+        self.replay = replay
+        self.fanout.events = replay
+        self.applied = position
+        self.synced = True
+        if new_epoch:
+            if self.fanout.everyone:
+                log.warning(
+                    "the cluster's data is of a new epoch (%s): %d streams told to resume",
+                    store.epoch,
+                    len(self.fanout.everyone),
+                )
+            self.fanout.close_all(Ending.OVERFLOW)
+            self.fanout.head = store.seq
+        else:
+            for event in replay.events:
+                if event.seq > self.fanout.head:
+                    self.fanout.publish(event)
+        for name, state in store.channels.items():
+            if state.has_data:
+                self._arrived(name)
+
+
+class Replica:
+    """A replica's part in the cluster: its lease, its reading of the log, the
+    demand of its clients, and its presence (for ``/v1/cluster``)."""
+
+    def __init__(
+        self,
+        hub: ClusterHub,
+        url: str,
+        *,
+        cluster: str,
+        node: str,
+        ttl_ms: int,
+        log_entries: int,
+        idle_ms: int,
+        on_lead: Callable[[], None],
+        on_follow: Callable[[], Coroutine[Any, Any, None]],
+        on_wanted: Callable[[list[str]], None],
+    ) -> None:
+        self.hub = hub
+        self.node = node
+        self.log_entries = max(log_entries, 1000)
+        self.idle_ms = idle_ms
+        self.on_lead = on_lead
+        self.on_follow = on_follow
+        self.on_wanted = on_wanted
+        timeout = max(ttl_ms / 1000, 1.0)
+        self.client: Redis = Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+        # The blocking reads get a connection of their own, with a timeout
+        # longer than the block.
+        self.reader: Redis = Redis.from_url(
+            url, socket_timeout=_READ_BLOCK_MS / 1000 + timeout, socket_connect_timeout=timeout
+        )
+        self.cluster = RedisCluster(self.client, cluster, node)
+        self.leadership = RedisLeadership(
+            self.cluster, ttl_ms, on_gained=self._gained, on_lost=self._lost
+        )
+        hub.on_refused = self.leadership.drop
+        self.reachable = False
+        self.unreachable_since: float | None = None
+        self.local_demand: dict[str, int] = {}
+        self.wanted: list[str] = []
+        self._lock = asyncio.Lock()
+        self._taking_over = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def leads(self) -> bool:
+        """Whether this replica holds the upstream links (and writes the log)."""
+        return self.hub.writing is not None
+
+    @property
+    def role(self) -> str:
+        return "leader" if self.leads else "follower"
+
+    async def start(self) -> None:
+        """Load the store from Redis (if Redis can be reached now: else the
+        reading loop does when it can), then follow, and stand for leader."""
+        try:
+            async with self._lock:
+                await self.hub.sync(self.cluster)
+            self._reach(True)
+        except (RedisError, OSError) as error:
+            self._reach(False, error)
+        self._tasks = [
+            asyncio.create_task(self._read_loop(), name="cluster log"),
+            asyncio.create_task(
+                self.hub.write_loop(self.cluster, self.log_entries), name="cluster writer"
+            ),
+            asyncio.create_task(self._housekeeping(), name="cluster housekeeping"),
+        ]
+        self.leadership.start()
+
+    async def stop(self) -> None:
+        await self.leadership.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(RedisError, OSError):
+            await self.cluster.seen("gone", 0)
+        await self.client.aclose()
+        await self.reader.aclose()
+
+    # --- leadership -----------------------------------------------------------
+
+    def _gained(self, term: int) -> None:
+        self._taking_over = True
+        task = asyncio.create_task(self._take_over(term), name="take-over")
+        self._tasks.append(task)
+
+    async def _take_over(self, term: int) -> None:
+        """Read the log to its end, then write: the old leader's term is over."""
+        try:
+            async with self._lock:
+                if not self.hub.synced:
+                    await self.hub.sync(self.cluster)
+                while batch := await self.cluster.after(self.hub.applied):
+                    self.hub.follow(batch)
+            if self.leadership.term != term:
+                return
+            self.hub.writing = term
+            log.info("leading the cluster (term %d) from entry %s", term, self.hub.applied)
+            self.on_lead()
+        except (RedisError, OSError) as error:
+            log.warning("could not take over: %s: %s", type(error).__name__, error)
+            self.leadership.drop()
+        finally:
+            self._taking_over = False
+
+    def _lost(self) -> None:
+        was_leading = self.hub.writing is not None
+        self.hub.stop_writing()
+        if was_leading:
+            log.warning("no longer leading the cluster: the upstream links close")
+        task = asyncio.create_task(self.on_follow(), name="links close")
+        self._tasks.append(task)
+
+    # --- following ------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        while True:
+            if self.hub.writing is not None or self._taking_over:
+                await asyncio.sleep(0.1)
+                continue
+            try:
+                if not self.hub.synced:
+                    async with self._lock:
+                        await self.hub.sync(self.cluster)
+                entries = await self.cluster.follow(
+                    self.reader, self.hub.applied, _READ_BLOCK_MS, 1000
+                )
+                async with self._lock:
+                    if self.hub.writing is None and self.hub.synced:
+                        self.hub.follow(entries)
+                self._reach(True)
+            except (RedisError, OSError) as error:
+                self._reach(False, error)
+                await asyncio.sleep(0.5)
+            except Exception:  # a bad entry: reload rather than stop following
+                log.exception("could not apply the cluster's log: reloading it")
+                self.hub.synced = False
+                await asyncio.sleep(1.0)
+
+    async def _housekeeping(self) -> None:
+        """Twice a second: presence, demand both ways, the epoch's health."""
+        while True:
+            await asyncio.sleep(0.5)
+            now = time.time_ns() // 1_000_000
+            demand, self.local_demand = self.local_demand, {}
+            try:
+                await self.cluster.seen(self.role, now)
+                await self.cluster.demand(set(demand) | set(self.hub.fanout.by_channel), now)
+                self.wanted = await self.cluster.wanted(now, self.idle_ms)
+                if self.leads:
+                    self.on_wanted(self.wanted)
+                await self._check_epoch()
+                self._reach(True)
+            except (RedisError, OSError) as error:
+                for name, ts in demand.items():
+                    self.local_demand.setdefault(name, ts)
+                self._reach(False, error)
+
+    async def _check_epoch(self) -> None:
+        """Whether Redis still holds the data this store follows on."""
+        hub = self.hub
+        if not hub.synced:
+            return
+        current = await self.cluster.current_epoch()
+        if current != hub.epoch:
+            log.warning("the cluster's Redis lost its data (epoch %s → %s)", hub.epoch, current)
+        elif hub.applied != "0-0" and not await self.cluster.held(hub.applied):
+            newest = await self.cluster.newest()
+            if newest is not None and _id(newest) > _id(hub.applied):
+                log.warning("fell behind the trimmed log: reloading it")
+            else:
+                renewed = await self.cluster.renew_epoch(hub.epoch)
+                log.warning(
+                    "the cluster's Redis lost its newest entries (after %s): new epoch %s",
+                    hub.applied,
+                    renewed,
+                )
+        else:
+            return
+        if hub.writing is not None:
+            hub._refused("the cluster's data changed under the leader")
+        hub.synced = False
+
+    def _reach(self, reachable: bool, error: BaseException | None = None) -> None:
+        """Redis answers again, or no longer: say so on the streams."""
+        if reachable == self.reachable:
+            return
+        self.reachable = reachable
+        now = time.time_ns() // 1_000_000
+        if not reachable:
+            self.unreachable_since = time.monotonic()
+            log.warning("%s: %s: %s", UNREACHABLE, type(error).__name__, error)
+        else:
+            self.unreachable_since = None
+            log.info("the cluster's Redis answers again")
+        for name in list(self.hub.fanout.by_channel):
+            status, reason = self.status(parse_channel(name), now)
+            self.hub.tell(
+                name, {"channel": name, "status": status.value, "reason": reason, "ts": now}
+            )
+
+    # --- what the gateway asks ------------------------------------------------
+
+    def status(self, channel: Channel, now: int) -> tuple[Status, str | None]:
+        """A follower's status of a channel: the leader's last word on it (the
+        log's), and the data's age; stale while Redis cannot be reached."""
+        store = self.hub.store
+        state = store.get(channel)
+        has_data = state is not None and state.has_data
+        if not self.reachable or not self.hub.synced:
+            return (Status.STALE if has_data else Status.CONNECTING), UNREACHABLE
+        logged = store.statuses.get(channel.name)
+        if logged is not None and logged.get("status") != Status.LIVE.value:
+            reason = logged.get("reason")
+            return Status(str(logged.get("status"))), str(reason) if reason else None
+        if channel.is_private:
+            return (Status.LIVE, None) if logged is not None else (Status.CONNECTING, None)
+        if state is None or not has_data:
+            return Status.CONNECTING, None
+        if store.stale(state, now):
+            return Status.STALE, NO_UPDATE
+        return Status.LIVE, None
+
+    def want(self, channel: Channel, cap: int) -> None:
+        """A client of this replica wants ``channel``: the leader subscribes it
+        when it reads the demand (twice a second)."""
+        name = channel.name
+        known = set(self.wanted) | set(self.local_demand)
+        if name not in known and len(known) >= cap:
+            raise TooMany(
+                "upstream subscriptions",
+                f"{name} would be subscribed upstream beyond the cluster's cap",
+                cap,
+            )
+        self.local_demand[name] = time.time_ns() // 1_000_000
+
+    async def report(self) -> dict[str, object]:
+        """What ``/v1/cluster`` answers."""
+        now = time.time_ns() // 1_000_000
+        return {
+            "node": self.node,
+            "role": self.role,
+            "leader": await self.cluster.leader(),
+            "term": await self.cluster.current_term(),
+            "epoch": self.hub.epoch,
+            "nodes": await self.cluster.nodes(now, _NODE_FORGET_MS),
+        }
+
+
+class ClusterDemand:
+    """The :class:`~app.ports.Demand` of a replica: the leader subscribes
+    (with the registry's caps and checks); a follower passes the demand on."""
+
+    def __init__(self, replica: Replica, demand: Callable[[Channel], object], cap: int) -> None:
+        self.replica = replica
+        self._demand = demand
+        self.cap = cap
+
+    def demand(self, channel: Channel) -> object:
+        if self.replica.leads:
+            return self._demand(channel)
+        self.replica.want(channel, self.cap)
+        return None
+
+
+def follow_wanted(demand: Callable[[Channel], object], names: Iterable[str]) -> None:
+    """The leader subscribes what some replica's client wants."""
+    for name in names:
+        try:
+            demand(parse_channel(name))
+        except GatewayError:
+            continue  # refused (the cap, an unknown symbol): the replica's client is told so
