@@ -104,6 +104,7 @@ class ClusterHub(LocalHub):
         self.on_refused: Callable[[], None] = lambda: None
         self.refused_writes = 0
         self.dropped_changes = 0
+        self._appending = False
         self._last_checkpoint = 0.0
 
     # --- the leader's ingest: change the store, queue the entry ---------------
@@ -186,6 +187,7 @@ class ClusterHub(LocalHub):
     async def _write_some(self, cluster: RedisCluster, term: int, maxlen: int) -> None:
         batch = [self.outbox.popleft() for _ in range(min(_BATCH, len(self.outbox)))]
         entries = [data for data, _ in batch if data is not None]
+        self._appending = True
         try:
             ids = await cluster.append_many(term, self.store.epoch, entries, maxlen)
         except Fenced as refused:
@@ -194,6 +196,8 @@ class ClusterHub(LocalHub):
         except (RedisError, OSError) as error:
             self._refused(f"an append failed ({type(error).__name__}: {error})")
             return
+        finally:
+            self._appending = False
         if self.writing != term:
             return  # lost meanwhile: the store is reloaded from the log
         written = iter(ids)
@@ -212,13 +216,15 @@ class ClusterHub(LocalHub):
         self.refused_writes += 1
         log.warning("stopped leading: %s", why)
         self.stop_writing()
+        self.synced = False
         self.on_refused()
 
     def stop_writing(self) -> None:
         if self.writing is not None:
             self.writing = None
-            # Changes the store made that the log may not hold: it is reloaded.
-            self.synced = False
+            if self.outbox or self._appending:
+                # Changes the store made that the log may not hold: it is reloaded.
+                self.synced = False
         self.outbox.clear()
 
     def _hand_out(self, events: list[Event]) -> None:
@@ -392,6 +398,7 @@ class Replica:
         """Read the log to its end, then write: the old leader's term is over."""
         try:
             async with self._lock:
+                await self._check_epoch()  # the data it follows on may be gone
                 if not self.hub.synced:
                     await self.hub.sync(self.cluster)
                 while batch := await self.cluster.after(self.hub.applied):

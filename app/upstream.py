@@ -260,7 +260,7 @@ class UpstreamLink:
     async def _session(self) -> None:
         login = self.login()
         tls = self.tls if self.endpoint.tls else None
-        async with aiomqtt.Client(
+        client = aiomqtt.Client(
             self.endpoint.host,
             self.endpoint.port,
             identifier=login.client_id,
@@ -274,13 +274,17 @@ class UpstreamLink:
             keepalive=self.keepalive_s,
             timeout=10,
             max_queued_incoming_messages=10_000,
-        ) as client:
-            self._client = client
-            self.connects += 1
-            await self._subscribe(client, sorted(self.topics))
-            self._subscribed = True
-            self._set_state(LinkState.UP, None)
-            await self._receive(client)
+        )
+        try:
+            async with client:
+                self._client = client
+                self.connects += 1
+                await self._subscribe(client, sorted(self.topics))
+                self._subscribed = True
+                self._set_state(LinkState.UP, None)
+                await self._receive(client)
+        finally:
+            _retrieve_disconnection(client)
 
     async def _subscribe(self, client: aiomqtt.Client, topics: list[str]) -> None:
         if not topics:
@@ -319,6 +323,16 @@ class UpstreamLink:
             "topics": len(self.topics),
             "last_message_ts": self.last_message_ts,
         }
+
+
+def _retrieve_disconnection(client: aiomqtt.Client) -> None:
+    """Mark the reason of a lost connection as seen. A link stopped (its task
+    cancelled) just as the broker dropped it leaves aiomqtt's disconnection
+    future with an exception nobody awaits, which asyncio would log as an
+    error at collection; the supervisor has already said why the link went."""
+    disconnected = client._disconnected  # noqa: SLF001  (aiomqtt keeps it private)
+    if disconnected.done() and not disconnected.cancelled():
+        disconnected.exception()
 
 
 def _is_failure(code: object) -> bool:

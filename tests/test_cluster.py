@@ -1,0 +1,407 @@
+"""Several replicas on one Redis: one leader holds the upstream, any replica
+serves and resumes any client, and nothing is lost or repeated when the
+leader dies, Redis stalls or everything restarts. Real parts only: Mosquitto
+playing the exchange, redis-server, gateways as processes of their own."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import re
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support import EventStream, GatewayProcess, RedisServer, wait_for
+from tests.world import CHANNELS, World, trades_of
+
+TTL_MS = 1500
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path, keep=True)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+class Cluster:
+    """Replicas of one cluster, started and killed by the test."""
+
+    def __init__(self, world: World, redis: RedisServer) -> None:
+        self.world = world
+        self.redis = redis
+        self.replicas: dict[str, GatewayProcess] = {}
+        self.logs: list[Path] = []
+
+    def start(self, node: str, port: int | None = None, **env: str) -> GatewayProcess:
+        replica = GatewayProcess(
+            self.world.workdir,
+            {
+                "COINSUPER_URL": self.world.mosquitto.url("tcp"),
+                "COINSUPER_SUBSCRIBE": CHANNELS,
+                "GATEWAY_STALE_FACTOR": "1000",
+                "GATEWAY_REDIS_URL": self.redis.url,
+                "GATEWAY_NODE_ID": node,
+                "GATEWAY_LEADER_TTL_MS": str(TTL_MS),
+                "GATEWAY_CHECKPOINT_S": "1",
+                **env,
+            },
+            port=port,
+        )
+        self.replicas[node] = replica
+        self.logs.append(replica.log)
+        return replica
+
+    def report(self, node: str) -> dict[str, Any]:
+        answer = self.replicas[node].http.get("/v1/cluster")
+        assert answer.status_code == 200, answer.text
+        return dict(answer.json())
+
+    def leader(self, among: list[str] | None = None, timeout: float = 15) -> str:
+        """The one node every running replica names as leader, once they agree."""
+
+        def agreed() -> str | None:
+            nodes = among or [n for n, r in self.replicas.items() if r.process.poll() is None]
+            reports = [self.report(n) for n in nodes]
+            leaders = {r["leader"] for r in reports}
+            roles = [r["node"] for r in reports if r["role"] == "leader"]
+            if len(leaders) == 1 and len(roles) == 1 and roles[0] in leaders:
+                return roles[0]
+            return None
+
+        return str(wait_for(agreed, timeout, "the replicas to agree on one leader"))
+
+    def kill(self, node: str) -> None:
+        replica = self.replicas.pop(node)
+        replica.process.kill()
+        replica.process.wait(10)
+        replica.http.close()
+
+    def stop_all(self) -> None:
+        for node in list(self.replicas):
+            self.replicas.pop(node).stop()
+
+
+@pytest.fixture
+def cluster(world: World, redis: RedisServer) -> Iterator[Cluster]:
+    group = Cluster(world, redis)
+    try:
+        yield group
+    finally:
+        group.stop_all()
+    for path in group.logs:  # no replica logged a fault of its own
+        text = path.read_text(errors="replace")
+        assert "Traceback" not in text and " ERROR " not in text, f"{path}:\n{text[-3000:]}"
+
+
+def serving(replica: GatewayProcess) -> bool:
+    try:
+        return replica.http.get("/v1/trades/BTC_USD?wait=0").status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def stream(replica: GatewayProcess, last_id: str | None = None) -> EventStream:
+    headers = {"Last-Event-ID": last_id} if last_id else None
+    return EventStream(f"{replica.base}/v1/stream?channels={CHANNELS}", headers)
+
+
+def add_with_repeats(world: World, n: int) -> None:
+    """Trades that include identical ones (same price, quantity, side and
+    millisecond): each is a distinct trade all the same."""
+    for _ in range(n):
+        world.tape.add(1, push=False)
+        if world.tape.rng.random() < 0.3:
+            world.tape.trades.append(dict(world.tape.trades[-1]))
+    world.tape.push()
+
+
+def log_trades(redis: RedisServer) -> list[dict[str, Any]]:
+    """The trade events the cluster's log holds, read straight from Redis."""
+    raw = redis.cli("--raw", "XRANGE", "coinsuper:log", "-", "+")
+    trades = []
+    for line in raw.splitlines():
+        if not line.startswith("{"):
+            continue
+        entry = json.loads(line)
+        for name, _conflatable, data in entry["ev"]:
+            if name == "trade":
+                trades.append(json.loads(data)["data"])
+    return trades
+
+
+def test_one_leader_and_every_replica_serves_the_same_data(cluster: Cluster, world: World) -> None:
+    a, b, c = cluster.start("a"), cluster.start("b"), cluster.start("c")
+    leader = cluster.leader()
+    report = cluster.report(leader)
+    assert report["term"] >= 1 and report["epoch"]
+    wait_for(lambda: {n["node"] for n in cluster.report(leader)["nodes"]} == {"a", "b", "c"}, 5,
+             "every replica in the report")
+    epochs = {cluster.report(n)["epoch"] for n in "abc"}
+    assert len(epochs) == 1
+    world.tape.add(5)
+    world.tape.push_book()
+    for replica in (a, b, c):
+        wait_for(lambda r=replica: serving(r), 15, "every replica to serve trades")
+    answers = [r.http.get("/v1/trades/BTC_USD").json()["data"] for r in (a, b, c)]
+    assert answers[0] == answers[1] == answers[2] == list(reversed(world.tape.as_events(0)))
+    # Only the leader holds upstream links: the broker sees one session per client id.
+    followers = [n for n in "abc" if n != leader]
+    for node in followers:
+        body = cluster.replicas[node].http.get("/v1/channels").json()
+        assert body["links"] == []
+        assert {ch["link"] for ch in body["channels"]} == {"leader"}
+    assert cluster.replicas[leader].http.get("/readyz").status_code == 200
+    for node in followers:
+        wait_for(lambda n=node: cluster.replicas[n].http.get("/readyz").status_code == 200, 10,
+                 "the followers to be ready")
+
+
+def test_the_leaders_death_during_trade_pushes_loses_and_repeats_nothing(
+    cluster: Cluster, world: World
+) -> None:
+    for node in "abc":
+        cluster.start(node)
+    leader = cluster.leader()
+    followers = [n for n in "abc" if n != leader]
+    world.tape.add(3)
+    for node in followers:
+        wait_for(lambda n=node: serving(cluster.replicas[n]), 15, "the followers to serve")
+    start = len(world.tape.trades)
+    streams = [stream(cluster.replicas[n]) for n in followers]
+    for _ in range(5):
+        add_with_repeats(world, 3)
+        time.sleep(0.2)
+    cluster.kill(leader)
+    killed = time.monotonic()
+    for _ in range(10):  # pushes while there is no leader, and after a new one took over
+        add_with_repeats(world, 2)
+        time.sleep(0.3)
+    new = cluster.leader(followers)
+    assert new != leader
+    report = cluster.report(new)
+    assert report["leader"] == new
+    expected = world.tape.as_events(start)
+
+    def served_everything() -> bool:
+        world.tape.push()
+        return all(trades_of(s) == expected for s in streams)
+
+    wait_for(served_everything, TTL_MS / 1000 + 10, "every trade on every stream")
+    took = time.monotonic() - killed
+    assert took < TTL_MS / 1000 + 2 + 3.5, f"a new leader served after {took:.1f} s"
+    for s in streams:
+        assert trades_of(s) == expected  # once each, in order, identical ones included
+        s.close()
+    assert log_trades(cluster.redis)[-len(expected):] == expected
+
+
+def test_a_client_resumes_on_another_replica(cluster: Cluster, world: World) -> None:
+    a, b = cluster.start("a"), cluster.start("b")
+    cluster.leader()
+    world.tape.add(3)
+    wait_for(lambda: serving(a) and serving(b), 15, "both replicas to serve")
+    start = len(world.tape.trades)
+    first = stream(a)
+    add_with_repeats(world, 4)
+    wait_for(lambda: len(trades_of(first)) == len(world.tape.trades) - start, 10, "trades on a")
+    last = first.last_id
+    seen = len(trades_of(first))
+    first.close()
+    add_with_repeats(world, 5)  # missed while the client is away
+    time.sleep(0.5)
+    again = stream(b, last)
+    add_with_repeats(world, 2)
+    expected = world.tape.as_events(start + seen)
+    wait_for(lambda: trades_of(again) == expected, 10, "the missed trades, then the new ones, on b")
+    assert not again.named("reset")
+    again.close()
+
+
+def test_all_replicas_restarted_keep_the_ids_and_an_empty_redis_resets(
+    cluster: Cluster, world: World
+) -> None:
+    a, b = cluster.start("a"), cluster.start("b")
+    cluster.leader()
+    world.tape.add(3)
+    wait_for(lambda: serving(a) and serving(b), 15, "both replicas to serve")
+    epoch = cluster.report("a")["epoch"]
+    start = len(world.tape.trades)
+    client = stream(b)
+    add_with_repeats(world, 3)
+    wait_for(lambda: trades_of(client) == world.tape.as_events(start), 10, "trades on b")
+    last = client.last_id
+    client.close()
+    ports = {node: replica.port for node, replica in cluster.replicas.items()}
+    cluster.stop_all()
+    mid = len(world.tape.trades)
+    add_with_repeats(world, 2)  # while no replica runs: the next window still holds them
+    for node, port in ports.items():
+        cluster.start(node, port=port)
+    cluster.leader()
+    assert cluster.report("a")["epoch"] == epoch
+    resumed = stream(cluster.replicas["b"], last)
+    add_with_repeats(world, 1)
+    wait_for(lambda: trades_of(resumed) == world.tape.as_events(mid), 15,
+             "every trade since the last id, once")
+    assert not resumed.named("reset")
+    last = resumed.last_id
+    resumed.close()
+    # Redis restarted empty: a new epoch, and the old id is told to reset.
+    cluster.redis.restart(empty=True)
+    wait_for(lambda: cluster.report("a")["epoch"] != epoch, 15, "a new epoch")
+    cluster.leader()
+    after = stream(cluster.replicas["a"], last)
+    wait_for(lambda: after.named("reset"), 10, "a reset")
+
+    def fresh_book() -> bool:
+        world.tape.push_book()  # as the exchange does, every second or two
+        return bool(after.named("orderbook"))
+
+    wait_for(fresh_book, 10, "a fresh snapshot", interval=0.5)
+    after.close()
+
+
+def test_redis_paused_for_10_s_and_continued(cluster: Cluster, world: World) -> None:
+    a, b = cluster.start("a"), cluster.start("b")
+    cluster.leader()
+    world.tape.add(3)
+    wait_for(lambda: serving(a) and serving(b), 15, "both replicas to serve")
+    start = len(world.tape.trades)
+    streams = [stream(a), stream(b)]
+    add_with_repeats(world, 3)
+    wait_for(lambda: all(trades_of(s) == world.tape.as_events(start) for s in streams), 10,
+             "trades on both")
+    cluster.redis.freeze()
+    try:
+        paused = time.monotonic()
+        while time.monotonic() - paused < 10:
+            add_with_repeats(world, 1)
+            time.sleep(0.5)
+        for replica in (a, b):
+            assert replica.process.poll() is None  # never crashed
+            assert replica.http.get("/readyz").status_code == 503
+            assert serving(replica)  # the last state, marked stale
+        for s in streams:
+            assert not s.ended and s.error is None  # streams stay open
+            statuses = s.named("status")
+            assert any(st["status"] == "stale" for st in statuses), statuses
+    finally:
+        cluster.redis.thaw()
+    thawed = time.monotonic()
+    expected = world.tape.as_events(start)
+
+    def flowing() -> bool:
+        world.tape.push()
+        return all(trades_of(s) == expected for s in streams)
+
+    wait_for(flowing, 15, "data to flow again", interval=0.3)
+    took = time.monotonic() - thawed
+    assert took < 5 + 1, f"data flowed again {took:.1f} s after Redis continued"
+    for s in streams:
+        assert not s.named("reset")
+        s.close()
+
+
+def test_a_paused_leader_cannot_write_after_another_took_over(
+    cluster: Cluster, world: World
+) -> None:
+    cluster.start("a")
+    cluster.start("b")
+    old = cluster.leader()
+    new = "b" if old == "a" else "a"
+    world.tape.add(3)
+    wait_for(lambda: serving(cluster.replicas[new]), 15, "the follower to serve")
+    start = len(world.tape.trades)
+    client = stream(cluster.replicas[new])
+    add_with_repeats(world, 2)
+    wait_for(lambda: trades_of(client) == world.tape.as_events(start), 10, "trades")
+    frozen = cluster.replicas[old].process
+    frozen.send_signal(signal.SIGSTOP)
+    try:
+        add_with_repeats(world, 2)  # reaches the paused leader's socket: in flight for it
+        wait_for(lambda: cluster.report(new)["role"] == "leader", TTL_MS / 1000 + 5,
+                 "the other replica to take over")
+        for _ in range(3):
+            add_with_repeats(world, 2)
+            time.sleep(0.3)
+    finally:
+        frozen.send_signal(signal.SIGCONT)
+    add_with_repeats(world, 1)
+    wait_for(lambda: cluster.report(old)["role"] == "follower", 10, "the old leader to follow")
+    expected = world.tape.as_events(start)
+
+    def delivered() -> bool:
+        world.tape.push()
+        return trades_of(client) == expected
+
+    wait_for(delivered, 10, "every trade once on the new leader's stream", interval=0.3)
+    # The log holds every trade once, in order: nothing of the old leader's came after its term.
+    assert log_trades(cluster.redis) == world.tape.as_events(0)
+    assert cluster.report(old)["leader"] == new
+    client.close()
+
+
+_OPENED = re.compile(r"New client connected from \S+ as (\S+) ")
+_CLOSED = re.compile(r"Client (\S+) (?:closed its connection|disconnected|has exceeded timeout)")
+_TAKEN = re.compile(r"Client (\S+) already connected, closing old connection")
+
+
+def overlapping_sessions(broker_log: str) -> list[str]:
+    """Client ids the broker saw connected twice at once, from its log."""
+    connected: set[str] = set()
+    overlaps = []
+    for line in broker_log.splitlines():
+        if taken := _TAKEN.search(line):
+            overlaps.append(taken.group(1))
+        elif opened := _OPENED.search(line):
+            if opened.group(1) in connected:
+                overlaps.append(opened.group(1))
+            connected.add(opened.group(1))
+        elif closed := _CLOSED.search(line):
+            connected.discard(closed.group(1))
+    return overlaps
+
+
+def test_exactly_one_leader_through_a_minute_of_kills_and_restarts(
+    cluster: Cluster, world: World
+) -> None:
+    ports = {node: cluster.start(node).port for node in "abc"}
+    cluster.leader()
+    rng = random.Random(13)
+    terms: list[int] = []
+    samples = with_leader = kills = 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        victim = rng.choice("abc")
+        cluster.kill(victim)  # SIGKILL: the leader, a third of the time
+        kills += 1
+        world.tape.add(1)
+        settle = time.monotonic() + rng.uniform(1.0, 4.0)
+        while time.monotonic() < settle:
+            reports = []
+            for node in list(cluster.replicas):
+                with contextlib.suppress(httpx.HTTPError):
+                    reports.append(cluster.report(node))
+            leaders = [r["node"] for r in reports if r["role"] == "leader"]
+            assert len(leaders) <= 1, reports
+            samples += 1
+            with_leader += bool(leaders)
+            terms.extend(r["term"] for r in reports if r["role"] == "leader")
+            time.sleep(0.2)
+        cluster.start(victim, port=ports[victim])
+    cluster.leader()
+    assert terms == sorted(terms), "the term never goes back"
+    assert kills >= 15 and with_leader > samples / 2
+    # The broker saw at most one session per client id at any time.
+    assert overlapping_sessions(world.mosquitto.log_text()) == []
