@@ -330,7 +330,7 @@ def _retrieve_disconnection(client: aiomqtt.Client) -> None:
     cancelled) just as the broker dropped it leaves aiomqtt's disconnection
     future with an exception nobody awaits, which asyncio would log as an
     error at collection; the supervisor has already said why the link went."""
-    disconnected = client._disconnected  # noqa: SLF001  (aiomqtt keeps it private)
+    disconnected = client._disconnected
     if disconnected.done() and not disconnected.cancelled():
         disconnected.exception()
 
