@@ -7,12 +7,13 @@ SUM := $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 APP_STAMP := $(VENV)/.installed-app-$(SUM)
 STAMP := $(VENV)/.installed-test-$(SUM)
 # Debian packages the tests need: Mosquitto, the broker the integration tests
-# start, Redis, the engine of the cluster's shared parts, and Chromium, the
-# browser the page test drives (through Playwright).
-DEBIAN_PACKAGES := mosquitto redis-server chromium
+# start, Redis, the engine of the cluster's shared parts, HAProxy, the load
+# balancer of compose.yaml (its configuration is tested in front of replicas),
+# and Chromium, the browser the page test drives (through Playwright).
+DEBIAN_PACKAGES := mosquitto redis-server haproxy chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo serve test lint format openapi system-deps bench bench-deps clean
+.PHONY: demo serve cluster test lint format openapi system-deps bench bench-deps clean
 
 $(APP_STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +29,10 @@ $(STAMP): $(APP_STAMP)
 
 demo: $(APP_STAMP)  ## run the gateway against the built-in simulated exchange
 	$(BIN)/coinsuper-gateway demo
+
+cluster: $(APP_STAMP)  ## three replicas on one Redis, following the simulated exchange (ports 8001-8003)
+	@dpkg -s redis-server >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server; }
+	$(BIN)/coinsuper-gateway cluster
 
 serve: $(APP_STAMP)  ## run the gateway against COINSUPER_URL
 	$(BIN)/coinsuper-gateway serve

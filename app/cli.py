@@ -1,4 +1,4 @@
-"""The command line: ``coinsuper-gateway serve | demo | replay | simulate | channels | openapi``.
+"""The command line: ``coinsuper-gateway serve | demo | replay | simulate | cluster | channels | openapi``.
 
 Settings come from the environment (API.md); each has a flag of its own on
 ``serve``, ``demo`` and ``replay`` (``--gateway-port`` for ``GATEWAY_PORT``, and
@@ -30,7 +30,7 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
-from app import __version__
+from app import __version__, launcher
 from app.config import HELP, Settings, load_settings
 from app.errors import ConfigError
 from app.gateway import Gateway
@@ -332,6 +332,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     channels.add_argument("--token", help="bearer token, if the gateway requires one")
 
+    group = commands.add_parser(
+        "cluster",
+        help="run a cluster on this machine: redis-server, the simulated exchange, three replicas",
+    )
+    group.add_argument("--replicas", type=int, default=3, choices=range(1, 10), metavar="N")
+    group.add_argument("--base-port", type=int, default=8001, help="the first replica's port")
+    group.add_argument(
+        "--leader-ttl-ms", type=int, default=3000, help="GATEWAY_LEADER_TTL_MS of the replicas"
+    )
+
     spec = commands.add_parser("openapi", help="write the OpenAPI description of the HTTP API")
     spec.add_argument("--output", default="-", help="file to write (default: standard output)")
 
@@ -379,6 +389,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "channels":
             return _channels(args.url, args.token)
+        if args.command == "cluster":
+            setup_logging("info")
+            launcher.run(args.replicas, args.base_port, args.leader_ttl_ms)
+            return 0
         if args.command == "simulate":
             setup_logging("info")
             with contextlib.suppress(KeyboardInterrupt):

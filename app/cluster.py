@@ -54,7 +54,7 @@ from app.admission import Streams
 from app.channels import Channel, parse_channel
 from app.domain import Json, Update
 from app.errors import GatewayError, TooMany
-from app.fanout import ReplayBuffer
+from app.fanout import Cursor, ReplayBuffer
 from app.hub import LocalHub
 from app.ports import Ending
 from app.redislog import Fenced, RedisCluster, RedisLeadership
@@ -105,6 +105,9 @@ class ClusterHub(LocalHub):
         self.refused_writes = 0
         self.dropped_changes = 0
         self._appending = False
+        # The newest snapshot event handed out, per channel.
+        self._snapshots: dict[str, Event] = {}
+        self._progress = asyncio.Event()  # set whenever events are handed out
         self._last_checkpoint = 0.0
 
     # --- the leader's ingest: change the store, queue the entry ---------------
@@ -165,7 +168,7 @@ class ClusterHub(LocalHub):
         to its streams only: an event outside the log, with no id."""
         self.fanout.publish(
             Event(
-                self.store.seq,
+                self.fanout.head,  # not a new position: the event is outside the log
                 channel,
                 "status",
                 dumps(status),
@@ -231,8 +234,44 @@ class ClusterHub(LocalHub):
         for event in events:
             self.replay.append(event)
             if event.seq > self.fanout.head:
+                if event.conflatable and event.name != "status":
+                    self._snapshots[event.channel] = event
                 self.fanout.publish(event)
             self._arrived(event.channel)
+        progress, self._progress = self._progress, asyncio.Event()
+        progress.set()
+
+    # On the leader the store runs ahead of the log (its changes wait to be
+    # written): streams are given only what the log holds.
+
+    def _head(self) -> int:
+        return self.fanout.head
+
+    def _latest(self, names: Iterable[str]) -> list[Event]:
+        """The newest snapshot handed out of each channel the store holds."""
+        held = self.store.channels
+        events = [self._snapshots[n] for n in names if n in held and n in self._snapshots]
+        events.sort(key=lambda event: event.seq)
+        return events
+
+    def behind(self, last_event_id: str | None) -> bool:
+        """A cursor of this epoch past what this replica has handed out: an
+        id from a replica that is ahead (the log is read here meanwhile)."""
+        cursor = Cursor.parse(last_event_id) if last_event_id else None
+        return cursor is not None and cursor.epoch == self.epoch and cursor.seq > self._head()
+
+    async def reach(self, last_event_id: str | None, timeout_s: float) -> None:
+        """Wait (at most ``timeout_s``) until this replica has handed out the
+        event ``last_event_id``, so that a stream resumes from it here."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.behind(last_event_id):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._progress.wait()
 
     # --- following (every replica that does not lead) -------------------------
 
@@ -283,6 +322,11 @@ class ClusterHub(LocalHub):
         self.fanout.events = replay
         self.applied = position
         self.synced = True
+        self._snapshots = {
+            name: state.last_event
+            for name, state in store.channels.items()
+            if state.last_event is not None
+        }
         if new_epoch:
             if self.fanout.everyone:
                 log.warning(

@@ -347,16 +347,26 @@ class Gateway:
             )
         return report
 
+    def followed(self) -> list[Channel]:
+        """The channels this process reports on: those subscribed upstream, or
+        on a follower, those the cluster's log holds state or a status of."""
+        if not self.follows:
+            return [tracked.channel for tracked in self.registry.tracked.values()]
+        assert self.replica is not None
+        store = self.replica.hub.store
+        channels = []
+        for name in dict.fromkeys([*store.channels, *store.statuses]):
+            state = store.channels.get(name)
+            channels.append(state.channel if state is not None else parse_channel(name))
+        return channels
+
     def _follower_report(self, now: int) -> list[dict[str, object]]:
         """The channels of a follower: those the log holds state or a status of."""
-        assert self.replica is not None
-        store_channels = self.replica.hub.store.channels
-        names = dict.fromkeys([*store_channels, *self.replica.hub.store.statuses])
         pinned = {channel.name for channel in self.settings.subscribe_channels}
         report: list[dict[str, object]] = []
-        for name in names:
-            state = store_channels.get(name)
-            channel = state.channel if state is not None else parse_channel(name)
+        for channel in self.followed():
+            name = channel.name
+            state = self.hub.state(channel)
             status, reason = self.status(channel, now)
             link_state = {"live": "up", "failed": "failed"}.get(status, "connecting")
             report.append(

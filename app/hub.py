@@ -121,7 +121,11 @@ class LocalHub:
 
     def position(self) -> str:
         """The id of the newest event: a stream that has its backlog stands here."""
-        return f"{self.store.epoch}-{self.store.seq}"
+        return f"{self.store.epoch}-{self._head()}"
+
+    def _head(self) -> int:
+        """The sequence number of the newest event handed to streams."""
+        return self.store.seq
 
     def open(
         self, client: str, channels: Iterable[Channel], last_event_id: str | None, capacity: int
@@ -160,13 +164,14 @@ class LocalHub:
         names = frozenset(channel.name for channel in channel_list)
         cursor = Cursor.parse(last_event_id) if last_event_id else None
         backlog: list[Event] | None = None
-        if cursor is not None and cursor.epoch == self.epoch and cursor.seq <= self.store.seq:
+        head = self._head()
+        if cursor is not None and cursor.epoch == self.epoch and cursor.seq <= head:
             backlog = self.replay.since(cursor.seq, names)
         reset = last_event_id is not None and backlog is None
         if backlog is None:
             backlog = self._latest(names)
             if restamp:
-                backlog = [restamped(event, self.epoch, self.store.seq) for event in backlog]
+                backlog = [restamped(event, self.epoch, head) for event in backlog]
         self.fanout.retarget(subscription, subscription.channels | names)
         return backlog, reset
 
@@ -184,6 +189,12 @@ class LocalHub:
 
     def end(self, stream: Stream, ending: Ending) -> None:
         self.fanout.end(_subscription(stream), ending)
+
+    def behind(self, last_event_id: str | None) -> bool:
+        return False  # the single process is where every id comes from
+
+    async def reach(self, last_event_id: str | None, timeout_s: float) -> None:
+        return None
 
     def reset_event(self, channels: Iterable[str]) -> Event:
         data = reset_payload(self.epoch, channels)

@@ -64,9 +64,45 @@ class GatewayCollector(Collector):
         self.gc_pauses = gc_pauses
 
     def collect(self) -> Iterator[Metric]:
+        node = self.gateway.node
+        for metric in self._all():
+            # Every sample names its replica, so that replicas scraped through
+            # one address (a load balancer) stay apart.
+            metric.samples = [
+                sample._replace(labels={**sample.labels, "node": node}) for sample in metric.samples
+            ]
+            yield metric
+
+    def _all(self) -> Iterator[Metric]:
         yield from self._collect()
+        yield from self._cluster()
         if self.gc_pauses is not None:
             yield from self.gc_pauses.metrics()
+
+    def _cluster(self) -> Iterator[Metric]:
+        replica = self.gateway.replica
+        leader = GaugeMetricFamily(
+            "coinsuper_cluster_leader", "1 when this process holds the upstream links"
+        )
+        leader.add_metric([], 1 if self.gateway.leadership.leads else 0)
+        yield leader
+        if replica is None:
+            return
+        up = GaugeMetricFamily(
+            "coinsuper_cluster_redis_up", "1 when the cluster's Redis answers and the log is read"
+        )
+        up.add_metric([], 1 if replica.reachable and replica.hub.synced else 0)
+        refused = CounterMetricFamily(
+            "coinsuper_cluster_refused_writes",
+            "Appends to the cluster's log refused (fenced) or failed: the leader stepped down",
+        )
+        refused.add_metric([], replica.hub.refused_writes)
+        dropped = CounterMetricFamily(
+            "coinsuper_cluster_dropped_changes",
+            "Upstream messages taken after this process stopped leading (not logged)",
+        )
+        dropped.add_metric([], replica.hub.dropped_changes)
+        yield from (up, refused, dropped)
 
     def _collect(self) -> Iterator[Metric]:
         gateway = self.gateway
@@ -91,8 +127,7 @@ class GatewayCollector(Collector):
         )
         # Channels that map to the same labels (other symbols) are summed.
         sums: dict[tuple[str, str, str], list[float]] = {}
-        for tracked in list(gateway.registry.tracked.values()):
-            channel = tracked.channel
+        for channel in gateway.followed():
             key = self.policy.labels(channel)
             state = gateway.hub.state(channel)
             row = sums.setdefault(key, [0, 0, 0, 0, -1.0])
@@ -177,10 +212,10 @@ class GatewayCollector(Collector):
 
     def _gaps(self) -> dict[tuple[str, str, str], int]:
         sums: dict[tuple[str, str, str], int] = {}
-        for tracked in list(self.gateway.registry.tracked.values()):
-            state = self.gateway.hub.state(tracked.channel)
+        for channel in self.gateway.followed():
+            state = self.gateway.hub.state(channel)
             if state is not None and state.gaps:
-                key = self.policy.labels(tracked.channel)
+                key = self.policy.labels(channel)
                 sums[key] = sums.get(key, 0) + state.gaps
         return sums
 
@@ -210,12 +245,13 @@ class GatewayCollector(Collector):
 class RequestMetrics:
     """Counts and times HTTP requests by route template, method and status."""
 
-    def __init__(self, app: ASGIApp, registry: CollectorRegistry) -> None:
+    def __init__(self, app: ASGIApp, registry: CollectorRegistry, node: str) -> None:
         self.app = app
+        self.node = node
         self.histogram = Histogram(
             "coinsuper_http_request_duration_seconds",
             "HTTP requests (streams: time to the response's start)",
-            ["route", "method", "status"],
+            ["route", "method", "status", "node"],
             registry=registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
@@ -247,7 +283,9 @@ class RequestMetrics:
         method = scope.get("method", "GET")
         if method not in ("GET", "HEAD", "OPTIONS", "POST"):
             method = "other"
-        self.histogram.labels(template, method, str(status)).observe(time.perf_counter() - start)
+        self.histogram.labels(template, method, str(status), self.node).observe(
+            time.perf_counter() - start
+        )
 
 
 class GcPauses:

@@ -9,7 +9,9 @@ import contextlib
 import json
 import random
 import re
+import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,8 +19,11 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import EventStream, GatewayProcess, RedisServer, wait_for
+from app.cli import free_port
+from tests.support import REPO, EventStream, GatewayProcess, RedisServer, port_open, wait_for
 from tests.world import CHANNELS, World, trades_of
 
 TTL_MS = 1500
@@ -162,6 +167,14 @@ def test_one_leader_and_every_replica_serves_the_same_data(cluster: Cluster, wor
         assert body["links"] == []
         assert {ch["link"] for ch in body["channels"]} == {"leader"}
     assert cluster.replicas[leader].http.get("/readyz").status_code == 200
+    for node in "abc":  # metrics name their node and role; a follower counts the log's channels
+        text = cluster.replicas[node].http.get("/metrics").text
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        role = [s for s in families["coinsuper_cluster_leader"].samples]
+        assert [(s.labels["node"], s.value) for s in role] == [(node, 1 if node == leader else 0)]
+        assert [s.value for s in families["coinsuper_cluster_redis_up"].samples] == [1]
+        kinds = {s.labels["kind"] for s in families["coinsuper_upstream_messages"].samples}
+        assert kinds == {"trades", "orderbook"}
     for node in followers:
         wait_for(lambda n=node: cluster.replicas[n].http.get("/readyz").status_code == 200, 10,
                  "the followers to be ready")
@@ -305,7 +318,11 @@ def test_redis_paused_for_10_s_and_continued(cluster: Cluster, world: World) -> 
         world.tape.push()
         return all(trades_of(s) == expected for s in streams)
 
-    wait_for(flowing, 15, "data to flow again", interval=0.3)
+    try:
+        wait_for(flowing, 15, "data to flow again", interval=0.3)
+    except AssertionError:
+        got = [(len(trades_of(s)), s.ended, [e.get("id") for e in s.events[-6:]]) for s in streams]
+        raise AssertionError(f"expected {len(expected)} trades, got {got}") from None
     took = time.monotonic() - thawed
     assert took < 5 + 1, f"data flowed again {took:.1f} s after Redis continued"
     for s in streams:
@@ -405,3 +422,71 @@ def test_exactly_one_leader_through_a_minute_of_kills_and_restarts(
     assert kills >= 15 and with_leader > samples / 2
     # The broker saw at most one session per client id at any time.
     assert overlapping_sessions(world.mosquitto.log_text()) == []
+
+
+def haproxy_config(ports: list[int], listen: int) -> str:
+    """compose.yaml's HAProxy configuration, pointed at this test's replicas."""
+    compose = yaml.safe_load((REPO / "compose.yaml").read_text())
+    text = str(compose["configs"]["haproxy"]["content"])
+    text = text.replace(" resolvers docker", "")  # Docker's DNS: not here
+    text = re.sub(r"^resolvers docker\n(?:  .*\n)*", "", text, flags=re.MULTILINE)
+    text = text.replace("bind :8000", f"bind 127.0.0.1:{listen}")
+    # compose.yaml raises HAProxy's descriptor limit for its 50,000; a test needs few.
+    text = text.replace("maxconn 50000", "maxconn 2000")
+    for index, port in enumerate(ports, 1):
+        text = text.replace(f"gateway-{index}:8000", f"127.0.0.1:{port}")
+    return text
+
+
+def test_the_compose_load_balancer_streams_and_resumes_on_another_replica(
+    cluster: Cluster, world: World, tmp_path: Path
+) -> None:
+    """HAProxy with compose.yaml's own settings in front of the replicas: a
+    stream through it outlives the replica that served it."""
+    binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    if not Path(binary).exists():
+        pytest.fail("haproxy is not installed; `make test` installs it (Debian package haproxy)")
+    a, b = cluster.start("a"), cluster.start("b")
+    cluster.leader()
+    unused = free_port()  # the third replica of compose.yaml is not running: checked down
+    listen = free_port()
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(haproxy_config([a.port, b.port, unused], listen))
+    subprocess.run([binary, "-c", "-f", str(config)], check=True, capture_output=True)
+    proxy = subprocess.Popen([binary, "-db", "-f", str(config)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: port_open(listen), 10, "haproxy to listen")
+        front = f"http://127.0.0.1:{listen}"
+        world.tape.add(3)
+
+        def ready() -> bool:
+            world.tape.push_book()  # every configured channel live: the replicas are ready
+            return httpx.get(f"{front}/readyz", timeout=5).status_code == 200
+
+        wait_for(ready, 20, "a ready replica behind haproxy", interval=0.5)
+        assert httpx.get(f"{front}/v1/cluster").json()["node"] in ("a", "b")
+        start = len(world.tape.trades)
+        first = EventStream(f"{front}/v1/stream?channels={CHANNELS}")
+        add_with_repeats(world, 3)
+        wait_for(lambda: trades_of(first) == world.tape.as_events(start), 10, "trades through haproxy")
+        serving_node = next(node for node, replica in cluster.replicas.items()
+                            if replica.http.get("/v1/channels").json()["open_streams"] == 1)
+        cluster.kill(serving_node)  # the replica that serves the stream dies
+        wait_for(lambda: first.ended, 10, "the stream to end with its replica")
+        add_with_repeats(world, 2)
+        again = EventStream(f"{front}/v1/stream?channels={CHANNELS}",
+                            {"Last-Event-ID": str(first.last_id)})
+        expected = world.tape.as_events(start)
+
+        def complete() -> bool:
+            world.tape.push()
+            return trades_of(first) + trades_of(again) == expected
+
+        wait_for(complete, 15, "every trade once across the two replicas", interval=0.3)
+        assert again.status == 200
+        assert not again.named("reset")
+        again.close()
+    finally:
+        proxy.terminate()
+        proxy.wait(10)

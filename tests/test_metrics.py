@@ -39,6 +39,11 @@ def test_metrics_parse_and_count_every_public_channel(tmp_path: Path) -> None:
         routes = {(s.labels["route"], s.labels["status"])
                   for s in families["coinsuper_http_request_duration_seconds"].samples if "route" in s.labels}
         assert ("/v1/orderbook/{symbol:path}", "200") in routes and ("/v1/orderbook/{symbol:path}", "400") in routes
+        # Every sample names its replica; a single process is its own leader.
+        nodes = {s.labels.get("node") for f in families.values() if f.name.startswith("coinsuper")
+                 for s in f.samples}
+        assert len(nodes) == 1 and None not in nodes
+        assert [s.value for s in families["coinsuper_cluster_leader"].samples] == [1]
         links = {s.labels["link"]: s.value for s in families["coinsuper_link_up"].samples}
         assert links["private"] == 1 and links["orderbook:BTC_USD:0.01"] == 1
     lines = [line for line in gw.log_text().splitlines() if line.startswith("{")]

@@ -4,6 +4,7 @@ gateway following Mosquitto, where only BTC_USD ever gets data."""
 from __future__ import annotations
 
 import json
+import re
 
 from tests.support import EventStream, wait_for
 from tests.world import World, start_flowing
@@ -63,7 +64,7 @@ def test_a_trade_gap_is_a_status_event_and_a_count(world: World) -> None:
         assert len(gaps) == 1 and gaps[0]["channel"] == "trades:BTC_USD"
         assert gw.channels()["trades:BTC_USD"]["gaps"] == 1
         metrics = gw.http.get("/metrics").text
-        assert 'coinsuper_trade_gaps_total{kind="trades",param="",symbol="BTC_USD"} 1.0' in metrics
+        assert re.search(r'coinsuper_trade_gaps_total\{kind="trades",param="",symbol="BTC_USD",node="[^"]+"\} 1.0', metrics)
         events = list(stream.events)
         at = next(i for i, e in enumerate(events) if e.get("event") == "status" and '"gap"' in e["data"])
         # The window's trades follow the status. (The monitor's own status

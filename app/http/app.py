@@ -90,7 +90,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
         )
     )
     app.state.metrics = registry
-    app.add_middleware(RequestMetrics, registry=registry)
+    app.add_middleware(RequestMetrics, registry=registry, node=the_gateway.node)
     problems.install(app)
     app.include_router(rest.router)
     app.include_router(stream.router)

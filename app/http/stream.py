@@ -106,9 +106,12 @@ async def stream(
         if not channel.is_private:
             gateway.demand.demand(channel)
     resume_from = request.headers.get("last-event-id") or last_event_id
+    feed = gateway.feed
+    if feed.behind(resume_from):
+        # An id from a replica that is ahead of this one: read the log up to it.
+        await feed.reach(resume_from, settings.gateway_wait_default_ms / 1000)
     # Registered now, in the step that computes its backlog: nothing published
     # from here on is lost before the response takes the connection over.
-    feed = gateway.feed
     opening = feed.open(client, wanted, resume_from, settings.gateway_client_buffer)
     return StreamResponse(
         feed,

@@ -25,6 +25,7 @@ and the ASGI call returns; one fan-out serves both transports.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -98,6 +99,7 @@ class Connection:
             self.private_refusal = error.with_traceback(None)
         self.ops = OpRate(gateway.settings.gateway_ws_ops_per_s)
         self.protocol: GuardedWebSocketProtocol | None = None
+        self._waits: set[asyncio.Task[None]] = set()  # ops waiting for the log (a cluster)
 
     def on_message(self, text: str | None) -> None:
         """A message from the client (None: a binary one), as it arrives."""
@@ -122,7 +124,7 @@ class Connection:
         """An op's reply, then what it makes the stream send first."""
         self.gateway.feed.write(self.stream, ws_text(text) + first)
 
-    def subscribe(self, message: dict[str, Any]) -> None:
+    def subscribe(self, message: dict[str, Any], *, waited: bool = False) -> None:
         gateway = self.gateway
         settings = gateway.settings
         feed = gateway.feed
@@ -130,6 +132,13 @@ class Connection:
         last_event_id = message.get("last_event_id")
         if last_event_id is not None and not isinstance(last_event_id, str):
             raise InvalidInput("last_event_id", "not a string", "an event id such as 'a1b2c3d4-42'")
+        if not waited and feed.behind(last_event_id):
+            # An id from a replica that is ahead: this op is answered once the
+            # log is read up to it here (within the first-data wait).
+            task = asyncio.get_running_loop().create_task(self._subscribe_later(message))
+            self._waits.add(task)
+            task.add_done_callback(self._waits.discard)
+            return
         if self.private_refusal is not None and any(channel.is_private for channel in channels):
             raise self.private_refusal
         total = len(feed.channels(self.stream) | {c.name for c in channels})
@@ -155,6 +164,17 @@ class Connection:
             "position": feed.position(),
         }
         self.reply(json.dumps(answer), b"".join(first))
+
+    async def _subscribe_later(self, message: dict[str, Any]) -> None:
+        last_event_id = message.get("last_event_id")
+        wait_s = self.gateway.settings.gateway_wait_default_ms / 1000
+        await self.gateway.feed.reach(
+            last_event_id if isinstance(last_event_id, str) else None, wait_s
+        )
+        try:
+            self.subscribe(message, waited=True)
+        except GatewayError as error:
+            self.reply(_problem(error))
 
     def unsubscribe(self, message: dict[str, Any]) -> None:
         channels = _channel_names(message)
