@@ -490,3 +490,30 @@ def test_the_compose_load_balancer_streams_and_resumes_on_another_replica(
     finally:
         proxy.terminate()
         proxy.wait(10)
+
+
+def test_a_followers_client_makes_the_leader_subscribe(cluster: Cluster, world: World) -> None:
+    """Demand is the cluster's: a channel asked for on a follower is
+    subscribed by the leader within a second, and served on the follower."""
+    a = cluster.start("a", COINSUPER_SUBSCRIBE="trades:BTC_USD")
+    b = cluster.start("b", COINSUPER_SUBSCRIBE="trades:BTC_USD")
+    leader = cluster.leader()
+    follower = b if leader == "a" else a
+    assert follower.http.get("/v1/orderbook/BTC_USD?step=0.01&wait=0").status_code == 503
+    asked = time.monotonic()
+
+    def subscribed() -> bool:
+        channels = cluster.replicas[leader].http.get("/v1/channels").json()["channels"]
+        return any(c["channel"] == "orderbook:BTC_USD:0.01" for c in channels)
+
+    wait_for(subscribed, 5, "the leader to subscribe the follower's channel")
+    assert time.monotonic() - asked < 1.5
+
+    def served() -> bool:
+        world.tape.push_book()
+        return follower.http.get("/v1/orderbook/BTC_USD?step=0.01&wait=0").status_code == 200
+
+    wait_for(served, 10, "the book on the follower", interval=0.3)
+    leaders = cluster.replicas[leader]
+    wait_for(lambda: follower.http.get("/v1/orderbook/BTC_USD?step=0.01").content
+             == leaders.http.get("/v1/orderbook/BTC_USD?step=0.01").content, 5, "the same answer on both")
