@@ -180,19 +180,21 @@ class ClusterHub(LocalHub):
 
     # --- writing (the leader) -------------------------------------------------
 
-    async def write_loop(self, cluster: RedisCluster, maxlen: int) -> None:
+    async def write_loop(self, cluster: RedisCluster, maxlen: int, max_age_ms: int = 0) -> None:
         while True:
             await self.wake.wait()
             self.wake.clear()
             while self.outbox and self.writing is not None:
-                await self._write_some(cluster, self.writing, maxlen)
+                await self._write_some(cluster, self.writing, maxlen, max_age_ms)
 
-    async def _write_some(self, cluster: RedisCluster, term: int, maxlen: int) -> None:
+    async def _write_some(
+        self, cluster: RedisCluster, term: int, maxlen: int, max_age_ms: int
+    ) -> None:
         batch = [self.outbox.popleft() for _ in range(min(_BATCH, len(self.outbox)))]
         entries = [data for data, _ in batch if data is not None]
         self._appending = True
         try:
-            ids = await cluster.append_many(term, self.store.epoch, entries, maxlen)
+            ids = await cluster.append_many(term, self.store.epoch, entries, maxlen, max_age_ms)
         except Fenced as refused:
             self._refused(f"an append was refused ({refused})")
             return
@@ -358,6 +360,7 @@ class Replica:
         node: str,
         ttl_ms: int,
         log_entries: int,
+        log_age_ms: int,
         idle_ms: int,
         on_lead: Callable[[], None],
         on_follow: Callable[[], Coroutine[Any, Any, None]],
@@ -366,6 +369,9 @@ class Replica:
         self.hub = hub
         self.node = node
         self.log_entries = max(log_entries, 1000)
+        # Never shorter than a few checkpoints: a late replica starts from one.
+        floor = max(60_000, int(3 * hub.checkpoint_s * 1000))
+        self.log_age_ms = max(log_age_ms, floor) if log_age_ms else 0
         self.idle_ms = idle_ms
         self.on_lead = on_lead
         self.on_follow = on_follow
@@ -413,7 +419,8 @@ class Replica:
         self._tasks = [
             asyncio.create_task(self._read_loop(), name="cluster log"),
             asyncio.create_task(
-                self.hub.write_loop(self.cluster, self.log_entries), name="cluster writer"
+                self.hub.write_loop(self.cluster, self.log_entries, self.log_age_ms),
+                name="cluster writer",
             ),
             asyncio.create_task(self._housekeeping(), name="cluster housekeeping"),
         ]

@@ -84,6 +84,7 @@ class Gateway:
                 node=self.node,
                 ttl_ms=settings.gateway_leader_ttl_ms,
                 log_entries=settings.gateway_replay_events,
+                log_age_ms=int(settings.gateway_replay_age_s * 1000),
                 idle_ms=int(settings.gateway_idle_release_s * 1000),
                 on_lead=self._lead,
                 on_follow=self._follow,

@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 # KEYS: lease, term. ARGV: holder, ttl_ms. The term held, or 0 if another holds it.
 _LEAD = """
@@ -58,9 +58,11 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-# KEYS: term, log, epoch. ARGV: term, maxlen, data, epoch. The new entry's id,
-# or an error FENCED when the term is no longer the cluster's (another process
-# leads) or the epoch is not (the data it follows on was lost).
+# KEYS: term, log, epoch. ARGV: term, maxlen, data, epoch, max_age_ms (0: no
+# age limit). The new entry's id, or an error FENCED when the term is no longer
+# the cluster's (another process leads) or the epoch is not (the data it
+# follows on was lost). The log is trimmed by count and by age (entry ids are
+# Redis's milliseconds).
 _APPEND = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return redis.error_reply("FENCED the term " .. ARGV[1] .. " is not the cluster's")
@@ -68,7 +70,13 @@ end
 if redis.call('GET', KEYS[3]) ~= ARGV[4] then
   return redis.error_reply("FENCED the epoch " .. ARGV[4] .. " is not the cluster's")
 end
-return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[3])
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[3])
+local age = tonumber(ARGV[5])
+if age > 0 then
+  local ms = tonumber(string.match(id, "^(%d+)"))
+  redis.call('XTRIM', KEYS[2], 'MINID', '~', ms - age)
+end
+return id
 """
 
 # KEYS: term, checkpoint. ARGV: term, position, data. 1, or 0 when fenced.
@@ -171,23 +179,33 @@ class RedisCluster:
     async def resign(self) -> None:
         await self._resign(keys=[self.keys["lease"]], args=[self.holder])
 
-    async def append(self, term: int, epoch: str, data: bytes, maxlen: int) -> str:
+    async def append(
+        self, term: int, epoch: str, data: bytes, maxlen: int, max_age_ms: int = 0
+    ) -> str:
         """Append to the event log as the leader of ``term``: the entry's id.
         Raises :class:`Fenced` when another process has led since."""
-        ids = await self.append_many(term, epoch, [data], maxlen)
+        ids = await self.append_many(term, epoch, [data], maxlen, max_age_ms)
         return ids[0]
 
     async def append_many(
-        self, term: int, epoch: str, entries: list[bytes], maxlen: int
+        self, term: int, epoch: str, entries: list[bytes], maxlen: int, max_age_ms: int = 0
     ) -> list[str]:
         """Append entries in order, in one round trip, each fenced by the
         script that writes it: their ids. Raises :class:`Fenced` (after the
         ones before it were written) when an append is refused."""
         keys = [self.keys["term"], self.keys["log"], self.keys["epoch"]]
-        async with self.client.pipeline(transaction=False) as pipe:
-            for data in entries:
-                await self._append(keys=keys, args=[term, maxlen, data, epoch], client=pipe)
-            results = await pipe.execute(raise_on_error=False)
+        sha = self._append.sha
+        for attempt in range(2):
+            # EVALSHA straight away: a script run through a pipeline would ask
+            # Redis whether it knows the script first, a round trip per batch.
+            async with self.client.pipeline(transaction=False) as pipe:
+                for data in entries:
+                    pipe.evalsha(sha, 3, *keys, term, maxlen, data, epoch, max_age_ms)
+                results = await pipe.execute(raise_on_error=False)
+            if attempt == 0 and results and all(isinstance(r, NoScriptError) for r in results):
+                await self.client.script_load(_APPEND)  # a Redis that restarted forgot it
+                continue
+            break
         ids = []
         for result in results:
             if isinstance(result, ResponseError):

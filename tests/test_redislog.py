@@ -135,3 +135,15 @@ async def test_exactly_one_replica_leads_and_a_leader_that_loses_the_lease_stops
     assert not b.leads and events[-1] == "b lost"
     await b.stop()
     await a.stop()
+
+
+async def test_the_log_is_trimmed_by_age_too(client: Redis) -> None:
+    cluster = RedisCluster(client, "c", "a")
+    term = await cluster.lead(ttl_ms=5000)
+    assert term is not None
+    epoch = await cluster.epoch()
+    await cluster.append_many(term, epoch, [b"old %d" % n for n in range(250)], maxlen=1_000_000)
+    await asyncio.sleep(0.2)
+    newest = await cluster.append(term, epoch, b"new", maxlen=1_000_000, max_age_ms=100)
+    left = await client.xlen(cluster.keys["log"])
+    assert left < 251 and await cluster.held(newest)  # whole old nodes went (trimming is approximate)
