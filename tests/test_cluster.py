@@ -309,6 +309,12 @@ def test_redis_paused_for_10_s_and_continued(cluster: Cluster, world: World) -> 
             assert not s.ended and s.error is None  # streams stay open
             statuses = s.named("status")
             assert any(st["status"] == "stale" for st in statuses), statuses
+        # A stream opened, or resumed, meanwhile is accepted too.
+        opened, resumed = stream(b), stream(a, streams[0].last_id)
+        assert opened.status == 200 and resumed.status == 200
+        assert not resumed.named("reset")
+        opened.close()
+        resumed.close()
     finally:
         cluster.redis.thaw()
     thawed = time.monotonic()

@@ -68,7 +68,7 @@ class Hubs:
     async def settle(hub: LocalHub) -> None:
         """What the hub was given is handed to streams (a leader writes it first)."""
         if isinstance(hub, ClusterHub):
-            while hub.outbox or hub._appending:
+            while hub.outbox or hub._appending:  # noqa: ASYNC110  (the writer has no event to wait on)
                 await asyncio.sleep(0.002)
 
 

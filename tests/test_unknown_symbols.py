@@ -43,7 +43,7 @@ def test_channels_that_never_get_data_are_released_and_answered_404(world: World
         assert any(s["status"] == "failed" and "is the symbol right" in s["reason"] for s in statuses)
         # The pending slots are free again for a new channel.
         assert gw.http.get("/v1/orderbook/GHI_XYZ?step=0.0001&wait=0").status_code == 503
-        assert "coinsuper_no_data_releases_total 3.0" in gw.http.get("/metrics").text
+        assert re.search(r"coinsuper_no_data_releases_total\{node=\"[^\"]+\"\} 3.0", gw.http.get("/metrics").text)
         fake.close()
     finally:
         gw.stop()
@@ -64,7 +64,7 @@ def test_a_trade_gap_is_a_status_event_and_a_count(world: World) -> None:
         assert len(gaps) == 1 and gaps[0]["channel"] == "trades:BTC_USD"
         assert gw.channels()["trades:BTC_USD"]["gaps"] == 1
         metrics = gw.http.get("/metrics").text
-        assert re.search(r'coinsuper_trade_gaps_total\{kind="trades",param="",symbol="BTC_USD",node="[^"]+"\} 1.0', metrics)
+        assert re.search(r'coinsuper_trade_gaps_total\{kind="trades",node="[^"]+",param="",symbol="BTC_USD"\} 1.0', metrics)
         events = list(stream.events)
         at = next(i for i, e in enumerate(events) if e.get("event") == "status" and '"gap"' in e["data"])
         # The window's trades follow the status. (The monitor's own status
