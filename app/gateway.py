@@ -317,36 +317,54 @@ class Gateway:
         }
 
     def channel_report(self, now: int) -> list[dict[str, object]]:
-        """Every subscribed channel with its status and counts, for /v1/channels."""
+        """Every subscribed channel with its status and counts, for /v1/channels
+        (on a follower: the channels of the log, carried by the leader's links)."""
         if self.follows:
-            return self._follower_report(now)
-        report: list[dict[str, object]] = []
-        for tracked in self.registry.tracked.values():
-            channel = tracked.channel
-            status, reason = self.status(channel, now)
-            state = self.hub.state(channel)
-            report.append(
-                {
-                    "channel": channel.name,
-                    "symbol": channel.display_symbol,
-                    "status": status,
-                    "reason": reason,
-                    "seq": state.seq if state else 0,
-                    "last_update_ts": state.received_ts if state else None,
-                    "exchange_ts": state.exchange_ts if state else None,
-                    "messages": state.messages if state else 0,
-                    "rejected": state.rejected if state else 0,
-                    "superseded": state.superseded if state else 0,
-                    "gaps": state.gaps if state else 0,
-                    "last_rejection": state.last_rejection if state else None,
-                    "subscribers": self.hub.subscribers(channel),
-                    "pinned": tracked.pinned,
-                    "link": tracked.link.name,
-                    "link_state": tracked.link.state.value,
-                    "link_connects": tracked.link.connects,
-                }
+            pinned = {channel.name for channel in self.settings.subscribe_channels}
+            report = []
+            for channel in self.followed():
+                status = self.status(channel, now)[0]
+                link_state = {"live": "up", "failed": "failed"}.get(status, "connecting")
+                report.append(
+                    self._row(channel, now, channel.name in pinned, "leader", link_state, 0)
+                )
+            return report
+        return [
+            self._row(
+                tracked.channel,
+                now,
+                tracked.pinned,
+                tracked.link.name,
+                tracked.link.state.value,
+                tracked.link.connects,
             )
-        return report
+            for tracked in self.registry.tracked.values()
+        ]
+
+    def _row(
+        self, channel: Channel, now: int, pinned: bool, link: str, link_state: str, connects: int
+    ) -> dict[str, object]:
+        status, reason = self.status(channel, now)
+        state = self.hub.state(channel)
+        return {
+            "channel": channel.name,
+            "symbol": channel.display_symbol,
+            "status": status,
+            "reason": reason,
+            "seq": state.seq if state else 0,
+            "last_update_ts": state.received_ts if state else None,
+            "exchange_ts": state.exchange_ts if state else None,
+            "messages": state.messages if state else 0,
+            "rejected": state.rejected if state else 0,
+            "superseded": state.superseded if state else 0,
+            "gaps": state.gaps if state else 0,
+            "last_rejection": state.last_rejection if state else None,
+            "subscribers": self.hub.subscribers(channel),
+            "pinned": pinned,
+            "link": link,
+            "link_state": link_state,
+            "link_connects": connects,
+        }
 
     def followed(self) -> list[Channel]:
         """The channels this process reports on: those subscribed upstream, or
@@ -361,38 +379,6 @@ class Gateway:
             channels.append(state.channel if state is not None else parse_channel(name))
         return channels
 
-    def _follower_report(self, now: int) -> list[dict[str, object]]:
-        """The channels of a follower: those the log holds state or a status of."""
-        pinned = {channel.name for channel in self.settings.subscribe_channels}
-        report: list[dict[str, object]] = []
-        for channel in self.followed():
-            name = channel.name
-            state = self.hub.state(channel)
-            status, reason = self.status(channel, now)
-            link_state = {"live": "up", "failed": "failed"}.get(status, "connecting")
-            report.append(
-                {
-                    "channel": name,
-                    "symbol": channel.display_symbol,
-                    "status": status,
-                    "reason": reason,
-                    "seq": state.seq if state else 0,
-                    "last_update_ts": state.received_ts if state else None,
-                    "exchange_ts": state.exchange_ts if state else None,
-                    "messages": state.messages if state else 0,
-                    "rejected": state.rejected if state else 0,
-                    "superseded": state.superseded if state else 0,
-                    "gaps": state.gaps if state else 0,
-                    "last_rejection": state.last_rejection if state else None,
-                    "subscribers": self.hub.subscribers(channel),
-                    "pinned": name in pinned,
-                    "link": "leader",
-                    "link_state": link_state,
-                    "link_connects": 0,
-                }
-            )
-        return report
-
     def readiness(self, now: int) -> tuple[bool, list[str]]:
         """Ready when every configured channel is live and no channel is stale
         or failed (:func:`app.status.readiness`); a replica also needs its
@@ -403,7 +389,7 @@ class Gateway:
         judged = []
         if self.follows:
             pinned = {channel.name for channel in self.settings.subscribe_channels}
-            for entry in self._follower_report(now):
+            for entry in self.channel_report(now):
                 name = str(entry["channel"])
                 judged.append(
                     Judged(

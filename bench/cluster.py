@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -30,10 +29,12 @@ import httpx
 from common import (
     REPO,
     ProcessStats,
+    book_load,
     free_port,
     machine,
     start_gateway,
     start_simulator,
+    stop_all,
     wait_until,
 )
 
@@ -104,15 +105,7 @@ def line(name: str, result: dict[str, Any]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clients", type=int, default=10000)
-    parser.add_argument("--channels", type=int, default=20)
-    parser.add_argument("--interval", type=float, default=0.5, help="seconds between pushes of each book")
-    parser.add_argument("--seconds", type=float, default=30, help="measured window")
-    parser.add_argument("--warmup", type=float, default=8)
-    args = parser.parse_args()
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    channels = [f"orderbook:SIM{i:02d}_USD:0.01" for i in range(args.channels)]
+    args, channels = book_load(parser)
     simulator, broker_port = start_simulator(extra_symbols=args.channels, book_interval=args.interval)
     processes: list[subprocess.Popen[bytes]] = [simulator]
     try:
@@ -144,12 +137,7 @@ def main() -> int:
                   f"beside the one process's")
         print(json.dumps({**alone, **pair}))
     finally:
-        for process in reversed(processes):
-            process.terminate()
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_all(processes)
     return 0
 
 

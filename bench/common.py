@@ -3,8 +3,10 @@ starting the simulator and the gateway as processes of their own."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -17,7 +19,33 @@ sys.path.insert(0, str(REPO))
 
 from app.cli import free_port  # noqa: E402
 
-__all__ = ["REPO", "ProcessStats", "free_port", "machine", "start_gateway", "start_simulator", "wait_until"]
+__all__ = ["REPO", "ProcessStats", "book_load", "free_port", "machine", "start_gateway", "start_simulator",
+           "stop_all", "wait_until"]
+
+
+def book_load(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, list[str]]:
+    """The fan-out benchmarks' load (clients over order books pushed every
+    interval) from the command line; the descriptor limit raised for it; and
+    the books' channel names."""
+    parser.add_argument("--clients", type=int, default=10000)
+    parser.add_argument("--channels", type=int, default=20)
+    parser.add_argument("--interval", type=float, default=0.5, help="seconds between pushes of each book")
+    parser.add_argument("--seconds", type=float, default=30, help="measured window")
+    parser.add_argument("--warmup", type=float, default=8)
+    args = parser.parse_args()
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return args, [f"orderbook:SIM{i:02d}_USD:0.01" for i in range(args.channels)]
+
+
+def stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
+    """Stop what a benchmark started, the last started first."""
+    for process in reversed(processes):
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 def machine() -> str:

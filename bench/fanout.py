@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -37,10 +36,12 @@ import httpx
 from common import (
     REPO,
     ProcessStats,
+    book_load,
     free_port,
     machine,
     start_gateway,
     start_simulator,
+    stop_all,
     wait_until,
 )
 
@@ -200,15 +201,7 @@ def main() -> int:
     parser.add_argument("--transport", choices=["sse", "ws"], default="sse")
     parser.add_argument("--server", choices=["uvicorn", "granian"], default="uvicorn",
                         help="what serves the gateway: its own (uvicorn and its protocols) or granian (pip install granian)")
-    parser.add_argument("--clients", type=int, default=10000)
-    parser.add_argument("--channels", type=int, default=20)
-    parser.add_argument("--interval", type=float, default=0.5, help="seconds between pushes of each book")
-    parser.add_argument("--seconds", type=float, default=30, help="measured window")
-    parser.add_argument("--warmup", type=float, default=8)
-    args = parser.parse_args()
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    channels = [f"orderbook:SIM{i:02d}_USD:0.01" for i in range(args.channels)]
+    args, channels = book_load(parser)
     simulator, broker_port = start_simulator(extra_symbols=args.channels, book_interval=args.interval)
     processes: list[subprocess.Popen[bytes]] = [simulator]
     stop = threading.Event()
@@ -255,12 +248,7 @@ def main() -> int:
         print(json.dumps(results))
     finally:
         stop.set()
-        for process in reversed(processes):
-            process.terminate()
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_all(processes)
     return 0
 
 

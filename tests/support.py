@@ -71,7 +71,21 @@ def port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-class Mosquitto:
+class Server:
+    """A server process the tests start, and can pause (SIGSTOP) and continue."""
+
+    process: subprocess.Popen[bytes] | None = None
+
+    def freeze(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+
+class Mosquitto(Server):
     """Debian's Mosquitto on free ports: a TCP and a WebSocket listener, no
     anonymous access, a password file with the public login and a publisher."""
 
@@ -129,13 +143,6 @@ class Mosquitto:
             self.process.wait(10)
             self.process = None
 
-    def freeze(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGCONT)
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -146,7 +153,7 @@ class Mosquitto:
         return f"mqtt://127.0.0.1:{self.tcp_port}"
 
 
-class RedisServer:
+class RedisServer(Server):
     """Debian's redis-server on a free port with a config of its own: no
     persistence unless asked (``keep``: an append-only file in the workdir, so
     that a restart keeps the data)."""
@@ -199,13 +206,6 @@ class RedisServer:
                     file.unlink()
         self.start()
 
-    def freeze(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGCONT)
 
 
 class Publisher:
