@@ -23,7 +23,7 @@ from app.cluster import (
     follow_wanted,
 )
 from app.config import Settings
-from app.errors import ClusterUnavailable
+from app.errors import ClusterUnavailable, ConfigError
 from app.fanout import ReplayBuffer
 from app.hub import Hub, LocalHub
 from app.pipeline import Pipeline
@@ -68,6 +68,8 @@ class Gateway:
         # Typed as the seam: nothing outside app/hub.py and app/cluster.py
         # reaches into its parts.
         self.hub: Hub
+        if redis_url and replay is not None:
+            raise ConfigError("GATEWAY_REDIS_URL: a replay runs as one process; unset it to replay")
         if redis_url:
             hub = ClusterHub(
                 self._make_store,

@@ -325,7 +325,7 @@ class RedisLeadership:
         self.on_lost = on_lost
         self.term: int | None = None
         self._task: asyncio.Task[None] | None = None
-        self._resigning: asyncio.Task[None] | None = None
+        self._must_resign = False  # dropped: the lease is given up at the next step
 
     @property
     def leads(self) -> bool:
@@ -336,6 +336,13 @@ class RedisLeadership:
         deadline = self.ttl_ms / 3000
         try:
             async with asyncio.timeout(deadline):
+                if self._must_resign:
+                    # Given up: only a new term may lead again, so that no
+                    # append still on its way under the old one can land
+                    # after the log was read for taking over.
+                    await self.cluster.resign()
+                    self._must_resign = False
+                    return
                 term = await self.cluster.lead(self.ttl_ms)
         except (TimeoutError, RedisError, OSError):
             term = None  # not renewed in time: the lease may be another's by now
@@ -357,13 +364,8 @@ class RedisLeadership:
         term, by this process or another."""
         if self.term is None:
             return
+        self._must_resign = True
         self._lose()
-        task = asyncio.create_task(self._resign_quietly(), name="resign")
-        self._resigning = task
-
-    async def _resign_quietly(self) -> None:
-        with contextlib.suppress(RedisError, OSError):
-            await self.cluster.resign()
 
     async def run(self) -> None:
         while True:

@@ -147,3 +147,19 @@ async def test_the_log_is_trimmed_by_age_too(client: Redis) -> None:
     newest = await cluster.append(term, epoch, b"new", maxlen=1_000_000, max_age_ms=100)
     left = await client.xlen(cluster.keys["log"])
     assert left < 251 and await cluster.held(newest)  # whole old nodes went (trimming is approximate)
+
+
+async def test_a_leader_that_gives_up_leads_again_only_with_a_new_term(client: Redis) -> None:
+    """A leader whose write failed drops the lease: whoever leads next (itself
+    included) takes a new term, which fences anything still on its way."""
+    events: list[str] = []
+    leader = RedisLeadership(RedisCluster(client, "c", "a"), 3000,
+                             on_gained=lambda t: events.append(f"leads {t}"), on_lost=lambda: events.append("lost"))
+    await leader.step()
+    assert leader.term == 1
+    leader.drop()
+    assert not leader.leads and events == ["leads 1", "lost"]
+    await leader.step()  # gives the lease up
+    assert await leader.cluster.leader() is None and not leader.leads
+    await leader.step()
+    assert leader.term == 2 and events[-1] == "leads 2"
