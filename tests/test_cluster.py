@@ -13,7 +13,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from app.cli import free_port
 from tests.support import REPO, EventStream, GatewayProcess, RedisServer, port_open, wait_for
 from tests.world import CHANNELS, World, trades_of
 
-TTL_MS = 1500
+TTL_MS = 2000
 
 
 @pytest.fixture
@@ -109,6 +109,28 @@ def cluster(world: World, redis: RedisServer) -> Iterator[Cluster]:
         assert "Traceback" not in text and " ERROR " not in text, f"{path}:\n{text[-3000:]}"
 
 
+def wait_serving(world: World, *replicas: GatewayProcess) -> None:
+    """Until every replica serves the trades: the window is pushed again as the
+    exchange does (a push taken by a leader that lost its lease meanwhile is
+    not in the log: the next one brings its trades)."""
+
+    def all_serving() -> bool:
+        world.tape.push()
+        return all(serving(replica) for replica in replicas)
+
+    wait_for(all_serving, 15, "the replicas to serve trades", interval=0.3)
+
+
+def until_delivered(world: World, check: Callable[[], bool], timeout: float, what: str) -> None:
+    """Until ``check`` holds, the trade window pushed again as the exchange does."""
+
+    def pushed() -> bool:
+        world.tape.push()
+        return check()
+
+    wait_for(pushed, timeout, what, interval=0.3)
+
+
 def serving(replica: GatewayProcess) -> bool:
     try:
         return replica.http.get("/v1/trades/BTC_USD?wait=0").status_code == 200
@@ -156,8 +178,7 @@ def test_one_leader_and_every_replica_serves_the_same_data(cluster: Cluster, wor
     assert len(epochs) == 1
     world.tape.add(5)
     world.tape.push_book()
-    for replica in (a, b, c):
-        wait_for(lambda r=replica: serving(r), 15, "every replica to serve trades")
+    wait_serving(world, a, b, c)
     answers = [r.http.get("/v1/trades/BTC_USD").json()["data"] for r in (a, b, c)]
     assert answers[0] == answers[1] == answers[2] == list(reversed(world.tape.as_events(0)))
     # Only the leader holds upstream links: the broker sees one session per client id.
@@ -188,8 +209,7 @@ def test_the_leaders_death_during_trade_pushes_loses_and_repeats_nothing(
     leader = cluster.leader()
     followers = [n for n in "abc" if n != leader]
     world.tape.add(3)
-    for node in followers:
-        wait_for(lambda n=node: serving(cluster.replicas[n]), 15, "the followers to serve")
+    wait_serving(world, *(cluster.replicas[n] for n in followers))
     start = len(world.tape.trades)
     streams = [stream(cluster.replicas[n]) for n in followers]
     for _ in range(5):
@@ -197,22 +217,31 @@ def test_the_leaders_death_during_trade_pushes_loses_and_repeats_nothing(
         time.sleep(0.2)
     cluster.kill(leader)
     killed = time.monotonic()
-    for _ in range(10):  # pushes while there is no leader, and after a new one took over
-        add_with_repeats(world, 2)
-        time.sleep(0.3)
+    served_at = None
+    # Pushes while there is no leader, and after a new one took over, every
+    # 0.2 s (the exchange pushes every 1-2 s): when did a new trade first reach
+    # the streams again?
+    deadline = killed + TTL_MS / 1000 + 10
+    while time.monotonic() < deadline:
+        add_with_repeats(world, 1)
+        pushed = len(world.tape.trades)
+        time.sleep(0.2)
+        if served_at is None and all(len(trades_of(s)) >= pushed - start for s in streams):
+            served_at = time.monotonic()
+        if served_at is not None and time.monotonic() - served_at > 1:
+            break
+    assert served_at is not None, "no new leader served"
+    took = served_at - killed
+    assert took < TTL_MS / 1000 + 2, f"a new leader served {took:.1f} s after the kill"
     new = cluster.leader(followers)
-    assert new != leader
-    report = cluster.report(new)
-    assert report["leader"] == new
+    assert new != leader and cluster.report(new)["leader"] == new
     expected = world.tape.as_events(start)
 
     def served_everything() -> bool:
         world.tape.push()
         return all(trades_of(s) == expected for s in streams)
 
-    wait_for(served_everything, TTL_MS / 1000 + 10, "every trade on every stream")
-    took = time.monotonic() - killed
-    assert took < TTL_MS / 1000 + 2 + 3.5, f"a new leader served after {took:.1f} s"
+    wait_for(served_everything, 10, "every trade on every stream")
     for s in streams:
         assert trades_of(s) == expected  # once each, in order, identical ones included
         s.close()
@@ -223,11 +252,11 @@ def test_a_client_resumes_on_another_replica(cluster: Cluster, world: World) -> 
     a, b = cluster.start("a"), cluster.start("b")
     cluster.leader()
     world.tape.add(3)
-    wait_for(lambda: serving(a) and serving(b), 15, "both replicas to serve")
+    wait_serving(world, a, b)
     start = len(world.tape.trades)
     first = stream(a)
     add_with_repeats(world, 4)
-    wait_for(lambda: len(trades_of(first)) == len(world.tape.trades) - start, 10, "trades on a")
+    until_delivered(world, lambda: len(trades_of(first)) == len(world.tape.trades) - start, 10, "trades on a")
     last = first.last_id
     seen = len(trades_of(first))
     first.close()
@@ -236,7 +265,7 @@ def test_a_client_resumes_on_another_replica(cluster: Cluster, world: World) -> 
     again = stream(b, last)
     add_with_repeats(world, 2)
     expected = world.tape.as_events(start + seen)
-    wait_for(lambda: trades_of(again) == expected, 10, "the missed trades, then the new ones, on b")
+    until_delivered(world, lambda: trades_of(again) == expected, 10, "the missed trades, then the new ones, on b")
     assert not again.named("reset")
     again.close()
 
@@ -247,12 +276,12 @@ def test_all_replicas_restarted_keep_the_ids_and_an_empty_redis_resets(
     a, b = cluster.start("a"), cluster.start("b")
     cluster.leader()
     world.tape.add(3)
-    wait_for(lambda: serving(a) and serving(b), 15, "both replicas to serve")
+    wait_serving(world, a, b)
     epoch = cluster.report("a")["epoch"]
     start = len(world.tape.trades)
     client = stream(b)
     add_with_repeats(world, 3)
-    wait_for(lambda: trades_of(client) == world.tape.as_events(start), 10, "trades on b")
+    until_delivered(world, lambda: trades_of(client) == world.tape.as_events(start), 10, "trades on b")
     last = client.last_id
     client.close()
     ports = {node: replica.port for node, replica in cluster.replicas.items()}
@@ -265,7 +294,7 @@ def test_all_replicas_restarted_keep_the_ids_and_an_empty_redis_resets(
     assert cluster.report("a")["epoch"] == epoch
     resumed = stream(cluster.replicas["b"], last)
     add_with_repeats(world, 1)
-    wait_for(lambda: trades_of(resumed) == world.tape.as_events(mid), 15,
+    until_delivered(world, lambda: trades_of(resumed) == world.tape.as_events(mid), 15,
              "every trade since the last id, once")
     assert not resumed.named("reset")
     last = resumed.last_id
@@ -289,11 +318,11 @@ def test_redis_paused_for_10_s_and_continued(cluster: Cluster, world: World) -> 
     a, b = cluster.start("a"), cluster.start("b")
     cluster.leader()
     world.tape.add(3)
-    wait_for(lambda: serving(a) and serving(b), 15, "both replicas to serve")
+    wait_serving(world, a, b)
     start = len(world.tape.trades)
     streams = [stream(a), stream(b)]
     add_with_repeats(world, 3)
-    wait_for(lambda: all(trades_of(s) == world.tape.as_events(start) for s in streams), 10,
+    until_delivered(world, lambda: all(trades_of(s) == world.tape.as_events(start) for s in streams), 10,
              "trades on both")
     cluster.redis.freeze()
     try:
@@ -330,7 +359,7 @@ def test_redis_paused_for_10_s_and_continued(cluster: Cluster, world: World) -> 
         got = [(len(trades_of(s)), s.ended, [e.get("id") for e in s.events[-6:]]) for s in streams]
         raise AssertionError(f"expected {len(expected)} trades, got {got}") from None
     took = time.monotonic() - thawed
-    assert took < 5 + 1, f"data flowed again {took:.1f} s after Redis continued"
+    assert took < 5, f"data flowed again {took:.1f} s after Redis continued"
     for s in streams:
         assert not s.named("reset")
         s.close()
@@ -344,11 +373,11 @@ def test_a_paused_leader_cannot_write_after_another_took_over(
     old = cluster.leader()
     new = "b" if old == "a" else "a"
     world.tape.add(3)
-    wait_for(lambda: serving(cluster.replicas[new]), 15, "the follower to serve")
+    wait_serving(world, cluster.replicas[new])
     start = len(world.tape.trades)
     client = stream(cluster.replicas[new])
     add_with_repeats(world, 2)
-    wait_for(lambda: trades_of(client) == world.tape.as_events(start), 10, "trades")
+    until_delivered(world, lambda: trades_of(client) == world.tape.as_events(start), 10, "trades")
     frozen = cluster.replicas[old].process
     frozen.send_signal(signal.SIGSTOP)
     try:
@@ -467,7 +496,8 @@ def test_the_compose_load_balancer_streams_and_resumes_on_another_replica(
         world.tape.add(3)
 
         def ready() -> bool:
-            world.tape.push_book()  # every configured channel live: the replicas are ready
+            world.tape.push()  # every configured channel live: the replicas are ready
+            world.tape.push_book()
             return httpx.get(f"{front}/readyz", timeout=5).status_code == 200
 
         wait_for(ready, 20, "a ready replica behind haproxy", interval=0.5)
@@ -475,7 +505,7 @@ def test_the_compose_load_balancer_streams_and_resumes_on_another_replica(
         start = len(world.tape.trades)
         first = EventStream(f"{front}/v1/stream?channels={CHANNELS}")
         add_with_repeats(world, 3)
-        wait_for(lambda: trades_of(first) == world.tape.as_events(start), 10, "trades through haproxy")
+        until_delivered(world, lambda: trades_of(first) == world.tape.as_events(start), 10, "trades through haproxy")
         serving_node = next(node for node, replica in cluster.replicas.items()
                             if replica.http.get("/v1/channels").json()["open_streams"] == 1)
         cluster.kill(serving_node)  # the replica that serves the stream dies
