@@ -192,29 +192,30 @@ class ClusterHub(LocalHub):
     ) -> None:
         batch = [self.outbox.popleft() for _ in range(min(_BATCH, len(self.outbox)))]
         entries = [data for data, _ in batch if data is not None]
-        self._appending = True
+        self._appending = True  # until the batch is out, checkpoints included
         try:
-            ids = await cluster.append_many(term, self.store.epoch, entries, maxlen, max_age_ms)
-        except Fenced as refused:
-            self._refused(f"an append was refused ({refused})")
-            return
-        except (RedisError, OSError) as error:
-            self._refused(f"an append failed ({type(error).__name__}: {error})")
-            return
+            try:
+                ids = await cluster.append_many(term, self.store.epoch, entries, maxlen, max_age_ms)
+            except Fenced as refused:
+                self._refused(f"an append was refused ({refused})")
+                return
+            except (RedisError, OSError) as error:
+                self._refused(f"an append failed ({type(error).__name__}: {error})")
+                return
+            if self.writing != term:
+                return  # lost meanwhile: the store is reloaded from the log
+            written = iter(ids)
+            for data, made in batch:
+                if data is not None:
+                    self.applied = next(written)
+                    assert isinstance(made, list)
+                    self._hand_out(made)
+                else:
+                    assert isinstance(made, bytes)
+                    with contextlib.suppress(RedisError, OSError):
+                        await cluster.save_checkpoint(term, self.applied, made)
         finally:
             self._appending = False
-        if self.writing != term:
-            return  # lost meanwhile: the store is reloaded from the log
-        written = iter(ids)
-        for data, made in batch:
-            if data is not None:
-                self.applied = next(written)
-                assert isinstance(made, list)
-                self._hand_out(made)
-            else:
-                assert isinstance(made, bytes)
-                with contextlib.suppress(RedisError, OSError):
-                    await cluster.save_checkpoint(term, self.applied, made)
 
     def _refused(self, why: str) -> None:
         """The log may not hold what this store does: stop writing and reload."""
@@ -433,10 +434,15 @@ class Replica:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        with contextlib.suppress(RedisError, OSError):
-            await self.cluster.seen("gone", 0)
-        await self.client.aclose()
-        await self.reader.aclose()
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            async with asyncio.timeout(1.0):
+                await self.cluster.seen("gone", 0)
+        for client in (self.client, self.reader):
+            # Bounded: closing can wait on a socket that never finishes
+            # closing (redis-py #3941), and a stop must not hang on it.
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await client.aclose()
 
     # --- leadership -----------------------------------------------------------
 

@@ -4,6 +4,7 @@ started here on a free port with a config of its own (no persistence)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -30,7 +31,9 @@ async def client(redis_port: int) -> AsyncIterator[Redis]:
     try:
         yield redis
     finally:
-        await redis.aclose()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):  # closing may wait on a socket (redis-py #3941)
+                await redis.aclose()
 
 
 async def test_the_epoch_is_the_datas_not_a_processs(client: Redis) -> None:
