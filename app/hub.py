@@ -2,10 +2,10 @@
 
 :class:`LocalHub` keeps them all in this process. It is the ingest side's
 :class:`Hub` (apply updates, emit statuses) and the streams'
-:class:`~app.ports.Feed` (open, resume, extend, end). A shared backend
-(Redis Streams for the event log, one elected replica holding the upstream
-links) implements the same ports when the gateway runs as several replicas;
-nothing outside this module reaches into the parts.
+:class:`~app.ports.Feed` (open, resume, extend, end). A replica of a
+cluster uses the same parts, kept by the cluster's log in Redis
+(:class:`app.cluster.ClusterHub`, a subclass); nothing outside these two
+modules reaches into the parts.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What the HTTP side sees of the gateway: small ports, each implemented in
-this process today (app/hub.py), and by a shared backend when several
-replicas serve one cluster.
+the single process (app/hub.py, app/registry.py) and by a replica of a
+cluster on Redis (app/cluster.py).
 
 - :class:`Feed`: the event log and the fan-out, as a stream sees them: open a
   stream at a position (or resume one from an id), change its channels, end

@@ -1,8 +1,5 @@
-"""The cluster's shared parts in Redis: the first piece of the scale-out issue.
-
-Not wired into the gateway yet (the embedded single process is what runs);
-the `Feed` and `StateView` ports of app/ports.py are where a Redis backend
-built on these parts plugs in. What is here, each part checked against a real
+"""The cluster's shared parts in Redis, each one script or command; the
+replica that uses them is app/cluster.py. Each part is checked against a real
 ``redis-server`` by tests/test_redislog.py:
 
 - **The epoch** of the cluster's data: made once (``SET NX``) and kept in Redis,
@@ -14,12 +11,14 @@ built on these parts plugs in. What is here, each part checked against a real
   restarted process with the same node id is another holder with a new term.
   Taking, renewing and resigning are each one script: no holder can renew a
   lease another took meanwhile.
-- **The event log**, one Redis Stream trimmed by count. Every append is checked
-  against the writer's term in the script that makes it, so a paused or
-  partitioned old leader can never write after a new one took over.
-- Reading the log **after a position**, and knowing when that position is no
-  longer in it (trimmed, or lost in a failover), so that a cursor is resumed
-  exactly or refused, never resumed with a hole.
+- **The event log**, one Redis Stream trimmed by count and by age. Every append
+  is checked against the writer's term and the cluster's epoch in the script
+  that makes it, so a paused or partitioned old leader can never write after a
+  new one took over; and **checkpoints** of the leader's whole state, fenced
+  alike.
+- Reading the log **after a position**, and knowing whether that position is
+  still in it (trimmed, or lost in a failover), so that a replica's copy goes
+  on exactly, or starts again, never with a hole.
 - **Demand across the cluster**: when each channel was last wanted by a client
   of any replica (a sorted set scored by time, only ever moved forward), so
   that the leader subscribes what any replica's clients want and releases
@@ -260,18 +259,6 @@ class RedisCluster:
         for _stream, items in answer or []:
             entries.extend((_text(entry_id), _data(fields)) for entry_id, fields in items)
         return entries
-
-    async def since(self, position: str, count: int = 10_000) -> list[tuple[str, bytes]] | None:
-        """The entries after ``position`` (an entry id; "0-0" for all), oldest
-        first; None when the log no longer holds ``position`` itself (trimmed,
-        or lost), so that what followed it cannot be known to be complete."""
-        log = self.keys["log"]
-        if position != "0-0":
-            held = await self.client.xrange(log, min=position, max=position, count=1)
-            if not held:
-                return None
-        entries = await self.client.xrange(log, min=f"({position}", max="+", count=count)
-        return [(_text(entry_id), _data(fields)) for entry_id, fields in entries or []]
 
     async def demand(self, channels: Iterable[str], now_ms: int) -> None:
         """Clients of this replica want ``channels`` now (a time never moves back)."""
