@@ -83,13 +83,10 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         server.kill()
 
 
-@pytest.fixture(params=["in-process", "cluster"])
-async def hubs(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Hubs]:
-    if request.param == "in-process":
-        yield Hubs(None)
-        return
-    server: RedisServer = request.getfixturevalue("redis_server")
-    redis = Redis(port=server.port)
+@pytest.fixture
+async def cluster_hubs(redis_server: RedisServer) -> AsyncIterator[Hubs]:
+    """Hubs of cluster leaders, writing through a redis-server of their own."""
+    redis = Redis(port=redis_server.port)
     made = Hubs(redis)
     try:
         yield made
@@ -100,6 +97,14 @@ async def hubs(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5):  # closing may wait on a socket (redis-py #3941)
                 await redis.aclose()
+
+
+@pytest.fixture(params=["in-process", "cluster"])
+def hubs(request: pytest.FixtureRequest) -> Hubs:
+    if request.param == "in-process":
+        return Hubs(None)
+    made: Hubs = request.getfixturevalue("cluster_hubs")
+    return made
 
 
 def open_stream(local: LocalHub, channels: list, last_event_id: str | None) -> Opening:  # type: ignore[type-arg]
@@ -196,50 +201,43 @@ async def test_waiting_for_first_data(hubs: Hubs) -> None:
 
 
 async def test_a_follower_waits_for_a_cursor_of_a_replica_that_is_ahead(
-    redis_server: RedisServer,
+    cluster_hubs: Hubs,
 ) -> None:
     """A cursor from the leader that this follower has not read yet is not a
     reason to reset: it is waited for, then resumed from, with the leader's
     events, ids and bytes."""
-    redis = Redis(port=redis_server.port)
-    made = Hubs(redis)
-    try:
-        leader = await made.make()
-        follower = ClusterHub(
-            Store, lambda: ReplayBuffer(100, 600_000), Streams(100, 100), send_timeout_s=10,
-            checkpoint_s=3600,
-        )
-        assert isinstance(leader, ClusterHub)
-        name = made.clusters[0].keys["epoch"].removesuffix(":epoch")
-        reader = RedisCluster(redis, name, "b")
-        await follower.sync(reader)
-        await trades(made, leader, T0)
-        follower.follow(await reader.after(follower.applied))
-        cursor = follower.position()
-        await trades(made, leader, T0, T0 + 1, T0 + 2)
-        ahead = leader.position()
-        assert follower.behind(ahead) and not leader.behind(ahead)
-        waiting = asyncio.ensure_future(follower.reach(ahead, 5))
-        await asyncio.sleep(0.05)
-        assert not waiting.done()
-        follower.follow(await reader.after(follower.applied))
-        await asyncio.wait_for(waiting, 1)
-        opening = open_stream(follower, [TRADES], ahead)
-        assert not opening.reset and opening.backlog == []
-        resumed = open_stream(follower, [TRADES], cursor)
-        expected = [(e.id, e.data) for e in leader.replay.events if e.seq > 1]
-        assert [(e.id, e.data) for e in resumed.backlog] == expected
-        # Not read at all within the wait: the stream is told to reset, never left short.
-        await trades(made, leader, T0, T0 + 1, T0 + 2, T0 + 3)
-        await follower.reach(leader.position(), 0.05)
-        assert open_stream(follower, [TRADES], leader.position()).reset
-    finally:
-        for task in made.tasks:
-            task.cancel()
-        await asyncio.gather(*made.tasks, return_exceptions=True)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(5):  # closing may wait on a socket (redis-py #3941)
-                await redis.aclose()
+    made = cluster_hubs
+    assert made.redis is not None
+    redis = made.redis
+    leader = await made.make()
+    follower = ClusterHub(
+        Store, lambda: ReplayBuffer(100, 600_000), Streams(100, 100), send_timeout_s=10,
+        checkpoint_s=3600,
+    )
+    assert isinstance(leader, ClusterHub)
+    name = made.clusters[0].keys["epoch"].removesuffix(":epoch")
+    reader = RedisCluster(redis, name, "b")
+    await follower.sync(reader)
+    await trades(made, leader, T0)
+    follower.follow(await reader.after(follower.applied))
+    cursor = follower.position()
+    await trades(made, leader, T0, T0 + 1, T0 + 2)
+    ahead = leader.position()
+    assert follower.behind(ahead) and not leader.behind(ahead)
+    waiting = asyncio.ensure_future(follower.reach(ahead, 5))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    follower.follow(await reader.after(follower.applied))
+    await asyncio.wait_for(waiting, 1)
+    opening = open_stream(follower, [TRADES], ahead)
+    assert not opening.reset and opening.backlog == []
+    resumed = open_stream(follower, [TRADES], cursor)
+    expected = [(e.id, e.data) for e in leader.replay.events if e.seq > 1]
+    assert [(e.id, e.data) for e in resumed.backlog] == expected
+    # Not read at all within the wait: the stream is told to reset, never left short.
+    await trades(made, leader, T0, T0 + 1, T0 + 2, T0 + 3)
+    await follower.reach(leader.position(), 0.05)
+    assert open_stream(follower, [TRADES], leader.position()).reset
 
 
 async def test_the_state_view_reads_answers_and_says_why_there_is_none() -> None:
