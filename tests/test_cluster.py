@@ -553,3 +553,23 @@ def test_a_followers_client_makes_the_leader_subscribe(cluster: Cluster, world: 
     leaders = cluster.replicas[leader]
     wait_for(lambda: follower.http.get("/v1/orderbook/BTC_USD?step=0.01").content
              == leaders.http.get("/v1/orderbook/BTC_USD?step=0.01").content, 5, "the same answer on both")
+
+
+def test_idle_release_counts_every_replicas_clients(cluster: Cluster, world: World) -> None:
+    """A stream on a follower keeps its channel subscribed on the leader past
+    the idle time; once no replica's client wants it, the leader releases it."""
+    idle = {"GATEWAY_IDLE_RELEASE_S": "2", "COINSUPER_SUBSCRIBE": "trades:BTC_USD"}
+    a, b = cluster.start("a", **idle), cluster.start("b", **idle)
+    leader = cluster.leader()
+    follower = b if leader == "a" else a
+    held = EventStream(f"{follower.base}/v1/stream?channels=orderbook:BTC_USD:0.01")
+
+    def subscribed() -> bool:
+        channels = cluster.replicas[leader].http.get("/v1/channels").json()["channels"]
+        return any(c["channel"] == "orderbook:BTC_USD:0.01" for c in channels)
+
+    wait_for(subscribed, 5, "the leader to subscribe the follower's stream's channel")
+    time.sleep(4)  # twice the idle time, with the only client on the follower
+    assert subscribed(), "released although a follower's client follows it"
+    held.close()
+    wait_for(lambda: not subscribed(), 10, "the channel released once nobody follows it")
