@@ -392,7 +392,6 @@ class Replica:
         )
         hub.on_refused = self.leadership.drop
         self.reachable = False
-        self.unreachable_since: float | None = None
         self.local_demand: dict[str, int] = {}
         self.wanted: list[str] = []
         self._lock = asyncio.Lock()
@@ -556,10 +555,8 @@ class Replica:
         self.reachable = reachable
         now = time.time_ns() // 1_000_000
         if not reachable:
-            self.unreachable_since = time.monotonic()
             log.warning("%s: %s: %s", UNREACHABLE, type(error).__name__, error)
         else:
-            self.unreachable_since = None
             log.info("the cluster's Redis answers again")
         for name in list(self.hub.fanout.by_channel):
             status, reason = self.status(parse_channel(name), now)
