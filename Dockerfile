@@ -3,14 +3,14 @@
 #
 # Two stages: wheels are built in the first, and only they reach the image
 # (no source tree, no build/ or egg-info). The dependencies are a layer of
-# their own, made from pyproject.toml alone, so that a change of the source
-# rebuilds only the last layer.
+# their own, made from the hashed lock alone (requirements/app.lock, the
+# versions every machine installs), so that a change of the source rebuilds
+# only the last layer.
 FROM python:3.11.11-slim-bookworm AS build
 WORKDIR /src
-COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > requirements.txt \
-    && pip wheel --no-cache-dir --wheel-dir /wheels/deps -r requirements.txt
-COPY README.md ./
+COPY requirements/app.lock ./
+RUN pip wheel --no-cache-dir --require-hashes --wheel-dir /wheels/deps -r app.lock
+COPY pyproject.toml README.md ./
 COPY app ./app
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels/app .
 

@@ -9,10 +9,11 @@ Mosquitto or the simulator pinging every 20 s) every WebSocket link dropped at
 its first ping.
 
 The patch makes ``_create_frame`` mask whatever it is asked for, which is what
-a client must do; nothing else of paho changes. ``tests/test_pahows.py`` fails
-when paho's source no longer frames the pong unmasked (then this module can
-go), and ``tests/test_tls_ws.py`` holds a link for a minute against a server
-that pings every second and enforces masking.
+a client must do; nothing else of paho changes. ``tests/test_drift.py`` fails
+when paho's ``_WebsocketWrapper`` is no longer the source this was written
+against (then look whether it still frames the pong unmasked: if not, this
+module can go), and ``tests/test_tls_ws.py`` holds a link for a minute against
+a server that pings every second and enforces masking.
 """
 
 from __future__ import annotations
