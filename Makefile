@@ -2,7 +2,11 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-SUM := $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# The versions installed come from the lock files (hashed, made by `make lock`
+# from pyproject.toml), so that every machine installs the same code.
+APP_LOCK := requirements/app.lock
+TEST_LOCK := requirements/test.lock
+SUM := $(shell cat pyproject.toml $(APP_LOCK) $(TEST_LOCK) | cksum | cut -d' ' -f1)
 # What the gateway needs (make demo), and that plus the test tooling (make test).
 APP_STAMP := $(VENV)/.installed-app-$(SUM)
 STAMP := $(VENV)/.installed-test-$(SUM)
@@ -13,17 +17,17 @@ STAMP := $(VENV)/.installed-test-$(SUM)
 DEBIAN_PACKAGES := mosquitto redis-server haproxy chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo serve cluster test lint format openapi system-deps bench bench-deps clean
+.PHONY: demo serve cluster test test-unit lock lint format openapi system-deps bench bench-deps clean
 
-$(APP_STAMP): pyproject.toml
+$(APP_STAMP): pyproject.toml $(APP_LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(APP_LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	@rm -f $(VENV)/.installed-app-*
 	@touch $@
 
-$(STAMP): $(APP_STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+$(STAMP): $(APP_STAMP) $(TEST_LOCK)
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(TEST_LOCK)
 	@rm -f $(VENV)/.installed-test-*
 	@touch $@
 
@@ -60,6 +64,15 @@ format: $(STAMP)
 
 test: system-deps $(STAMP) lint  ## install what the tests need, then run them
 	$(BIN)/pytest -q
+
+test-unit: $(STAMP)  ## the tests that start no process (no broker, Redis or gateway): seconds
+	$(BIN)/pytest -q -m "not processes"
+
+lock: $(STAMP)  ## refresh requirements/*.lock from pyproject.toml (the newest versions its bounds allow)
+	$(BIN)/uv pip compile --quiet --upgrade --generate-hashes --python-version 3.11 \
+		--python-platform x86_64-unknown-linux-gnu --extra test -o $(TEST_LOCK) pyproject.toml
+	$(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.11 \
+		--python-platform x86_64-unknown-linux-gnu -c $(TEST_LOCK) -o $(APP_LOCK) pyproject.toml
 
 bench-deps: $(STAMP)  ## what the benchmarks need: wrk, nginx with nchan (the reference), granian
 	@missing=""; for p in wrk nginx libnginx-mod-nchan; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

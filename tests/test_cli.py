@@ -16,6 +16,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "app", *args], cwd=REPO, capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.processes
 def test_help_lists_every_setting() -> None:
     top = run("--help").stdout
     for name in Settings.model_fields:
@@ -23,6 +24,7 @@ def test_help_lists_every_setting() -> None:
 
 
 @pytest.mark.parametrize("command", ["serve", "demo", "replay"])
+@pytest.mark.processes
 def test_each_command_has_a_flag_for_every_setting(command: str) -> None:
     text = run(command, "--help").stdout
     for name in Settings.model_fields:
@@ -30,6 +32,7 @@ def test_each_command_has_a_flag_for_every_setting(command: str) -> None:
         assert name.upper() in text
 
 
+@pytest.mark.processes
 def test_a_flag_wins_over_its_variable_and_is_checked_alike() -> None:
     result = subprocess.run([sys.executable, "-m", "app", "serve", "--port", "nope"], cwd=REPO,
                             capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "GATEWAY_PORT": "8000"})
@@ -37,6 +40,7 @@ def test_a_flag_wins_over_its_variable_and_is_checked_alike() -> None:
     assert result.stderr.strip().startswith("coinsuper-gateway: configuration error: GATEWAY_PORT:")
 
 
+@pytest.mark.processes
 def test_channels_prints_the_state_of_a_running_gateway(tmp_path: Path) -> None:
     with gateway(tmp_path, {}, command="demo") as gw:
         wait_for(lambda: gw.channels()["orderbook:BTC_USD:0.01"]["status"] == "live", 10, "live")

@@ -26,17 +26,9 @@ from app.cli import free_port
 from tests.support import REPO, EventStream, GatewayProcess, RedisServer, port_open, wait_for
 from tests.world import CHANNELS, World, trades_of
 
+pytestmark = [pytest.mark.processes, pytest.mark.redis_keep]
+
 TTL_MS = 2000
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path, keep=True)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
 
 
 class Cluster:
@@ -98,8 +90,8 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(world: World, redis: RedisServer) -> Iterator[Cluster]:
-    group = Cluster(world, redis)
+def cluster(world: World, redis_server: RedisServer) -> Iterator[Cluster]:
+    group = Cluster(world, redis_server)
     try:
         yield group
     finally:

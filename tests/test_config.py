@@ -48,6 +48,7 @@ def test_secrets_stay_out_of_the_repr(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "very-secret-value" not in text and "token-one" not in text
 
 
+@pytest.mark.processes
 def test_the_program_exits_2_with_one_line() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "app", "serve"],

@@ -13,6 +13,8 @@ import pytest
 
 from tests.support import ENV, EventStream, GatewayProcess, Mosquitto, Publisher, sample, wait_for
 
+pytestmark = pytest.mark.processes
+
 BOOK_TOPIC = ENV + "/api/ws/v1/market/orderBook/BTC_USD/0.01"
 TRADES_TOPIC = ENV + "/api/ws/v1/market/tickers/BTC_USD"
 

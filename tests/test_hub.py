@@ -8,8 +8,7 @@ import asyncio
 import contextlib
 import itertools
 import json
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
@@ -74,16 +73,6 @@ class Hubs:
 
 
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
-
-
-@pytest.fixture
 async def cluster_hubs(redis_server: RedisServer) -> AsyncIterator[Hubs]:
     """Hubs of cluster leaders, writing through a redis-server of their own."""
     redis = Redis(port=redis_server.port)
@@ -99,7 +88,7 @@ async def cluster_hubs(redis_server: RedisServer) -> AsyncIterator[Hubs]:
                 await redis.aclose()
 
 
-@pytest.fixture(params=["in-process", "cluster"])
+@pytest.fixture(params=["in-process", pytest.param("cluster", marks=pytest.mark.processes)])
 def hubs(request: pytest.FixtureRequest) -> Hubs:
     if request.param == "in-process":
         return Hubs(None)

@@ -260,6 +260,7 @@ def test_x_forwarded_for_is_not_believed_from_an_untrusted_peer(gw: GatewayProce
             stream.close()
 
 
+@pytest.mark.processes
 def test_x_forwarded_for_is_believed_from_a_trusted_proxy(tmp_path: Path) -> None:
     proxied = GatewayProcess(
         tmp_path,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import gateway, wait_for
@@ -13,6 +14,7 @@ PUBLIC = {("orderbook", "BTC_USD", "0.01"), ("trades", "BTC_USD", ""), ("depth",
           ("kline", "BTC_USD", "1m")}
 
 
+@pytest.mark.processes
 def test_metrics_parse_and_count_every_public_channel(tmp_path: Path) -> None:
     env = {"GATEWAY_LOG_FORMAT": "json"}
     with gateway(tmp_path, env, command="demo") as gw:

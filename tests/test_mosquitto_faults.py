@@ -10,6 +10,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.support import (
     ENV,
     EventStream,
@@ -146,6 +148,7 @@ def test_malformed_payloads_on_every_topic(mosquitto: Mosquitto, tmp_path: Path)
     publisher.close()
 
 
+@pytest.mark.processes
 def test_broker_unreachable_at_start(tmp_path: Path) -> None:
     broker = Mosquitto(tmp_path)  # configured, not started: nothing listens on its ports
     env = {"COINSUPER_URL": broker.url("tcp"), "COINSUPER_SUBSCRIBE": "orderbook:BTC_USD:0.01"}

@@ -17,6 +17,8 @@ from schemathesis.specs.openapi.checks import (
 from app.cli import openapi_text
 from tests.support import ENV, REPO, GatewayProcess, Mosquitto, Publisher, sample, wait_for
 
+pytestmark = pytest.mark.processes
+
 SPEC = REPO / "openapi" / "openapi.json"
 
 

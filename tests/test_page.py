@@ -16,6 +16,8 @@ from playwright.sync_api import Page, sync_playwright
 
 from tests.support import REPO, gateway
 
+pytestmark = pytest.mark.processes
+
 SHOTS = REPO / "artifacts" / "screenshots"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # As root in a sandbox, on a closed network: no sandbox, no background traffic.

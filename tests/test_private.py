@@ -170,6 +170,7 @@ async def _count(sim: Simulator, kind: str, n: int) -> bool:
     return len({p for t, p in sim.faults.sent if t == topic}) >= n
 
 
+@pytest.mark.processes
 def test_30_decimal_balances_come_out_exact_by_rest_and_sse(tmp_path: Path) -> None:
     broker = Mosquitto(tmp_path, anonymous=True)
     broker.start()
@@ -207,6 +208,7 @@ def test_30_decimal_balances_come_out_exact_by_rest_and_sse(tmp_path: Path) -> N
         broker.kill()
 
 
+@pytest.mark.processes
 def test_tokens_guard_private_rest_and_streams_and_never_reach_a_log(tmp_path: Path) -> None:
     broker = Mosquitto(tmp_path, anonymous=True)
     broker.start()
@@ -263,6 +265,7 @@ def test_the_log_filter_scrubs_query_tokens_and_secrets() -> None:
 
 
 @pytest.mark.parametrize("route", ["/v1/account/assets", "/v1/stream?channels=orders"])
+@pytest.mark.processes
 def test_private_routes_without_a_private_feed_are_404(tmp_path: Path, route: str) -> None:
     broker = Mosquitto(tmp_path)
     broker.start()

@@ -53,6 +53,7 @@ def answers(gw: GatewayProcess) -> dict[str, dict[str, object]]:
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.processes
 def test_a_recorded_session_replays_to_the_same_answers(tmp_path: Path) -> None:
     tcp, ws = free_port(), free_port()
     simulator_file = tmp_path / "simulator.jsonl.gz"

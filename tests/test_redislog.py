@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
@@ -16,18 +15,8 @@ from tests.support import RedisServer
 
 
 @pytest.fixture
-def redis_port(tmp_path: Path) -> Iterator[int]:
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        yield server.port
-    finally:
-        server.kill()
-
-
-@pytest.fixture
-async def client(redis_port: int) -> AsyncIterator[Redis]:
-    redis = Redis(port=redis_port)
+async def client(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    redis = Redis(port=redis_server.port)
     try:
         yield redis
     finally:

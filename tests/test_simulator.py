@@ -105,6 +105,7 @@ async def test_every_public_topic_publishes_sane_payloads(simulator: Simulator) 
         assert candle["timestamp"] % range_ms == 0
 
 
+@pytest.mark.processes
 def test_demo_serves_a_live_book_and_a_stream(tmp_path: Path) -> None:
     with gateway(tmp_path, {}, command="demo") as gw:
         book = wait_for(

@@ -20,6 +20,8 @@ from websockets.asyncio.server import ServerConnection, serve
 from app.cli import free_port
 from tests.support import ENV, GatewayProcess, Mosquitto, Publisher, sample, wait_for
 
+pytestmark = pytest.mark.processes
+
 BOOK_TOPIC = ENV + "/api/ws/v1/market/orderBook/BTC_USD/0.01"
 BOOK = "orderbook:BTC_USD:0.01"
 

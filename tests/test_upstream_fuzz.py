@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 
 from tests.support import ENV, GatewayProcess, Mosquitto, Publisher, sample, wait_for
 
+pytestmark = pytest.mark.processes
+
 TOPICS = {
     "orderbook:BTC_USD:0.01": (ENV + "/api/ws/v1/market/orderBook/BTC_USD/0.01", "orderBook_BTC_USD_0.01.json",
                                "/v1/orderbook/BTC_USD?step=0.01"),
