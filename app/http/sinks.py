@@ -27,9 +27,8 @@ stalled client is dropped at once, a shutdown ends the response properly.
 
 Why not sse-starlette's ``EventSourceResponse``: it runs an anyio task group of
 three tasks per stream (sender, disconnect listener, exit-signal listener) and
-a cancel scope per send. With 1,000 clients over 20 books (bench/fanout.py) it
-cost 49 KiB of resident memory per client and held the gateway to about 13,500
-deliveries per core-second.
+a cancel scope per send, which bench/fanout.py measured far heavier per client
+than this sink (the figures: README, "Performance").
 """
 
 from __future__ import annotations
