@@ -65,8 +65,8 @@ format: $(STAMP)
 test: system-deps $(STAMP) lint  ## install what the tests need, then run them
 	$(BIN)/pytest -q
 
-test-unit: $(STAMP)  ## the tests that start no process (no broker, Redis or gateway): seconds
-	$(BIN)/pytest -q -m "not processes"
+test-unit: $(STAMP)  ## the tests that start no process (no broker, Redis or gateway), the slowest property tests drawing a tenth of their examples
+	TESTS_QUICK=1 $(BIN)/pytest -q -m "not processes"
 
 lock: $(STAMP)  ## refresh requirements/*.lock from pyproject.toml (the newest versions its bounds allow)
 	$(BIN)/uv pip compile --quiet --upgrade --generate-hashes --python-version 3.11 \

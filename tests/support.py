@@ -414,3 +414,10 @@ class CuttingProxy:
     def close(self) -> None:
         self.listener.close()
         self.cut()
+
+
+def examples(full: int) -> int:
+    """How many examples a slow property test draws: ``full`` in ``make test``,
+    a tenth (at least 20) in the quick run, ``make test-unit``, which sets
+    TESTS_QUICK=1."""
+    return max(20, full // 10) if os.environ.get("TESTS_QUICK") == "1" else full

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from app.decode import Trade
 from app.tradelog import TradeLog, overlap
+from tests.support import examples
 
 A = Trade("1.00", "0.5", "buy", 1_600_000_000_000)
 B = Trade("1.01", "0.5", "sell", 1_600_000_000_001)
@@ -83,7 +84,7 @@ def determinable(trades: list[Trade], ends: list[int], window: int) -> bool:
     return True
 
 
-@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(500), suppress_health_check=[HealthCheck.too_slow])
 @given(histories())
 def test_overlapping_pushes_yield_every_distinct_trade_once_in_order(case: tuple[list[Trade], list[int], int]) -> None:
     trades, ends, window = case
@@ -96,7 +97,7 @@ def test_overlapping_pushes_yield_every_distinct_trade_once_in_order(case: tuple
     assert seen == trades[: ends[-1]]
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), suppress_health_check=[HealthCheck.too_slow])
 @given(histories())
 def test_distinct_trades_are_never_lost_with_distinct_timestamps(case: tuple[list[Trade], list[int], int]) -> None:
     trades, ends, window = case
@@ -108,7 +109,7 @@ def test_distinct_trades_are_never_lost_with_distinct_timestamps(case: tuple[lis
     assert seen == trades[: ends[-1]]
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), suppress_health_check=[HealthCheck.too_slow])
 @given(histories())
 def test_equal_trades_are_all_kept_while_windows_are_not_full(case: tuple[list[Trade], list[int], int]) -> None:
     trades, ends, _ = case
