@@ -68,11 +68,12 @@ test: system-deps $(STAMP) lint  ## install what the tests need, then run them
 test-unit: $(STAMP)  ## the tests that start no process (no broker, Redis or gateway), the slowest property tests drawing a tenth of their examples
 	TESTS_QUICK=1 $(BIN)/pytest -q -m "not processes"
 
+UV_COMPILE := $(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.11 \
+	--python-platform x86_64-unknown-linux-gnu pyproject.toml
+
 lock: $(STAMP)  ## refresh requirements/*.lock from pyproject.toml (the newest versions its bounds allow)
-	$(BIN)/uv pip compile --quiet --upgrade --generate-hashes --python-version 3.11 \
-		--python-platform x86_64-unknown-linux-gnu --extra test -o $(TEST_LOCK) pyproject.toml
-	$(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.11 \
-		--python-platform x86_64-unknown-linux-gnu -c $(TEST_LOCK) -o $(APP_LOCK) pyproject.toml
+	$(UV_COMPILE) --upgrade --extra test -o $(TEST_LOCK)
+	$(UV_COMPILE) -c $(TEST_LOCK) -o $(APP_LOCK)
 
 bench-deps: $(STAMP)  ## what the benchmarks need: wrk, nginx with nchan (the reference), granian
 	@missing=""; for p in wrk nginx libnginx-mod-nchan; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

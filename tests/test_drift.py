@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from packaging.markers import Marker
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.support import REPO
 
 # (distribution, version read, module, class, digest, what of ours depends on it)
 READ = [
