@@ -1,4 +1,5 @@
-"""The gateway as a plain ASGI application, for another ASGI server:
+"""The composition of the gateway and its HTTP app (:func:`create_app`), and
+the gateway as a plain ASGI application, for another ASGI server:
 ``granian --interface asgi --factory app.asgi:application``.
 
 ``coinsuper-gateway serve`` (uvicorn with the gateway's own HTTP and WebSocket
@@ -14,9 +15,17 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from app.config import load_settings
-from app.http.app import create_app
+from app.config import Settings, load_settings
+from app.gateway import Gateway
+from app.http.app import build_app
 from app.logs import setup_logging
+
+
+def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
+    """The app on a gateway's ports (a new gateway of ``settings`` unless
+    one is given); the gateway starts and stops with it."""
+    the_gateway = gateway or Gateway(settings)
+    return build_app(settings, the_gateway.ports, the_gateway)
 
 
 def application() -> FastAPI:

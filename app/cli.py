@@ -31,10 +31,10 @@ import uvicorn
 from fastapi import FastAPI
 
 from app import __version__, launcher
+from app.asgi import create_app
 from app.config import HELP, Settings, load_settings
 from app.errors import ConfigError
 from app.gateway import Gateway
-from app.http.app import create_app
 from app.http.sinks import GuardedWebSocketProtocol
 from app.logs import setup_logging
 from app.recording import Recorder, ReplaySource
@@ -136,9 +136,10 @@ def server_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicorn
 
 
 async def _serve(settings: Settings, gateway: Gateway | None = None) -> None:
-    app = create_app(settings, gateway)
+    the_gateway = gateway or Gateway(settings)
+    app = create_app(settings, the_gateway)
     config = server_config(app, settings)
-    await GatewayServer(config, app.state.gateway.hub.close_all_streams).serve()
+    await GatewayServer(config, the_gateway.hub.close_all_streams).serve()
 
 
 async def _simulate(args: argparse.Namespace) -> None:

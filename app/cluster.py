@@ -1,11 +1,11 @@
 """A replica of a cluster that shares one Redis (``GATEWAY_REDIS_URL``).
 
 Theory of operation. Every replica keeps the same parts as the single process
-(a store, an event log of its own, a fan-out: :class:`app.hub.LocalHub`), and
+(a store, an event log of its own, a fan-out: :class:`app.hub.Hub`), and
 the cluster's log in Redis keeps them the same on every replica
 (:mod:`app.replication`):
 
-- **The leader** (one at a time, by the lease of :class:`RedisLeadership`)
+- **The leader** (one at a time, by the lease of :class:`Lease`)
   holds the upstream links. Its ingest changes its store at once, as in the
   single process, and queues each change as an entry. The writer appends the
   entries in order, each fenced by the leader's term and the cluster's epoch in
@@ -44,30 +44,28 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from app.admission import Streams
 from app.channels import Channel, parse_channel
-from app.domain import Json, Update
-from app.errors import GatewayError, TooMany
-from app.fanout import Cursor, ReplayBuffer
-from app.hub import LocalHub
-from app.ports import Ending
-from app.redislog import Fenced, RedisCluster, RedisLeadership
+from app.errors import ClusterUnavailable, GatewayError, TooMany
+from app.eventlog import Change, Outlet, ReplayBuffer
+from app.events import Event
+from app.hub import Hub
+from app.ports import ClusterCounts
+from app.redislog import Fenced, Lease, RedisCluster
 from app.replication import Entry, apply_entry, checkpoint, entry, read_checkpoint, restore
-from app.status import NO_UPDATE, Status
-from app.store import Event, Store, dumps
+from app.roles import UNREACHABLE, Following
+from app.store import Store
 
 log = logging.getLogger("coinsuper_gateway.cluster")
 
 _BATCH = 256  # entries appended in one round trip
 _READ_BLOCK_MS = 1000
 _NODE_FORGET_MS = 30_000  # a replica not seen for this long leaves /v1/cluster
-UNREACHABLE = "the cluster's Redis cannot be reached"
 
 
 def default_node_id() -> str:
@@ -79,48 +77,62 @@ def _id(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-class ClusterHub(LocalHub):
-    """The hub of a replica: the single process's parts, kept by the cluster's log."""
+class RedisLog:
+    """The :class:`~app.ports.EventLog` of a replica: its store and its own
+    event log, kept the same on every replica by the cluster's log in Redis.
+    A leader's changes wait in the outbox until the writer has appended them;
+    only then are their events handed out. A follower applies what it reads."""
+
+    shared = True  # a cursor of another replica may be ahead of this one
 
     def __init__(
         self,
         make_store: Callable[[str], Store],
         make_replay: Callable[[], ReplayBuffer],
-        streams: Streams,
         *,
-        send_timeout_s: float,
         checkpoint_s: float,
     ) -> None:
-        super().__init__(make_store(""), make_replay(), streams, send_timeout_s=send_timeout_s)
         self.make_store = make_store
         self.make_replay = make_replay
         self.checkpoint_s = checkpoint_s
+        self._store = make_store("")
+        self.replay = make_replay()
+        self._outlet: Outlet | None = None
         self.applied = "0-0"  # the log entry the store stands after
         self.synced = False  # the store follows the log (loaded since start or since lost)
         self.writing: int | None = None  # the term this replica appends with
         # Changes made and not yet written: (entry, its events) or (None, a checkpoint).
         self.outbox: deque[tuple[bytes | None, list[Event] | bytes]] = deque()
         self.wake = asyncio.Event()
+        self.written = asyncio.Event()  # set when the outbox is empty and nothing is in flight
+        self.written.set()
         self.on_refused: Callable[[], None] = lambda: None
         self.refused_writes = 0
         self.dropped_changes = 0
         self._appending = False
         # The newest snapshot event handed out, per channel.
         self._snapshots: dict[str, Event] = {}
-        self._progress = asyncio.Event()  # set whenever events are handed out
         self._last_checkpoint = 0.0
 
-    # --- the leader's ingest: change the store, queue the entry ---------------
+    @property
+    def store(self) -> Store:
+        return self._store
 
-    def _record(self, item: Entry, events: list[Event]) -> None:
-        self.outbox.append((item.encode(), events))
-        now = time.monotonic()
-        if now - self._last_checkpoint >= self.checkpoint_s:
-            self._last_checkpoint = now
-            self.outbox.append((None, checkpoint(self.store)))
-        self.wake.set()
+    @property
+    def epoch(self) -> str:
+        return self._store.epoch
 
-    def _leads(self) -> bool:
+    def bind(self, outlet: Outlet) -> None:
+        self._outlet = outlet
+
+    @property
+    def outlet(self) -> Outlet:
+        assert self._outlet is not None, "the log is bound to its hub first"
+        return self._outlet
+
+    # --- the leader's ingest: the store is changed, the entry queued ----------
+
+    def writable(self) -> bool:
         if self.writing is None:
             # A message that was in flight when the lease was lost: it is the
             # new leader's to take.
@@ -128,55 +140,14 @@ class ClusterHub(LocalHub):
             return False
         return True
 
-    def repeated(self, channel: Channel, payload: bytes, received_ts: int) -> bool:
-        if not self._leads():
-            return True
-        if not self.store.same_window(channel, payload, received_ts):
-            return False
-        self._record(entry("repeat", channel, received_ts, self.store, []), [])
-        return True
-
-    def reject(self, channel: Channel, reason: str) -> bool:
-        if not self._leads():
-            return False
-        first = self.store.reject(channel, reason)
-        self._record(entry("reject", channel, 0, self.store, [], reason=reason), [])
-        return first
-
-    def apply(self, channel: Channel, update: Update, received_ts: int) -> None:
-        if not self._leads():
-            return
-        events = self.store.apply(channel, update, received_ts)
-        self._record(
-            entry("apply", channel, received_ts, self.store, events, update=update), events
-        )
-
-    def emit_status(self, channel: Channel, status: Mapping[str, Json], now_ms: int) -> None:
-        if not self._leads():
-            return
-        event = self.store.status_event(channel, status, now_ms)
-        self._record(entry("status", channel, now_ms, self.store, [event], status=status), [event])
-
-    def forget(self, channel: Channel) -> None:
-        if not self._leads():
-            return
-        self.store.drop(channel)
-        self._record(entry("forget", channel, 0, self.store, []), [])
-
-    def tell(self, channel: str, status: Mapping[str, Json]) -> None:
-        """A status of this replica's own (Redis cannot be reached, and back),
-        to its streams only: an event outside the log, with no id."""
-        self.fanout.publish(
-            Event(
-                self.fanout.head,  # not a new position: the event is outside the log
-                channel,
-                "status",
-                dumps(status),
-                event_id=None,
-                conflatable=False,
-                received_ts=0,
-            )
-        )
+    def record(self, change: Change, events: list[Event]) -> None:
+        self.outbox.append((entry(change, self._store, events).encode(), events))
+        now = time.monotonic()
+        if now - self._last_checkpoint >= self.checkpoint_s:
+            self._last_checkpoint = now
+            self.outbox.append((None, checkpoint(self._store)))
+        self.written.clear()
+        self.wake.set()
 
     # --- writing (the leader) -------------------------------------------------
 
@@ -186,6 +157,8 @@ class ClusterHub(LocalHub):
             self.wake.clear()
             while self.outbox and self.writing is not None:
                 await self._write_some(cluster, self.writing, maxlen, max_age_ms)
+            if not self.outbox:
+                self.written.set()
 
     async def _write_some(
         self, cluster: RedisCluster, term: int, maxlen: int, max_age_ms: int
@@ -195,12 +168,12 @@ class ClusterHub(LocalHub):
         self._appending = True  # until the batch is out, checkpoints included
         try:
             try:
-                ids = await cluster.append_many(term, self.store.epoch, entries, maxlen, max_age_ms)
+                ids = await cluster.append_many(term, self.epoch, entries, maxlen, max_age_ms)
             except Fenced as refused:
-                self._refused(f"an append was refused ({refused})")
+                self.refused(f"an append was refused ({refused})")
                 return
             except (RedisError, OSError) as error:
-                self._refused(f"an append failed ({type(error).__name__}: {error})")
+                self.refused(f"an append failed ({type(error).__name__}: {error})")
                 return
             if self.writing != term:
                 return  # lost meanwhile: the store is reloaded from the log
@@ -217,7 +190,7 @@ class ClusterHub(LocalHub):
         finally:
             self._appending = False
 
-    def _refused(self, why: str) -> None:
+    def refused(self, why: str) -> None:
         """The log may not hold what this store does: stop writing and reload."""
         self.refused_writes += 1
         log.warning("stopped leading: %s", why)
@@ -232,49 +205,29 @@ class ClusterHub(LocalHub):
                 # Changes the store made that the log may not hold: it is reloaded.
                 self.synced = False
         self.outbox.clear()
+        self.written.set()
 
     def _hand_out(self, events: list[Event]) -> None:
         for event in events:
             self.replay.append(event)
-            if event.seq > self.fanout.head:
-                if event.conflatable and event.name != "status":
-                    self._snapshots[event.channel] = event
-                self.fanout.publish(event)
-            self._arrived(event.channel)
-        progress, self._progress = self._progress, asyncio.Event()
-        progress.set()
+            if event.conflatable and event.name != "status":
+                self._snapshots[event.channel] = event
+        self.outlet.hand_out(events)
 
-    # On the leader the store runs ahead of the log (its changes wait to be
-    # written): streams are given only what the log holds.
+    # --- what streams are given: only what the log holds ----------------------
+    # (On the leader the store runs ahead of the log: its changes wait to be
+    # written.)
 
-    def _head(self) -> int:
-        return self.fanout.head
+    def since(self, seq: int, channels: frozenset[str]) -> list[Event] | None:
+        return self.replay.since(seq, channels)
 
-    def _latest(self, names: Iterable[str]) -> list[Event]:
+    def latest(self, channels: Iterable[str]) -> list[Event]:
         """The newest snapshot handed out of each channel the store holds."""
-        held = self.store.channels
-        events = [self._snapshots[n] for n in names if n in held and n in self._snapshots]
+        held = self._store.channels
+        snapshots = self._snapshots
+        events = [snapshots[n] for n in channels if n in held and n in snapshots]
         events.sort(key=lambda event: event.seq)
         return events
-
-    def behind(self, last_event_id: str | None) -> bool:
-        """A cursor of this epoch past what this replica has handed out: an
-        id from a replica that is ahead (the log is read here meanwhile)."""
-        cursor = Cursor.parse(last_event_id) if last_event_id else None
-        return cursor is not None and cursor.epoch == self.epoch and cursor.seq > self._head()
-
-    async def reach(self, last_event_id: str | None, timeout_s: float) -> None:
-        """Wait (at most ``timeout_s``) until this replica has handed out the
-        event ``last_event_id``, so that a stream resumes from it here."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while self.behind(last_event_id):
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(remaining):
-                    await self._progress.wait()
 
     # --- following (every replica that does not lead) -------------------------
 
@@ -284,9 +237,9 @@ class ClusterHub(LocalHub):
             if _id(entry_id) <= _id(self.applied):
                 continue  # read already (a read that raced a take-over's)
             item = Entry.decode(data)
-            apply_entry(self.store, item)
+            apply_entry(self._store, item)
             self.applied = entry_id
-            self._hand_out(item.made(self.store.epoch))
+            self._hand_out(item.made(self.epoch))
 
     async def sync(self, cluster: RedisCluster) -> None:
         """Load the store from the newest checkpoint and the whole log."""
@@ -319,10 +272,9 @@ class ClusterHub(LocalHub):
         self._swap(store, replay, newest)
 
     def _swap(self, store: Store, replay: ReplayBuffer, position: str) -> None:
-        new_epoch = store.epoch != self.store.epoch
-        self.store = store
+        new_epoch = store.epoch != self._store.epoch
+        self._store = store
         self.replay = replay
-        self.fanout.events = replay
         self.applied = position
         self.synced = True
         self._snapshots = {
@@ -331,21 +283,12 @@ class ClusterHub(LocalHub):
             if state.last_event is not None
         }
         if new_epoch:
-            if self.fanout.everyone:
-                log.warning(
-                    "the cluster's data is of a new epoch (%s): %d streams told to resume",
-                    store.epoch,
-                    len(self.fanout.everyone),
-                )
-            self.fanout.close_all(Ending.OVERFLOW)
-            self.fanout.head = store.seq
+            self.outlet.restart(store.seq)
         else:
-            for event in replay.events:
-                if event.seq > self.fanout.head:
-                    self.fanout.publish(event)
+            self.outlet.hand_out(replay.events)
         for name, state in store.channels.items():
             if state.has_data:
-                self._arrived(name)
+                self.outlet.arrived(name)
 
 
 class Replica:
@@ -354,7 +297,8 @@ class Replica:
 
     def __init__(
         self,
-        hub: ClusterHub,
+        log: RedisLog,
+        hub: Hub,
         url: str,
         *,
         cluster: str,
@@ -366,12 +310,14 @@ class Replica:
         on_lead: Callable[[], None],
         on_follow: Callable[[], Coroutine[Any, Any, None]],
         on_wanted: Callable[[list[str]], None],
+        pinned: frozenset[str] = frozenset(),
     ) -> None:
+        self.log = log
         self.hub = hub
         self.node = node
         self.log_entries = max(log_entries, 1000)
         # Never shorter than a few checkpoints: a late replica starts from one.
-        floor = max(60_000, int(3 * hub.checkpoint_s * 1000))
+        floor = max(60_000, int(3 * log.checkpoint_s * 1000))
         self.log_age_ms = max(log_age_ms, floor) if log_age_ms else 0
         self.idle_ms = idle_ms
         self.on_lead = on_lead
@@ -387,11 +333,12 @@ class Replica:
             url, socket_timeout=_READ_BLOCK_MS / 1000 + timeout, socket_connect_timeout=timeout
         )
         self.cluster = RedisCluster(self.client, cluster, node)
-        self.leadership = RedisLeadership(
-            self.cluster, ttl_ms, on_gained=self._gained, on_lost=self._lost
-        )
-        hub.on_refused = self.leadership.drop
+        self.lease = Lease(self.cluster, ttl_ms, on_gained=self._gained, on_lost=self._lost)
+        log.on_refused = self.lease.drop
         self.reachable = False
+        # The role of this replica while it does not lead, and the statuses
+        # it tells its streams when Redis goes and comes back.
+        self.following = Following(hub, pinned, lambda: self.connected)
         self.local_demand: dict[str, int] = {}
         self.wanted: list[str] = []
         self._lock = asyncio.Lock()
@@ -401,7 +348,7 @@ class Replica:
     @property
     def leads(self) -> bool:
         """Whether this replica holds the upstream links (and writes the log)."""
-        return self.hub.writing is not None
+        return self.log.writing is not None
 
     @property
     def role(self) -> str:
@@ -412,22 +359,22 @@ class Replica:
         reading loop does when it can), then follow, and stand for leader."""
         try:
             async with self._lock:
-                await self.hub.sync(self.cluster)
+                await self.log.sync(self.cluster)
             self._reach(True)
         except (RedisError, OSError) as error:
             self._reach(False, error)
         self._tasks = [
             asyncio.create_task(self._read_loop(), name="cluster log"),
             asyncio.create_task(
-                self.hub.write_loop(self.cluster, self.log_entries, self.log_age_ms),
+                self.log.write_loop(self.cluster, self.log_entries, self.log_age_ms),
                 name="cluster writer",
             ),
             asyncio.create_task(self._housekeeping(), name="cluster housekeeping"),
         ]
-        self.leadership.start()
+        self.lease.start()
 
     async def stop(self) -> None:
-        await self.leadership.stop()
+        await self.lease.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -455,24 +402,24 @@ class Replica:
         try:
             async with self._lock:
                 await self._check_epoch()  # the data it follows on may be gone
-                if not self.hub.synced:
-                    await self.hub.sync(self.cluster)
-                while batch := await self.cluster.after(self.hub.applied):
-                    self.hub.follow(batch)
-            if self.leadership.term != term:
+                if not self.log.synced:
+                    await self.log.sync(self.cluster)
+                while batch := await self.cluster.after(self.log.applied):
+                    self.log.follow(batch)
+            if self.lease.term != term:
                 return
-            self.hub.writing = term
-            log.info("leading the cluster (term %d) from entry %s", term, self.hub.applied)
+            self.log.writing = term
+            log.info("leading the cluster (term %d) from entry %s", term, self.log.applied)
             self.on_lead()
         except (RedisError, OSError) as error:
             log.warning("could not take over: %s: %s", type(error).__name__, error)
-            self.leadership.drop()
+            self.lease.drop()
         finally:
             self._taking_over = False
 
     def _lost(self) -> None:
-        was_leading = self.hub.writing is not None
-        self.hub.stop_writing()
+        was_leading = self.log.writing is not None
+        self.log.stop_writing()
         if was_leading:
             log.warning("no longer leading the cluster: the upstream links close")
         task = asyncio.create_task(self.on_follow(), name="links close")
@@ -482,26 +429,26 @@ class Replica:
 
     async def _read_loop(self) -> None:
         while True:
-            if self.hub.writing is not None or self._taking_over:
+            if self.log.writing is not None or self._taking_over:
                 await asyncio.sleep(0.1)
                 continue
             try:
-                if not self.hub.synced:
+                if not self.log.synced:
                     async with self._lock:
-                        await self.hub.sync(self.cluster)
+                        await self.log.sync(self.cluster)
                 entries = await self.cluster.follow(
-                    self.reader, self.hub.applied, _READ_BLOCK_MS, 1000
+                    self.reader, self.log.applied, _READ_BLOCK_MS, 1000
                 )
                 async with self._lock:
-                    if self.hub.writing is None and self.hub.synced:
-                        self.hub.follow(entries)
+                    if self.log.writing is None and self.log.synced:
+                        self.log.follow(entries)
                 self._reach(True)
             except (RedisError, OSError) as error:
                 self._reach(False, error)
                 await asyncio.sleep(0.5)
             except Exception:  # a bad entry: reload rather than stop following
                 log.exception("could not apply the cluster's log: reloading it")
-                self.hub.synced = False
+                self.log.synced = False
                 await asyncio.sleep(1.0)
 
     async def _housekeeping(self) -> None:
@@ -512,7 +459,7 @@ class Replica:
             demand, self.local_demand = self.local_demand, {}
             try:
                 await self.cluster.seen(self.role, now)
-                await self.cluster.demand(set(demand) | set(self.hub.fanout.by_channel), now)
+                await self.cluster.demand(set(demand) | set(self.hub.followed()), now)
                 self.wanted = await self.cluster.wanted(now, self.idle_ms)
                 if self.leads:
                     self.on_wanted(self.wanted)
@@ -525,28 +472,28 @@ class Replica:
 
     async def _check_epoch(self) -> None:
         """Whether Redis still holds the data this store follows on."""
-        hub = self.hub
-        if not hub.synced:
+        held = self.log
+        if not held.synced:
             return
         current = await self.cluster.current_epoch()
-        if current != hub.epoch:
-            log.warning("the cluster's Redis lost its data (epoch %s → %s)", hub.epoch, current)
-        elif hub.applied != "0-0" and not await self.cluster.held(hub.applied):
+        if current != held.epoch:
+            log.warning("the cluster's Redis lost its data (epoch %s → %s)", held.epoch, current)
+        elif held.applied != "0-0" and not await self.cluster.held(held.applied):
             newest = await self.cluster.newest()
-            if newest is not None and _id(newest) > _id(hub.applied):
+            if newest is not None and _id(newest) > _id(held.applied):
                 log.warning("fell behind the trimmed log: reloading it")
             else:
-                renewed = await self.cluster.renew_epoch(hub.epoch)
+                renewed = await self.cluster.renew_epoch(held.epoch)
                 log.warning(
                     "the cluster's Redis lost its newest entries (after %s): new epoch %s",
-                    hub.applied,
+                    held.applied,
                     renewed,
                 )
         else:
             return
-        if hub.writing is not None:
-            hub._refused("the cluster's data changed under the leader")
-        hub.synced = False
+        if held.writing is not None:
+            held.refused("the cluster's data changed under the leader")
+        held.synced = False
 
     def _reach(self, reachable: bool, error: BaseException | None = None) -> None:
         """Redis answers again, or no longer: say so on the streams."""
@@ -558,33 +505,26 @@ class Replica:
             log.warning("%s: %s: %s", UNREACHABLE, type(error).__name__, error)
         else:
             log.info("the cluster's Redis answers again")
-        for name in list(self.hub.fanout.by_channel):
-            status, reason = self.status(parse_channel(name), now)
+        for name in self.hub.followed():
+            status, reason = self.following.status(parse_channel(name), now)
             self.hub.tell(
                 name, {"channel": name, "status": status.value, "reason": reason, "ts": now}
             )
 
     # --- what the gateway asks ------------------------------------------------
 
-    def status(self, channel: Channel, now: int) -> tuple[Status, str | None]:
-        """A follower's status of a channel: the leader's last word on it (the
-        log's), and the data's age; stale while Redis cannot be reached."""
-        store = self.hub.store
-        state = store.get(channel)
-        has_data = state is not None and state.has_data
-        if not self.reachable or not self.hub.synced:
-            return (Status.STALE if has_data else Status.CONNECTING), UNREACHABLE
-        logged = store.statuses.get(channel.name)
-        if logged is not None and logged.get("status") != Status.LIVE.value:
-            reason = logged.get("reason")
-            return Status(str(logged.get("status"))), str(reason) if reason else None
-        if channel.is_private:
-            return (Status.LIVE, None) if logged is not None else (Status.CONNECTING, None)
-        if state is None or not has_data:
-            return Status.CONNECTING, None
-        if store.stale(state, now):
-            return Status.STALE, NO_UPDATE
-        return Status.LIVE, None
+    @property
+    def connected(self) -> bool:
+        """Redis answers and this replica's store follows the log."""
+        return self.reachable and self.log.synced
+
+    def problems(self) -> list[str]:
+        """Why this replica is not ready, whatever its channels say."""
+        return [] if self.connected else [f"cluster: {UNREACHABLE}"]
+
+    def counts(self) -> ClusterCounts:
+        log = self.log
+        return ClusterCounts(self.connected, log.refused_writes, log.dropped_changes)
 
     def want(self, channel: Channel, cap: int) -> None:
         """A client of this replica wants ``channel``: the leader subscribes it
@@ -600,14 +540,24 @@ class Replica:
         self.local_demand[name] = time.time_ns() // 1_000_000
 
     async def report(self) -> dict[str, object]:
-        """What ``/v1/cluster`` answers."""
+        """What ``/v1/cluster`` answers (:class:`ClusterUnavailable` when Redis
+        does not tell within two seconds)."""
+        try:
+            async with asyncio.timeout(2.0):
+                return await self._report()
+        except (TimeoutError, RedisError, OSError):
+            raise ClusterUnavailable(
+                f"{UNREACHABLE}: this replica ({self.node}) cannot tell the cluster's state"
+            ) from None
+
+    async def _report(self) -> dict[str, object]:
         now = time.time_ns() // 1_000_000
         return {
             "node": self.node,
             "role": self.role,
             "leader": await self.cluster.leader(),
             "term": await self.cluster.current_term(),
-            "epoch": self.hub.epoch,
+            "epoch": self.log.epoch,
             "nodes": await self.cluster.nodes(now, _NODE_FORGET_MS),
         }
 

@@ -39,71 +39,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict, deque
-from collections.abc import Callable
-from dataclasses import dataclass
 
 from app.admission import Streams
+from app.eventlog import EventLog
+from app.events import Event
 from app.ports import Ending, Form, Sink
-from app.store import Event
 
 log = logging.getLogger("coinsuper_gateway.stream")
-
-
-@dataclass(frozen=True, slots=True)
-class Cursor:
-    """A parsed event id: the epoch and the sequence number."""
-
-    epoch: str
-    seq: int
-
-    @classmethod
-    def parse(cls, text: str) -> Cursor | None:
-        epoch, sep, seq = text.strip().rpartition("-")
-        if not sep or not epoch or not (seq.isascii() and seq.isdigit()) or len(seq) > 18:
-            return None
-        return cls(epoch, int(seq))
-
-
-class ReplayBuffer:
-    """The in-process event log: the newest events, bounded by count and by age."""
-
-    def __init__(self, capacity: int, max_age_ms: int) -> None:
-        self.events: deque[Event] = deque()
-        self.capacity = capacity
-        self.max_age_ms = max_age_ms
-        # Sequence number of the newest event that has left the buffer.
-        self.evicted_upto = 0
-
-    def append(self, event: Event) -> None:
-        self.events.append(event)
-        horizon = event.received_ts - self.max_age_ms
-        while self.events and (
-            len(self.events) > self.capacity or self.events[0].received_ts < horizon
-        ):
-            self.evicted_upto = self.events.popleft().seq
-
-    def since(self, seq: int, channels: frozenset[str]) -> list[Event] | None:
-        """Events after ``seq`` on ``channels``, snapshots conflated; None when
-        the buffer no longer holds everything after ``seq``."""
-        if seq < self.evicted_upto:
-            return None
-        missed: OrderedDict[tuple[str, str] | int, Event] = OrderedDict()
-        # A later snapshot of a channel replaces an earlier one and takes its
-        # place at the end, so that the ids stay in increasing order.
-        start = len(self.events)
-        while start > 0 and self.events[start - 1].seq > seq:
-            start -= 1
-        for index in range(start, len(self.events)):
-            event = self.events[index]
-            if event.channel not in channels:
-                continue
-            if event.conflatable:
-                missed.pop(event.key, None)
-                missed[event.key] = event
-            else:
-                missed[event.seq] = event
-        return list(missed.values())
 
 
 class Subscription:
@@ -150,16 +92,8 @@ class Subscription:
 class Fanout:
     """Subscriptions by channel, written to at publish time."""
 
-    def __init__(
-        self,
-        events: ReplayBuffer,
-        latest: Callable[[frozenset[str]], list[Event]],
-        streams: Streams,
-        *,
-        send_timeout_s: float,
-    ) -> None:
-        self.events = events
-        self.latest = latest  # the current snapshots of channels, oldest first
+    def __init__(self, events: EventLog, streams: Streams, *, send_timeout_s: float) -> None:
+        self.events = events  # what a paused subscription catches up from
         self.streams = streams
         self.send_timeout_s = send_timeout_s
         self.by_channel: dict[str, set[Subscription]] = {}
@@ -323,7 +257,7 @@ class Fanout:
                 return None
             # Only snapshots were missed: the current ones are as good.
             position = subscription.position
-            missed = [e for e in self.latest(subscription.channels) if e.seq > position]
+            missed = [e for e in self.events.latest(subscription.channels) if e.seq > position]
         return missed
 
     def _encode(self, sink: Sink, events: list[Event]) -> bytes:

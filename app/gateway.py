@@ -1,5 +1,12 @@
-"""The running gateway: settings, hub and registry put together, and the
-monitor that turns time passing into channel statuses and idle releases."""
+"""The running gateway: settings, hub, registry and role put together, the
+ports the HTTP side gets (:class:`app.ports.Ports`), and the monitor that
+turns time passing into channel statuses and idle releases.
+
+This is the wiring: the one place that knows whether the process is the whole
+gateway or a replica of a cluster. It builds the parts for that (an in-process
+event log, or the cluster's log in Redis with a :class:`app.cluster.Replica`),
+and swaps the role (:mod:`app.roles`) when the process starts or stops leading.
+"""
 
 from __future__ import annotations
 
@@ -8,31 +15,22 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Callable
-
-from redis.exceptions import RedisError
+from collections.abc import Awaitable, Callable
 
 from app.admission import Streams
-from app.channels import Channel, Kind, parse_channel
-from app.cluster import (
-    UNREACHABLE,
-    ClusterDemand,
-    ClusterHub,
-    Replica,
-    default_node_id,
-    follow_wanted,
-)
+from app.channels import Channel, Kind
+from app.cluster import ClusterDemand, RedisLog, Replica, default_node_id, follow_wanted
 from app.config import Settings
-from app.errors import ClusterUnavailable, ConfigError
-from app.fanout import ReplayBuffer
-from app.hub import Hub, LocalHub
+from app.errors import ConfigError
+from app.eventlog import EventLog, LocalLog, ReplayBuffer
+from app.hub import Hub
 from app.pipeline import Pipeline
-from app.ports import Alone, Demand, Feed, Leadership, Reading, StateView
+from app.ports import ChannelRow, ClusterCounts, Demand, Membership, Ports, Reading
 from app.recording import Recorder, ReplaySource
 from app.registry import Registry
-from app.status import Facts, Judged, LinkView, Status, changed, channel_status, readiness
-from app.store import ChannelState, Store
-from app.upstream import LinkState
+from app.roles import Leading, Role
+from app.status import Status, changed
+from app.store import Store
 
 log = logging.getLogger("coinsuper_gateway")
 
@@ -43,8 +41,41 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+async def _nothing() -> None:
+    return None
+
+
+class Alone:
+    """The membership of a process that is the whole gateway: it always leads."""
+
+    def __init__(self, node: str, hub: Hub) -> None:
+        self.node = node
+        self.hub = hub
+
+    @property
+    def leads(self) -> bool:
+        return True
+
+    def problems(self) -> list[str]:
+        return []
+
+    async def report(self) -> dict[str, object]:
+        return {
+            "node": self.node,
+            "role": "leader",
+            "leader": self.node,
+            "term": 1,
+            "epoch": self.hub.epoch,
+            "nodes": [{"node": self.node, "role": "leader", "last_seen_ms": now_ms()}],
+        }
+
+    def counts(self) -> ClusterCounts | None:
+        return None
+
+
 class Gateway:
-    """One gateway process: what the HTTP side and the command line work with."""
+    """One gateway process: its parts, wired; :attr:`ports` is what the HTTP
+    side and the metrics work with."""
 
     def __init__(
         self,
@@ -63,24 +94,32 @@ class Gateway:
             settings.gateway_max_streams, settings.gateway_max_streams_per_client
         )
         self.node = settings.gateway_node_id or default_node_id()
-        self.replica: Replica | None = None
         redis_url = settings.gateway_redis_url.get_secret_value()
-        # Typed as the seam: nothing outside app/hub.py and app/cluster.py
-        # reaches into its parts.
-        self.hub: Hub
         if redis_url and replay is not None:
             raise ConfigError("GATEWAY_REDIS_URL: a replay runs as one process; unset it to replay")
+        event_log: EventLog
         if redis_url:
-            hub = ClusterHub(
-                self._make_store,
-                self._make_replay,
-                self.streams,
-                send_timeout_s=settings.gateway_send_timeout_s,
-                checkpoint_s=settings.gateway_checkpoint_s,
+            event_log = RedisLog(
+                self._make_store, self._make_replay, checkpoint_s=settings.gateway_checkpoint_s
             )
-            self.hub = hub
-            self.replica = Replica(
-                hub,
+        else:
+            event_log = LocalLog(
+                self._make_store(epoch or secrets.token_hex(4)), self._make_replay()
+            )
+        self.hub = Hub(event_log, self.streams, send_timeout_s=settings.gateway_send_timeout_s)
+        self.registry = Registry(settings, self.hub, replay=replay)
+        self.leading = Leading(self.registry, self.hub)
+        self.role: Role = self.leading
+        self.membership: Membership
+        self.demand: Demand
+        # How this process starts and stops being a member (a replica leads
+        # when it is elected; the process alone leads at once).
+        self._starting: Callable[[], Awaitable[None]]
+        self._stopping: Callable[[], Awaitable[None]]
+        if isinstance(event_log, RedisLog):
+            replica = Replica(
+                event_log,
+                self.hub,
                 redis_url,
                 cluster=settings.gateway_cluster,
                 node=self.node,
@@ -88,28 +127,21 @@ class Gateway:
                 log_entries=settings.gateway_replay_events,
                 log_age_ms=int(settings.gateway_replay_age_s * 1000),
                 idle_ms=int(settings.gateway_idle_release_s * 1000),
-                on_lead=self._lead,
-                on_follow=self._follow,
+                on_lead=lambda: self._lead(replica.wanted),
+                on_follow=lambda: self._follow(replica.following),
                 on_wanted=lambda names: follow_wanted(self.registry.demand, names),
+                pinned=frozenset(channel.name for channel in settings.subscribe_channels),
             )
-        else:
-            self.hub = LocalHub(
-                self._make_store(epoch or secrets.token_hex(4)),
-                self._make_replay(),
-                self.streams,
-                send_timeout_s=settings.gateway_send_timeout_s,
-            )
-        self.registry = Registry(settings, self.hub, replay=replay)
-        # The ports the HTTP side works with (app/ports.py).
-        self.feed: Feed = self.hub
-        self.demand: Demand = self.registry
-        self.view: StateView = _View(self)
-        self.leadership: Leadership = Alone()
-        if self.replica is not None:
+            self.role = replica.following  # until it leads
+            self.membership = replica
             self.demand = ClusterDemand(
-                self.replica, self.registry.demand, settings.gateway_max_upstream
+                replica, self.registry.demand, settings.gateway_max_upstream
             )
-            self.leadership = self.replica
+            self._starting, self._stopping = replica.start, replica.stop
+        else:
+            self.membership = Alone(self.node, self.hub)
+            self.demand = self.registry
+            self._starting, self._stopping = self._start_alone, _nothing
         # One way: sources → pipeline → state, event log, fan-out.
         self.pipeline = Pipeline(
             self.registry.route,
@@ -120,6 +152,9 @@ class Gateway:
         self.registry.on_message = self.pipeline.feed
         self.statuses: dict[str, Status] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self.ports = Ports(
+            settings, self.hub, _View(self), self.demand, self.streams, _Report(self)
+        )
 
     def _make_store(self, epoch: str) -> Store:
         settings = self.settings
@@ -146,56 +181,34 @@ class Gateway:
                 "COINSUPER_SECRET_KEY is set but the access key or e-mail is not: "
                 "the private feed stays off"
             )
-        if self.replica is not None:
-            await self.replica.start()  # the upstream links open when it leads
-        elif self.replay is not None:
-            self._lead()
-            self.replay.start(self.pipeline.feed)
-        else:
-            self._lead()
+        await self._starting()
         self._tasks = [
             asyncio.create_task(self._tick_streams(), name="stream tick"),
             asyncio.create_task(self._monitor(), name="monitor"),
         ]
 
-    def _lead(self) -> None:
-        """Open the upstream links: the configured channels and the private feed."""
+    async def _start_alone(self) -> None:
+        self._lead([])
+        if self.replay is not None:
+            self.replay.start(self.pipeline.feed)
+
+    def _lead(self, wanted: list[str]) -> None:
+        """Take the leading role and open the upstream links: the configured
+        channels, the private feed, and what other replicas' clients want."""
+        self.role = self.leading
         for channel in self.settings.subscribe_channels:
             if not channel.is_private:
                 self.registry.demand(channel, pinned=True)
         if self.replay is None and self.settings.private_configured:
             self.registry.open_private()
-        if self.replica is not None:
-            follow_wanted(self.registry.demand, self.replica.wanted)
+        follow_wanted(self.registry.demand, wanted)
 
-    async def _follow(self) -> None:
-        """This replica no longer leads: its upstream links close."""
+    async def _follow(self, role: Role) -> None:
+        """This replica no longer leads: it answers from the log, and its
+        upstream links close."""
+        self.role = role
         await self.registry.close()
         self.statuses.clear()
-
-    @property
-    def follows(self) -> bool:
-        """A replica of a cluster that does not lead: it answers from the log."""
-        return self.replica is not None and not self.replica.leads
-
-    async def cluster_report(self) -> dict[str, object]:
-        """What /v1/cluster answers: this process, its role, the cluster's nodes."""
-        if self.replica is not None:
-            try:
-                async with asyncio.timeout(2.0):
-                    return await self.replica.report()
-            except (TimeoutError, RedisError, OSError):
-                raise ClusterUnavailable(
-                    f"{UNREACHABLE}: this replica ({self.node}) cannot tell the cluster's state"
-                ) from None
-        return {
-            "node": self.node,
-            "role": "leader",
-            "leader": self.node,
-            "term": 1,
-            "epoch": self.hub.epoch,
-            "nodes": [{"node": self.node, "role": "leader", "last_seen_ms": now_ms()}],
-        }
 
     async def stop(self) -> None:
         self.hub.close_all_streams()
@@ -204,8 +217,7 @@ class Gateway:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self.replica is not None:
-            await self.replica.stop()
+        await self._stopping()
         await self.registry.stop()
         if self.replay is not None:
             await self.replay.stop()
@@ -215,27 +227,10 @@ class Gateway:
     # --- statuses ----------------------------------------------------------
 
     def status(self, channel: Channel, now: int) -> tuple[str, str | None]:
-        """A channel's status (API.md: connecting, live, stale, failed) and
-        why: :func:`app.status.channel_status` of what is known now (on a
-        follower, the leader's word in the log and the data's age)."""
-        if self.replica is not None and not self.replica.leads:
-            status, reason = self.replica.status(channel, now)
-        else:
-            status, reason = channel_status(self.facts(channel, now))
+        """A channel's status (connecting, live, stale, failed) and why, as
+        this process's role judges it."""
+        status, reason = self.role.status(channel, now)
         return status.value, reason
-
-    def facts(self, channel: Channel, now: int) -> Facts:
-        link = self.registry.link_of(channel)
-        state = self.hub.state(channel)
-        has_data = state is not None and state.has_data
-        return Facts(
-            private=channel.is_private,
-            link=LinkView(link.state.value) if link is not None else None,
-            link_reason=link.reason if link is not None else None,
-            link_connects=link.connects if link is not None else 0,
-            has_data=has_data,
-            stale=has_data and state is not None and self.hub.stale(state, now),
-        )
 
     async def _tick_streams(self) -> None:
         """Heartbeats and send deadlines: a pass that never awaits anything but
@@ -260,6 +255,8 @@ class Gateway:
                 log.exception("monitor pass failed")
 
     def _check_statuses(self) -> None:
+        """The links' channels whose status changed get a status event (on a
+        follower there are none: the leader's are in the log)."""
         if self.recorder is not None:
             self.recorder.flush()
         now = self.now()
@@ -267,7 +264,7 @@ class Gateway:
         for tracked in list(self.registry.tracked.values()):
             channel = tracked.channel
             seen.add(channel.name)
-            status, reason = channel_status(self.facts(channel, now))
+            status, reason = self.leading.status(channel, now)
             previous = self.statuses.get(channel.name)
             self.statuses[channel.name] = status
             if changed(previous, status):
@@ -280,134 +277,64 @@ class Gateway:
         for name in set(self.statuses) - seen:
             del self.statuses[name]
 
-    @property
-    def private_enabled(self) -> bool:
-        """The private routes answer: the private feed is configured, or a
-        replayed recording holds private topics."""
-        return self.settings.private_configured or "private" in self.registry.links
-
-    def is_stale(self, channel: Channel, state: ChannelState, now: int) -> bool:
-        if channel.is_private:
-            return self.status(channel, now)[0] != "live"
-        return self.hub.stale(state, now)
-
-    def readable_state(self, channel: Channel) -> ChannelState | None:
-        """The state to answer from, or None while there is nothing to say.
-        Orders and fills are known to be empty once the private link is up."""
-        state = self.hub.state(channel)
-        if state is not None and state.has_data:
-            return state
-        if channel.kind in (Kind.ORDERS, Kind.FILLS):
-            if self.follows:
-                if self.status(channel, self.now())[0] == Status.LIVE.value:
-                    return ChannelState(channel)  # known empty: nothing is kept for it
-                return None
-            link = self.registry.link_of(channel)
-            if link is not None and link.state is LinkState.UP:
-                return self.hub.open_channel(channel)
-        return None
-
     # --- reports -----------------------------------------------------------
 
-    def report(self, now: int) -> dict[str, object]:
-        """What /v1/channels answers: channels, links, counts."""
-        return {
-            "channels": self.channel_report(now),
-            "links": [link.describe() for link in self.registry.links.values()],
-            "unknown_topic_messages": self.pipeline.unknown_messages,
-            "open_streams": self.streams.open,
-        }
-
-    def channel_report(self, now: int) -> list[dict[str, object]]:
-        """Every subscribed channel with its status and counts, for /v1/channels
-        (on a follower: the channels of the log, carried by the leader's links)."""
-        if self.follows:
-            pinned = {channel.name for channel in self.settings.subscribe_channels}
-            report = []
-            for channel in self.followed():
-                status = self.status(channel, now)[0]
-                link_state = {"live": "up", "failed": "failed"}.get(status, "connecting")
-                report.append(
-                    self._row(channel, now, channel.name in pinned, "leader", link_state, 0)
+    def rows(self, now: int) -> list[ChannelRow]:
+        """Every channel this process reports on, with its status and counts."""
+        own = self.role.holds_links()
+        rows = []
+        for listed in self.role.listed(now):
+            channel = listed.channel
+            status, reason = self.role.status(channel, now)
+            state = self.hub.state(channel)
+            rows.append(
+                ChannelRow(
+                    channel,
+                    status.value,
+                    reason,
+                    state.seq if state else 0,
+                    state.received_ts if state else None,
+                    state.exchange_ts if state else None,
+                    state.messages if state else 0,
+                    state.rejected if state else 0,
+                    state.superseded if state else 0,
+                    state.gaps if state else 0,
+                    state.last_rejection if state else None,
+                    self.hub.subscribers(channel),
+                    listed.pinned,
+                    listed.link,
+                    listed.link_state,
+                    listed.link_connects,
+                    own,
                 )
-            return report
-        return [
-            self._row(
-                tracked.channel,
-                now,
-                tracked.pinned,
-                tracked.link.name,
-                tracked.link.state.value,
-                tracked.link.connects,
             )
-            for tracked in self.registry.tracked.values()
-        ]
-
-    def _row(
-        self, channel: Channel, now: int, pinned: bool, link: str, link_state: str, connects: int
-    ) -> dict[str, object]:
-        status, reason = self.status(channel, now)
-        state = self.hub.state(channel)
-        return {
-            "channel": channel.name,
-            "symbol": channel.display_symbol,
-            "status": status,
-            "reason": reason,
-            "seq": state.seq if state else 0,
-            "last_update_ts": state.received_ts if state else None,
-            "exchange_ts": state.exchange_ts if state else None,
-            "messages": state.messages if state else 0,
-            "rejected": state.rejected if state else 0,
-            "superseded": state.superseded if state else 0,
-            "gaps": state.gaps if state else 0,
-            "last_rejection": state.last_rejection if state else None,
-            "subscribers": self.hub.subscribers(channel),
-            "pinned": pinned,
-            "link": link,
-            "link_state": link_state,
-            "link_connects": connects,
-        }
-
-    def followed(self) -> list[Channel]:
-        """The channels this process reports on: those subscribed upstream, or
-        on a follower, those the cluster's log holds state or a status of."""
-        if not self.follows:
-            return [tracked.channel for tracked in self.registry.tracked.values()]
-        assert self.replica is not None
-        store = self.replica.hub.store
-        channels = []
-        for name in dict.fromkeys([*store.channels, *store.statuses]):
-            state = store.channels.get(name)
-            channels.append(state.channel if state is not None else parse_channel(name))
-        return channels
+        return rows
 
     def readiness(self, now: int) -> tuple[bool, list[str]]:
         """Ready when every configured channel is live and no channel is stale
         or failed (:func:`app.status.readiness`); a replica also needs its
         Redis and its copy of the log."""
-        replica = self.replica
-        if replica is not None and not (replica.reachable and replica.hub.synced):
-            return False, [f"cluster: {UNREACHABLE}"]
-        judged = []
-        if self.follows:
-            pinned = {channel.name for channel in self.settings.subscribe_channels}
-            for entry in self.channel_report(now):
-                name = str(entry["channel"])
-                judged.append(
-                    Judged(
-                        name,
-                        name in pinned,
-                        Status(str(entry["status"])),
-                        entry["reason"] if isinstance(entry["reason"], str) else None,
-                    )
-                )
-            missing = pinned - {j.name for j in judged}
-            judged.extend(Judged(n, True, Status.CONNECTING, None) for n in sorted(missing))
-            return readiness(judged)
-        for tracked in self.registry.tracked.values():
-            status, reason = channel_status(self.facts(tracked.channel, now))
-            judged.append(Judged(tracked.channel.name, tracked.pinned, status, reason))
-        return readiness(judged)
+        problems = self.membership.problems()
+        if problems:
+            return False, problems
+        return self.role.readiness(now)
+
+    def readable(self, channel: Channel) -> Reading | None:
+        """A channel's answer, or None while there is nothing to say. Orders
+        and fills are known to be empty once the private link is up."""
+        now = self.now()
+        state = self.hub.state(channel)
+        if state is None or not state.has_data:
+            if channel.kind not in (Kind.ORDERS, Kind.FILLS):
+                return None
+            state = self.role.known_empty(channel, now)
+            if state is None:
+                return None
+        if channel.is_private:
+            stale = self.role.status(channel, now)[0] is not Status.LIVE
+        else:
+            stale = self.hub.stale(state, now)
+        return self.hub.reading(state, stale)
 
 
 class _View:
@@ -417,14 +344,60 @@ class _View:
         self.gateway = gateway
 
     def read(self, channel: Channel) -> Reading | None:
-        gateway = self.gateway
-        state = gateway.readable_state(channel)
-        if state is None:
-            return None
-        return gateway.hub.reading(state, gateway.is_stale(channel, state, gateway.now()))
+        return self.gateway.readable(channel)
 
     async def wait_for_data(self, channel: Channel, timeout_s: float) -> bool:
         return await self.gateway.hub.wait_for_data(channel, timeout_s)
 
     def status(self, channel: Channel) -> tuple[str, str | None]:
         return self.gateway.status(channel, self.gateway.now())
+
+
+class _Report:
+    """The gateway's report (app/ports.py): what operators read."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    @property
+    def node(self) -> str:
+        return self.gateway.node
+
+    def now(self) -> int:
+        return self.gateway.now()
+
+    def rows(self, now: int) -> list[ChannelRow]:
+        return self.gateway.rows(now)
+
+    def report(self, now: int) -> dict[str, object]:
+        gateway = self.gateway
+        return {
+            "channels": [row.json() for row in gateway.rows(now)],
+            "links": [link.describe() for link in gateway.registry.links.values()],
+            "unknown_topic_messages": gateway.pipeline.unknown_messages,
+            "open_streams": gateway.streams.open,
+        }
+
+    def readiness(self, now: int) -> tuple[bool, list[str]]:
+        return self.gateway.readiness(now)
+
+    async def cluster(self) -> dict[str, object]:
+        return await self.gateway.membership.report()
+
+    def private_enabled(self) -> bool:
+        """The private feed is configured, or a replayed recording holds private topics."""
+        gateway = self.gateway
+        return gateway.settings.private_configured or "private" in gateway.registry.links
+
+    @property
+    def leads(self) -> bool:
+        return self.gateway.membership.leads
+
+    def cluster_counts(self) -> ClusterCounts | None:
+        return self.gateway.membership.counts()
+
+    def unknown_messages(self) -> int:
+        return self.gateway.pipeline.unknown_messages
+
+    def no_data_releases(self) -> int:
+        return self.gateway.registry.no_data_releases

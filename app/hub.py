@@ -1,108 +1,153 @@
 """The seam between ingest and clients: state store, event log and fan-out.
 
-:class:`LocalHub` keeps them all in this process. It is the ingest side's
-:class:`Hub` (apply updates, emit statuses) and the streams'
-:class:`~app.ports.Feed` (open, resume, extend, end). A replica of a
-cluster uses the same parts, kept by the cluster's log in Redis
-(:class:`app.cluster.ClusterHub`, a subclass); nothing outside these two
-modules reaches into the parts.
+:class:`Hub` is the ingest side's way in (apply updates, emit statuses) and
+the streams' :class:`~app.ports.Feed` (open, resume, extend, end). It keeps
+the fan-out, and takes its :class:`~app.eventlog.EventLog` as a part: the
+in-process :class:`app.eventlog.LocalLog`, or a cluster replica's log in Redis
+(:class:`app.cluster.RedisLog`), which holds a leader's changes until they are
+written. The hub is the log's :class:`~app.eventlog.Outlet`: the log hands it the
+events it holds, and only those reach streams.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import Iterable, Mapping
-from typing import Protocol
 
 from app.admission import Streams, reset_payload
 from app.channels import Channel
 from app.domain import Json, Update
-from app.fanout import Cursor, Fanout, ReplayBuffer, Subscription
-from app.ports import Ending, Feed, Opening, Sink, Stream
-from app.store import ChannelState, Event, Store, restamped
+from app.eventlog import Change, Cursor, EventLog
+from app.events import Event, dumps, restamped
+from app.fanout import Fanout, Subscription
+from app.ports import Ending, Opening, Sink, Stream
+from app.store import ChannelState, Store
+
+logger = logging.getLogger("coinsuper_gateway.stream")
 
 
-class Hub(Feed, Protocol):
-    """State, event log and fan-out, as ingest and the gateway see them."""
+class Hub:
+    """Store (kept by the event log), event log and fan-out, as ingest and
+    the streams see them."""
 
-    def repeated(self, channel: Channel, payload: bytes, received_ts: int) -> bool: ...
-    def reject(self, channel: Channel, reason: str) -> bool: ...
-    def apply(self, channel: Channel, update: Update, received_ts: int) -> None: ...
-    def emit_status(self, channel: Channel, status: Mapping[str, Json], now_ms: int) -> None: ...
-    def forget(self, channel: Channel) -> None: ...
-    def state(self, channel: Channel) -> ChannelState | None: ...
-    def open_channel(self, channel: Channel) -> ChannelState: ...
-    def stale(self, state: ChannelState, now_ms: int) -> bool: ...
-    def reading(self, state: ChannelState, stale: bool) -> LocalReading: ...
-    async def wait_for_data(self, channel: Channel, timeout_s: float) -> bool: ...
-    def subscribers(self, channel: Channel) -> int: ...
-    def close_all_streams(self) -> None: ...
-    def tick_streams(self, now: float, heartbeat_s: float) -> None: ...
-
-
-class LocalHub:
-    """The in-process hub: one Store, one ReplayBuffer, one Fanout."""
-
-    def __init__(
-        self, store: Store, replay: ReplayBuffer, streams: Streams, *, send_timeout_s: float
-    ) -> None:
-        self.store = store
-        self.replay = replay
-        self.fanout = Fanout(replay, self._latest, streams, send_timeout_s=send_timeout_s)
+    def __init__(self, log: EventLog, streams: Streams, *, send_timeout_s: float) -> None:
+        self.log = log
+        self.fanout = Fanout(log, streams, send_timeout_s=send_timeout_s)
         self._first_data: dict[str, asyncio.Event] = {}
+        # Set at the next hand-out, for whoever waits to reach an id.
+        self._progress: asyncio.Event | None = None
+        log.bind(self)
 
-    # --- ingest ------------------------------------------------------------
+    @property
+    def store(self) -> Store:
+        return self.log.store
+
+    # --- ingest: change the store, record the change -------------------------
 
     def repeated(self, channel: Channel, payload: bytes, received_ts: int) -> bool:
         """A trade push that is the same bytes as the last accepted one: nothing
         new, and the channel is still fresh (it is counted so)."""
-        return self.store.same_window(channel, payload, received_ts)
+        log = self.log
+        if not log.writable():
+            return True
+        if not log.store.same_window(channel, payload, received_ts):
+            return False
+        log.record(Change("repeat", channel, received_ts), [])
+        return True
 
     def reject(self, channel: Channel, reason: str) -> bool:
         """Count a rejected payload; True the first time the reason is seen there."""
-        return self.store.reject(channel, reason)
+        log = self.log
+        if not log.writable():
+            return False
+        first = log.store.reject(channel, reason)
+        log.record(Change("reject", channel, 0, reason=reason), [])
+        return first
 
     def apply(self, channel: Channel, update: Update, received_ts: int) -> None:
-        """Apply one decoded update and deliver the events it makes."""
-        for event in self.store.apply(channel, update, received_ts):
-            self._deliver(event)
-        self._arrived(channel.name)
+        """Apply one decoded update; its events reach streams once the log holds them."""
+        log = self.log
+        if log.writable():
+            events = log.store.apply(channel, update, received_ts)
+            log.record(Change("apply", channel, received_ts, update=update), events)
 
-    def _arrived(self, name: str) -> None:
-        """A channel has data: whoever waits for its first wakes up."""
+    def emit_status(self, channel: Channel, status: Mapping[str, Json], now_ms: int) -> None:
+        log = self.log
+        if log.writable():
+            event = log.store.status_event(channel, status, now_ms)
+            log.record(Change("status", channel, now_ms, status=status), [event])
+
+    def forget(self, channel: Channel) -> None:
+        log = self.log
+        if log.writable():
+            log.store.drop(channel)
+            log.record(Change("forget", channel, 0), [])
+
+    def tell(self, channel: str, status: Mapping[str, Json]) -> None:
+        """A status of this process's own (its cluster's Redis cannot be
+        reached, and back), to its streams only: an event outside the log,
+        with no id and no new position."""
+        self.fanout.publish(
+            Event(
+                self.fanout.head,
+                channel,
+                "status",
+                dumps(status),
+                event_id=None,
+                conflatable=False,
+                received_ts=0,
+            )
+        )
+
+    # --- the Outlet: what the event log hands out -----------------------------
+
+    def hand_out(self, events: Iterable[Event]) -> None:
+        fanout = self.fanout
+        for event in events:
+            if event.seq > fanout.head:
+                fanout.publish(event)
+            self.arrived(event.channel)
+        if self._progress is not None:
+            self._progress.set()
+            self._progress = None
+
+    def arrived(self, name: str) -> None:
         waiter = self._first_data.pop(name, None)
         if waiter is not None:
             waiter.set()
 
-    def emit_status(self, channel: Channel, status: Mapping[str, Json], now_ms: int) -> None:
-        self._deliver(self.store.status_event(channel, status, now_ms))
-
-    def _deliver(self, event: Event) -> None:
-        self.replay.append(event)
-        self.fanout.publish(event)
-
-    def forget(self, channel: Channel) -> None:
-        self.store.drop(channel)
+    def restart(self, head: int) -> None:
+        fanout = self.fanout
+        if fanout.everyone:
+            logger.warning(
+                "the event log's data is of a new epoch (%s): %d streams told to resume",
+                self.epoch,
+                len(fanout.everyone),
+            )
+        fanout.close_all(Ending.OVERFLOW)
+        fanout.head = head
 
     # --- reads -------------------------------------------------------------
 
     def state(self, channel: Channel) -> ChannelState | None:
-        return self.store.get(channel)
+        return self.log.store.get(channel)
 
     def open_channel(self, channel: Channel) -> ChannelState:
         """The state of a channel, made empty if it has none yet."""
-        return self.store.state(channel)
+        return self.log.store.state(channel)
 
     def stale(self, state: ChannelState, now_ms: int) -> bool:
-        return self.store.stale(state, now_ms)
+        return self.log.store.stale(state, now_ms)
 
-    def reading(self, state: ChannelState, stale: bool) -> LocalReading:
+    def reading(self, state: ChannelState, stale: bool) -> StoreReading:
         """A channel's answers, as REST reads them (the StateView's Reading)."""
-        return LocalReading(self.store, state, stale)
+        return StoreReading(self.log.store, state, stale)
 
     async def wait_for_data(self, channel: Channel, timeout_s: float) -> bool:
         """Wait until ``channel`` has data; False if ``timeout_s`` passed first."""
-        state = self.store.get(channel)
+        state = self.log.store.get(channel)
         if state is not None and state.has_data:
             return True
         waiter = self._first_data.setdefault(channel.name, asyncio.Event())
@@ -117,15 +162,12 @@ class LocalHub:
 
     @property
     def epoch(self) -> str:
-        return self.store.epoch
+        return self.log.store.epoch
 
     def position(self) -> str:
-        """The id of the newest event: a stream that has its backlog stands here."""
-        return f"{self.store.epoch}-{self._head()}"
-
-    def _head(self) -> int:
-        """The sequence number of the newest event handed to streams."""
-        return self.store.seq
+        """The id of the newest event handed out: a stream that has its
+        backlog stands here."""
+        return f"{self.epoch}-{self.fanout.head}"
 
     def open(
         self, client: str, channels: Iterable[Channel], last_event_id: str | None, capacity: int
@@ -164,12 +206,12 @@ class LocalHub:
         names = frozenset(channel.name for channel in channel_list)
         cursor = Cursor.parse(last_event_id) if last_event_id else None
         backlog: list[Event] | None = None
-        head = self._head()
+        head = self.fanout.head
         if cursor is not None and cursor.epoch == self.epoch and cursor.seq <= head:
-            backlog = self.replay.since(cursor.seq, names)
+            backlog = self.log.since(cursor.seq, names)
         reset = last_event_id is not None and backlog is None
         if backlog is None:
-            backlog = self._latest(names)
+            backlog = self.log.latest(names)
             if restamp:
                 backlog = [restamped(event, self.epoch, head) for event in backlog]
         self.fanout.retarget(subscription, subscription.channels | names)
@@ -191,27 +233,40 @@ class LocalHub:
         self.fanout.end(_subscription(stream), ending)
 
     def behind(self, last_event_id: str | None) -> bool:
-        return False  # the single process is where every id comes from
+        """A cursor of this epoch past what this process has handed out: an id
+        of another replica that is ahead (its log is read here meanwhile). In
+        the single process every id comes from here: never."""
+        if not self.log.shared or not last_event_id:
+            return False
+        cursor = Cursor.parse(last_event_id)
+        return cursor is not None and cursor.epoch == self.epoch and cursor.seq > self.fanout.head
 
     async def reach(self, last_event_id: str | None, timeout_s: float) -> None:
-        return None
+        """Wait (at most ``timeout_s``) until this process has handed out the
+        event ``last_event_id``, so that a stream resumes from it here."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.behind(last_event_id):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            if self._progress is None:
+                self._progress = asyncio.Event()
+            progress = self._progress
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await progress.wait()
 
     def reset_event(self, channels: Iterable[str]) -> Event:
         data = reset_payload(self.epoch, channels)
         return Event(0, "", "reset", data, event_id=None, conflatable=False, received_ts=0)
 
-    def _latest(self, names: Iterable[str]) -> list[Event]:
-        """The current snapshot events of channels, oldest first."""
-        events = []
-        for name in names:
-            state = self.store.channels.get(name)
-            if state is not None and state.last_event is not None:
-                events.append(state.last_event)
-        events.sort(key=lambda event: event.seq)
-        return events
-
     def subscribers(self, channel: Channel) -> int:
         return self.fanout.subscribers(channel.name)
+
+    def followed(self) -> list[str]:
+        """The channels some stream of this process follows."""
+        return list(self.fanout.by_channel)
 
     def close_all_streams(self) -> None:
         self.fanout.close_all()
@@ -226,7 +281,7 @@ def _subscription(stream: Stream) -> Subscription:
     return stream
 
 
-class LocalReading:
+class StoreReading:
     """A channel's state in this process's store, read at one moment."""
 
     __slots__ = ("stale", "state", "store")

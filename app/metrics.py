@@ -24,9 +24,9 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.channels import Channel
+from app.ports import ChannelRow, Ports
 
 if TYPE_CHECKING:
-    from app.gateway import Gateway
     from app.http.server import ConnectionGuard
 
 OTHER = "other"
@@ -49,22 +49,23 @@ class LabelPolicy:
 
 
 class GatewayCollector(Collector):
-    """Reads the gateway's own counters at scrape time."""
+    """Reads the gateway's own counters at scrape time, through its ports."""
 
     def __init__(
         self,
-        gateway: Gateway,
+        ports: Ports,
         policy: LabelPolicy,
         connections: ConnectionGuard | None = None,
         gc_pauses: GcPauses | None = None,
     ) -> None:
-        self.gateway = gateway
+        self.report = ports.report
+        self.streams = ports.streams
         self.policy = policy
         self.connections = connections
         self.gc_pauses = gc_pauses
 
     def collect(self) -> Iterator[Metric]:
-        node = self.gateway.node
+        node = self.report.node
         for metric in self._all():
             # Every sample names its replica, so that replicas scraped through
             # one address (a load balancer) stay apart.
@@ -80,33 +81,34 @@ class GatewayCollector(Collector):
             yield from self.gc_pauses.metrics()
 
     def _cluster(self) -> Iterator[Metric]:
-        replica = self.gateway.replica
+        counts = self.report.cluster_counts()
         leader = GaugeMetricFamily(
             "coinsuper_cluster_leader", "1 when this process holds the upstream links"
         )
-        leader.add_metric([], 1 if self.gateway.leadership.leads else 0)
+        leader.add_metric([], 1 if self.report.leads else 0)
         yield leader
-        if replica is None:
+        if counts is None:
             return
         up = GaugeMetricFamily(
             "coinsuper_cluster_redis_up", "1 when the cluster's Redis answers and the log is read"
         )
-        up.add_metric([], 1 if replica.reachable and replica.hub.synced else 0)
+        up.add_metric([], 1 if counts.redis_up else 0)
         refused = CounterMetricFamily(
             "coinsuper_cluster_refused_writes",
             "Appends to the cluster's log refused (fenced) or failed: the leader stepped down",
         )
-        refused.add_metric([], replica.hub.refused_writes)
+        refused.add_metric([], counts.refused_writes)
         dropped = CounterMetricFamily(
             "coinsuper_cluster_dropped_changes",
             "Upstream messages taken after this process stopped leading (not logged)",
         )
-        dropped.add_metric([], replica.hub.dropped_changes)
+        dropped.add_metric([], counts.dropped_changes)
         yield from (up, refused, dropped)
 
     def _collect(self) -> Iterator[Metric]:
-        gateway = self.gateway
-        now_ms = gateway.now()
+        report = self.report
+        now_ms = report.now()
+        rows = report.rows(now_ms)
         names = ["kind", "symbol", "param"]
         messages = CounterMetricFamily(
             "coinsuper_upstream_messages", "Upstream messages accepted, per channel", labels=names
@@ -127,16 +129,15 @@ class GatewayCollector(Collector):
         )
         # Channels that map to the same labels (other symbols) are summed.
         sums: dict[tuple[str, str, str], list[float]] = {}
-        for channel in gateway.followed():
-            key = self.policy.labels(channel)
-            state = gateway.hub.state(channel)
+        for channel_row in rows:
+            key = self.policy.labels(channel_row.channel)
             row = sums.setdefault(key, [0, 0, 0, 0, -1.0])
-            row[0] += state.messages if state else 0
-            row[1] += state.rejected if state else 0
-            row[2] += gateway.status(channel, now_ms)[0] == "live"
-            row[3] += gateway.hub.subscribers(channel)
-            if state is not None and state.received_ts is not None:
-                seconds = (now_ms - state.received_ts) / 1000
+            row[0] += channel_row.messages
+            row[1] += channel_row.rejected
+            row[2] += channel_row.status == "live"
+            row[3] += channel_row.subscribers
+            if channel_row.last_update_ts is not None:
+                seconds = (now_ms - channel_row.last_update_ts) / 1000
                 row[4] = max(row[4], seconds)
         for key, (count, bad, is_live, subs, seconds) in sums.items():
             labels = list(key)
@@ -160,17 +161,18 @@ class GatewayCollector(Collector):
             "coinsuper_link_failed", "1 when the broker refused the link's login", labels=["link"]
         )
         links: dict[str, list[float]] = {}
-        for tracked in list(gateway.registry.tracked.values()):
-            link = tracked.link
+        for channel_row in rows:
+            if not channel_row.own_link:
+                continue  # a follower's channels: the leader's links carry them
             name = (
-                link.name
-                if link.name in ("public", "private")
-                else ":".join(p for p in self.policy.labels(tracked.channel) if p)
+                channel_row.link
+                if channel_row.link in ("public", "private")
+                else ":".join(p for p in self.policy.labels(channel_row.channel) if p)
             )
             row = links.setdefault(name, [0, 0, 0])
-            row[0] = max(row[0], link.state.value == "up")
-            row[1] = max(row[1], max(link.connects - 1, 0))
-            row[2] = max(row[2], link.state.value == "failed")
+            row[0] = max(row[0], channel_row.link_state == "up")
+            row[1] = max(row[1], max(channel_row.link_connects - 1, 0))
+            row[2] = max(row[2], channel_row.link_state == "failed")
         for name, (up, again, refused) in links.items():
             link_up.add_metric([name], up)
             reconnects.add_metric([name], again)
@@ -178,45 +180,44 @@ class GatewayCollector(Collector):
         yield from (link_up, reconnects, failed)
 
         streams = GaugeMetricFamily("coinsuper_open_streams", "Open streams")
-        streams.add_metric([], gateway.streams.open)
+        streams.add_metric([], self.streams.open)
         sent = CounterMetricFamily("coinsuper_events_sent", "Events sent to stream clients")
-        sent.add_metric([], gateway.streams.events_sent)
+        sent.add_metric([], self.streams.events_sent)
         closed = CounterMetricFamily(
             "coinsuper_stream_overflow_closes", "Streams closed because their buffer overflowed"
         )
-        closed.add_metric([], gateway.streams.overflow_closes)
+        closed.add_metric([], self.streams.overflow_closes)
         unknown = CounterMetricFamily(
             "coinsuper_upstream_unknown_topic_messages", "Upstream messages on no followed topic"
         )
-        unknown.add_metric([], gateway.pipeline.unknown_messages)
+        unknown.add_metric([], report.unknown_messages())
         stalled = CounterMetricFamily(
             "coinsuper_stream_stalled_closes",
             "Streams closed (socket included) because the client stopped reading",
         )
-        stalled.add_metric([], gateway.streams.stalled_closes)
+        stalled.add_metric([], self.streams.stalled_closes)
         gaps = CounterMetricFamily(
             "coinsuper_trade_gaps",
             "Trade pushes that shared nothing with a full previous one (trades may be missing)",
             labels=names,
         )
-        for key, count in self._gaps().items():
+        for key, count in self._gaps(rows).items():
             gaps.add_metric(list(key), count)
         released = CounterMetricFamily(
             "coinsuper_no_data_releases",
             "Channels released because the exchange sent no data for them",
         )
-        released.add_metric([], gateway.registry.no_data_releases)
+        released.add_metric([], report.no_data_releases())
         yield from (streams, sent, closed, unknown, stalled, gaps, released)
         if self.connections is not None:
             yield from self._connections(self.connections)
 
-    def _gaps(self) -> dict[tuple[str, str, str], int]:
+    def _gaps(self, rows: list[ChannelRow]) -> dict[tuple[str, str, str], int]:
         sums: dict[tuple[str, str, str], int] = {}
-        for channel in self.gateway.followed():
-            state = self.gateway.hub.state(channel)
-            if state is not None and state.gaps:
-                key = self.policy.labels(channel)
-                sums[key] = sums.get(key, 0) + state.gaps
+        for row in rows:
+            if row.gaps:
+                key = self.policy.labels(row.channel)
+                sums[key] = sums.get(key, 0) + row.gaps
         return sums
 
     @staticmethod

@@ -11,8 +11,10 @@ cluster on Redis (app/cluster.py).
 - :class:`StateView`: the latest answer of each channel, and its status.
 - :class:`Demand`: who wants which channel (the upstream subscribes on the
   first demand and releases idle channels).
-- :class:`Leadership`: whether this process holds the upstream links
-  (:class:`Alone`: always, for the single process).
+- :class:`Membership`: whether this process holds the upstream links (the
+  one meaning of leading), why it is not ready, what /v1/cluster answers.
+- :class:`Report`: what operators read (/v1/channels, /readyz, /metrics).
+- :class:`Ports`: all of these, as the HTTP side and the metrics get them.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
+from app.admission import Streams
 from app.channels import Channel
-from app.store import Event as Event  # the type of what a Form encodes
+from app.config import Settings
+from app.events import Event as Event  # the type of what a Form encodes
 
 # A transport's wire form of an event (an HTTP chunk of the SSE frame, a
 # WebSocket frame), made once per event and form: see Event.wire.
@@ -143,14 +147,123 @@ class Demand(Protocol):
         ...
 
 
-class Leadership(Protocol):
+@dataclass(frozen=True, slots=True)
+class ClusterCounts:
+    """A replica's part of /metrics."""
+
+    redis_up: bool  # Redis answers and the log is read
+    refused_writes: int
+    dropped_changes: int
+
+
+class Membership(Protocol):
+    """This process's place: the whole gateway, or a replica of a cluster."""
+
     @property
     def leads(self) -> bool:
-        """Whether this process holds the upstream links."""
+        """Whether this process holds the upstream links (and, in a cluster,
+        writes the log): the one meaning of leading."""
         ...
 
+    def problems(self) -> list[str]:
+        """Why this process is not ready, whatever its channels say."""
+        ...
 
-class Alone:
-    """The leadership of a process that is the whole gateway: it always leads."""
+    async def report(self) -> dict[str, object]:
+        """What /v1/cluster answers."""
+        ...
 
-    leads = True
+    def counts(self) -> ClusterCounts | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelRow:
+    """One channel as /v1/channels and /metrics report it."""
+
+    channel: Channel
+    status: str
+    reason: str | None
+    seq: int
+    last_update_ts: int | None
+    exchange_ts: int | None
+    messages: int
+    rejected: int
+    superseded: int
+    gaps: int
+    last_rejection: str | None
+    subscribers: int
+    pinned: bool
+    link: str
+    link_state: str
+    link_connects: int
+    own_link: bool  # the link is this process's (not the leader's, on a follower)
+
+    def json(self) -> dict[str, object]:
+        return {
+            "channel": self.channel.name,
+            "symbol": self.channel.display_symbol,
+            "status": self.status,
+            "reason": self.reason,
+            "seq": self.seq,
+            "last_update_ts": self.last_update_ts,
+            "exchange_ts": self.exchange_ts,
+            "messages": self.messages,
+            "rejected": self.rejected,
+            "superseded": self.superseded,
+            "gaps": self.gaps,
+            "last_rejection": self.last_rejection,
+            "subscribers": self.subscribers,
+            "pinned": self.pinned,
+            "link": self.link,
+            "link_state": self.link_state,
+            "link_connects": self.link_connects,
+        }
+
+
+class Report(Protocol):
+    """What operators read: /v1/channels, /readyz, /v1/cluster, /metrics."""
+
+    @property
+    def node(self) -> str: ...
+    def now(self) -> int:
+        """The clock of staleness and answers (the wall clock, or a replay's)."""
+        ...
+
+    def rows(self, now: int) -> list[ChannelRow]: ...
+    def report(self, now: int) -> dict[str, object]:
+        """What /v1/channels answers: the rows, the links, counts."""
+        ...
+
+    def readiness(self, now: int) -> tuple[bool, list[str]]: ...
+    async def cluster(self) -> dict[str, object]: ...
+    def private_enabled(self) -> bool:
+        """Whether the private routes answer."""
+        ...
+
+    @property
+    def leads(self) -> bool: ...
+    def cluster_counts(self) -> ClusterCounts | None: ...
+    def unknown_messages(self) -> int:
+        """Upstream messages on no followed topic."""
+        ...
+
+    def no_data_releases(self) -> int: ...
+
+
+class Service(Protocol):
+    """What starts and stops with the HTTP app (the gateway)."""
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Ports:
+    """Everything the HTTP side and the metrics get of the gateway."""
+
+    settings: Settings
+    feed: Feed
+    view: StateView
+    demand: Demand
+    streams: Streams
+    report: Report

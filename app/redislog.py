@@ -292,12 +292,14 @@ class RedisCluster:
         return sorted(nodes, key=lambda item: str(item["node"]))
 
 
-class RedisLeadership:
-    """The :class:`~app.ports.Leadership` of a replica: it leads while it holds
-    the lease, renewed every third of its time to live. When a renewal fails
-    (another holds the lease, or Redis cannot be reached before the lease would
-    run out) it stops leading at once and says so (``on_lost``: the upstream
-    links close). The term it leads with fences its writes (:meth:`RedisCluster.append`)."""
+class Lease:
+    """A replica's lease on leading, renewed every third of its time to live.
+    Holding it is not yet leading: the replica leads (:attr:`app.cluster.Replica.leads`)
+    once it has read the log to its end under the lease's term (``on_gained``).
+    When a renewal fails (another holds the lease, or Redis cannot be reached
+    before the lease would run out) it is lost at once and says so
+    (``on_lost``: the upstream links close). The term fences the holder's
+    writes (:meth:`RedisCluster.append`)."""
 
     def __init__(
         self,
@@ -315,7 +317,7 @@ class RedisLeadership:
         self._must_resign = False  # dropped: the lease is given up at the next step
 
     @property
-    def leads(self) -> bool:
+    def held(self) -> bool:
         return self.term is not None
 
     async def step(self) -> None:
@@ -360,7 +362,7 @@ class RedisLeadership:
             await asyncio.sleep(self.ttl_ms / 3000)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self.run(), name="leadership")
+        self._task = asyncio.create_task(self.run(), name="lease")
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from app.channels import Channel, parse_channel
+from app.channels import parse_channel
 from app.domain import (
     Balance,
     Balances,
@@ -43,7 +43,9 @@ from app.domain import (
     TradeWindow,
     Update,
 )
-from app.store import ChannelState, Event, Store
+from app.eventlog import Change
+from app.events import Event
+from app.store import ChannelState, Store
 from app.tradelog import TradeLog
 
 _FLAT: dict[str, type[Any]] = {
@@ -161,12 +163,19 @@ class Entry:
         ]
 
 
-def entry(
-    op: str, channel: Channel, ts: int, store: Store, events: list[Event], **rest: Any
-) -> Entry:
-    """The entry of a change just made to ``store``."""
+def entry(change: Change, store: Store, events: list[Event]) -> Entry:
+    """The entry of a change just made to ``store``, which made ``events``."""
     made = tuple((e.name, e.conflatable, e.data) for e in events)
-    return Entry(op, channel.name, ts, store.seq, made, **rest)
+    return Entry(
+        change.op,
+        change.channel.name,
+        change.ts,
+        store.seq,
+        made,
+        update=change.update,
+        reason=change.reason,
+        status=change.status,
+    )
 
 
 def apply_entry(store: Store, item: Entry) -> None:

@@ -7,9 +7,9 @@ import json
 from typing import Any
 
 from app.channels import Channel
-from app.hub import LocalHub
+from app.events import Event
+from app.hub import Hub
 from app.ports import Ending
-from app.store import Event
 
 
 def line_form(e: Event) -> bytes:
@@ -44,7 +44,7 @@ class Recorder:
         return [e["seq"] for e in self.events()]
 
 
-def follow(hub: LocalHub, *channels: Channel) -> Recorder:
+def follow(hub: Hub, *channels: Channel) -> Recorder:
     """A stream of ``channels`` on ``hub``, written to a recording sink."""
     opening = hub.open("address:a", channels, None, 10)
     sink = Recorder()

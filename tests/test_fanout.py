@@ -4,9 +4,10 @@ publish time, pause and catch-up (conflated), overflow, stall, heartbeats."""
 from __future__ import annotations
 
 from app.admission import Streams
-from app.fanout import Cursor, Fanout, ReplayBuffer, Subscription
+from app.eventlog import Cursor, ReplayBuffer
+from app.events import Event
+from app.fanout import Fanout, Subscription
 from app.ports import Ending
-from app.store import Event
 from tests.sinks import Recorder
 
 
@@ -19,9 +20,15 @@ class World:
     def __init__(self, replay: int = 100, latest: list[Event] | None = None) -> None:
         self.log = ReplayBuffer(replay, 600_000)
         self.streams = Streams(100, 100)
-        self.latest = latest or []
-        self.fanout = Fanout(self.log, lambda names: [e for e in self.latest if e.channel in names],
-                             self.streams, send_timeout_s=10)
+        self.snapshots = latest or []
+        self.fanout = Fanout(self, self.streams, send_timeout_s=10)  # type: ignore[arg-type]
+
+    # What the fan-out reads of its event log.
+    def since(self, seq: int, channels: frozenset[str]) -> list[Event] | None:
+        return self.log.since(seq, channels)
+
+    def latest(self, channels: frozenset[str]) -> list[Event]:
+        return [e for e in self.snapshots if e.channel in channels]
 
     def publish(self, e: Event) -> None:
         self.log.append(e)

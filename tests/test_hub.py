@@ -15,13 +15,13 @@ from redis.asyncio import Redis
 
 from app.admission import Streams
 from app.channels import parse_channel
-from app.cluster import ClusterHub
+from app.cluster import RedisLog
 from app.config import load_settings
 from app.decode import Trade, TradeWindow, decode
 from app.domain import Snapshot
-from app.fanout import ReplayBuffer
+from app.eventlog import LocalLog, ReplayBuffer
 from app.gateway import Gateway
-from app.hub import LocalHub
+from app.hub import Hub
 from app.ports import Opening
 from app.redislog import RedisCluster
 from app.store import Store
@@ -42,34 +42,30 @@ class Hubs:
         self.tasks: list[asyncio.Task[None]] = []
         self.clusters: list[RedisCluster] = []
 
-    async def make(self, replay: int = 100) -> LocalHub:
+    async def make(self, replay: int = 100) -> Hub:
         if self.redis is None:
-            return LocalHub(
-                Store("ep"), ReplayBuffer(replay, 600_000), Streams(100, 100), send_timeout_s=10
+            return Hub(
+                LocalLog(Store("ep"), ReplayBuffer(replay, 600_000)),
+                Streams(100, 100),
+                send_timeout_s=10,
             )
-        hub = ClusterHub(
-            Store,
-            lambda: ReplayBuffer(replay, 600_000),
-            Streams(100, 100),
-            send_timeout_s=10,
-            checkpoint_s=3600,
-        )
+        log = RedisLog(Store, lambda: ReplayBuffer(replay, 600_000), checkpoint_s=3600)
+        hub = Hub(log, Streams(100, 100), send_timeout_s=10)
         cluster = RedisCluster(self.redis, f"hub{next(_names)}", "a")
         self.clusters.append(cluster)
         await self.redis.set(cluster.keys["epoch"], "ep")
         term = await cluster.lead(60_000)
         assert term is not None
-        await hub.sync(cluster)
-        hub.writing = term
-        self.tasks.append(asyncio.create_task(hub.write_loop(cluster, 100_000)))
+        await log.sync(cluster)
+        log.writing = term
+        self.tasks.append(asyncio.create_task(log.write_loop(cluster, 100_000)))
         return hub
 
     @staticmethod
-    async def settle(hub: LocalHub) -> None:
+    async def settle(hub: Hub) -> None:
         """What the hub was given is handed to streams (a leader writes it first)."""
-        if isinstance(hub, ClusterHub):
-            while hub.outbox or hub._appending:  # noqa: ASYNC110  (the writer has no event to wait on)
-                await asyncio.sleep(0.002)
+        if isinstance(hub.log, RedisLog):
+            await asyncio.wait_for(hub.log.written.wait(), 10)
 
 
 @pytest.fixture
@@ -96,18 +92,18 @@ def hubs(request: pytest.FixtureRequest) -> Hubs:
     return made
 
 
-def open_stream(local: LocalHub, channels: list, last_event_id: str | None) -> Opening:  # type: ignore[type-arg]
+def open_stream(local: Hub, channels: list, last_event_id: str | None) -> Opening:  # type: ignore[type-arg]
     return local.open("address:a", channels, last_event_id, 10)
 
 
-async def book(hubs: Hubs, local: LocalHub, ts: int) -> None:
+async def book(hubs: Hubs, local: Hub, ts: int) -> None:
     update = decode(BOOK, sample("orderBook_BTC_USD_0.01.json"))
     assert isinstance(update, Snapshot)
     local.apply(BOOK, update, ts)
     await hubs.settle(local)
 
 
-async def trades(hubs: Hubs, local: LocalHub, *stamps: int) -> None:
+async def trades(hubs: Hubs, local: Hub, *stamps: int) -> None:
     local.apply(TRADES, TradeWindow(tuple(Trade("1.00", "0.1", "buy", ts) for ts in stamps)), T0)
     await hubs.settle(local)
 
@@ -172,7 +168,7 @@ async def test_a_leaders_streams_see_only_what_the_log_holds(hubs: Hubs) -> None
     sink = Recorder()
     local.attach(opening.stream, sink, b"")
     local.apply(TRADES, TradeWindow((Trade("1.00", "0.1", "buy", T0),)), T0)
-    if isinstance(local, ClusterHub):
+    if isinstance(local.log, RedisLog):
         assert sink.seqs() == [] and local.position() == "ep-1"
         assert [e.seq for e in open_stream(local, [BOOK], None).backlog] == [1]
     await hubs.settle(local)
@@ -199,16 +195,13 @@ async def test_a_follower_waits_for_a_cursor_of_a_replica_that_is_ahead(
     assert made.redis is not None
     redis = made.redis
     leader = await made.make()
-    follower = ClusterHub(
-        Store, lambda: ReplayBuffer(100, 600_000), Streams(100, 100), send_timeout_s=10,
-        checkpoint_s=3600,
-    )
-    assert isinstance(leader, ClusterHub)
+    follower_log = RedisLog(Store, lambda: ReplayBuffer(100, 600_000), checkpoint_s=3600)
+    follower = Hub(follower_log, Streams(100, 100), send_timeout_s=10)
     name = made.clusters[0].keys["epoch"].removesuffix(":epoch")
     reader = RedisCluster(redis, name, "b")
-    await follower.sync(reader)
+    await follower_log.sync(reader)
     await trades(made, leader, T0)
-    follower.follow(await reader.after(follower.applied))
+    follower_log.follow(await reader.after(follower_log.applied))
     cursor = follower.position()
     await trades(made, leader, T0, T0 + 1, T0 + 2)
     ahead = leader.position()
@@ -216,12 +209,13 @@ async def test_a_follower_waits_for_a_cursor_of_a_replica_that_is_ahead(
     waiting = asyncio.ensure_future(follower.reach(ahead, 5))
     await asyncio.sleep(0.05)
     assert not waiting.done()
-    follower.follow(await reader.after(follower.applied))
+    follower_log.follow(await reader.after(follower_log.applied))
     await asyncio.wait_for(waiting, 1)
     opening = open_stream(follower, [TRADES], ahead)
     assert not opening.reset and opening.backlog == []
     resumed = open_stream(follower, [TRADES], cursor)
-    expected = [(e.id, e.data) for e in leader.replay.events if e.seq > 1]
+    assert isinstance(leader.log, RedisLog)
+    expected = [(e.id, e.data) for e in leader.log.replay.events if e.seq > 1]
     assert [(e.id, e.data) for e in resumed.backlog] == expected
     # Not read at all within the wait: the stream is told to reset, never left short.
     await trades(made, leader, T0, T0 + 1, T0 + 2, T0 + 3)
@@ -231,15 +225,15 @@ async def test_a_follower_waits_for_a_cursor_of_a_replica_that_is_ahead(
 
 async def test_the_state_view_reads_answers_and_says_why_there_is_none() -> None:
     gateway = Gateway(load_settings())
-    view = gateway.view
+    view = gateway.ports.view
     assert view.read(BOOK) is None  # nothing yet
     status, _reason = view.status(BOOK)
     assert status == "connecting"
     assert not await view.wait_for_data(BOOK, 0.01)
-    await book(Hubs(None), gateway.hub, T0)  # type: ignore[arg-type]
+    await book(Hubs(None), gateway.hub, T0)
     reading = view.read(BOOK)
     assert reading is not None
     body = json.loads(reading.snapshot())
     assert body["channel"] == BOOK.name and body["stale"] is True  # the clock says 2018: long stale
     assert reading.etag.endswith('-1"') and reading.etag.startswith('"')
-    assert gateway.leadership.leads  # one process: it holds the upstream
+    assert gateway.membership.leads  # one process: it holds the upstream

@@ -11,8 +11,8 @@ import pytest
 from app.admission import Streams
 from app.channels import Channel
 from app.decode import Update
-from app.fanout import ReplayBuffer
-from app.hub import LocalHub
+from app.eventlog import LocalLog, ReplayBuffer
+from app.hub import Hub
 from app.pipeline import Pipeline
 from app.recording import Recorder, read_records
 from app.store import Store
@@ -25,8 +25,8 @@ TOPICS = {"t/book": BOOK, "t/trades": TRADES}
 NOW = 1_532_686_080_000
 
 
-def hub() -> LocalHub:
-    return LocalHub(Store("e"), ReplayBuffer(1000, 600_000), Streams(10, 10), send_timeout_s=10)
+def hub() -> Hub:
+    return Hub(LocalLog(Store("e"), ReplayBuffer(1000, 600_000)), Streams(10, 10), send_timeout_s=10)
 
 
 def test_a_message_goes_from_topic_to_the_streams() -> None:
@@ -35,7 +35,7 @@ def test_a_message_goes_from_topic_to_the_streams() -> None:
     Pipeline(TOPICS.get, local).feed("t/book", sample("orderBook_BTC_USD_0.01.json"), NOW)
     [event] = follower.events()
     assert event["name"] == "orderbook" and event["seq"] == 1
-    assert [e.seq for e in local.replay.since(0, frozenset({BOOK.name})) or []] == [1]
+    assert [e.seq for e in local.log.since(0, frozenset({BOOK.name})) or []] == [1]
 
 
 def test_unknown_topics_are_counted_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
@@ -79,13 +79,13 @@ def test_the_skew_limit_is_the_pipelines(caplog: pytest.LogCaptureFixture) -> No
     assert state is not None and state.rejected == 1
 
 
-class Broken(LocalHub):
+class Broken(Hub):
     def apply(self, channel: Channel, update: Update, received_ts: int) -> None:
         raise KeyError("a bug of ours")
 
 
 def test_a_fault_of_ours_drops_the_message_and_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
-    pipeline = Pipeline(TOPICS.get, Broken(Store("e"), ReplayBuffer(10, 1000), Streams(10, 10), send_timeout_s=10))
+    pipeline = Pipeline(TOPICS.get, Broken(LocalLog(Store("e"), ReplayBuffer(10, 1000)), Streams(10, 10), send_timeout_s=10))
     with caplog.at_level(logging.ERROR):
         for _ in range(3):
             pipeline.feed("t/book", sample("orderBook_BTC_USD_0.01.json"), NOW)  # never raises

@@ -16,9 +16,9 @@ import httpx
 import pytest
 import uvicorn
 
+from app.asgi import create_app
 from app.cli import server_config
 from app.config import load_settings
-from app.http.app import create_app
 from app.logs import RedactSecrets
 from app.simulator import Simulator
 from app.simulator.broker import BrokerPorts, DemoAccount

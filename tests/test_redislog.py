@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from app.redislog import Fenced, RedisCluster, RedisLeadership
+from app.redislog import Fenced, Lease, RedisCluster
 from tests.support import RedisServer
 
 
@@ -104,26 +104,26 @@ async def test_the_nodes_and_their_roles(client: Redis) -> None:
 async def test_exactly_one_replica_leads_and_a_leader_that_loses_the_lease_stops_at_once(client: Redis) -> None:
     events: list[str] = []
     # A lease of 2 s, renewed every 0.3 s here: a loaded machine has time to spare.
-    a = RedisLeadership(RedisCluster(client, "c", "a"), ttl_ms=2000,
+    a = Lease(RedisCluster(client, "c", "a"), ttl_ms=2000,
                         on_gained=lambda t: events.append(f"a leads {t}"), on_lost=lambda: events.append("a lost"))
-    b = RedisLeadership(RedisCluster(client, "c", "b"), ttl_ms=2000,
+    b = Lease(RedisCluster(client, "c", "b"), ttl_ms=2000,
                         on_gained=lambda t: events.append(f"b leads {t}"), on_lost=lambda: events.append("b lost"))
     await a.step()
     await b.step()
-    assert a.leads and not b.leads and events == ["a leads 1"]
+    assert a.held and not b.held and events == ["a leads 1"]
     for _ in range(3):  # renewed well inside the time to live: still the leader, same term
         await asyncio.sleep(0.3)
         await a.step()
         await b.step()
-    assert a.term == 1 and not b.leads
+    assert a.term == 1 and not b.held
     await asyncio.sleep(2.1)  # a pauses past its lease (a stop-the-world, a partition)
     await b.step()
     assert b.term == 2
     await a.step()  # its next renewal fails: it stops leading, and says so
-    assert not a.leads and events == ["a leads 1", "b leads 2", "a lost"]
+    assert not a.held and events == ["a leads 1", "b leads 2", "a lost"]
     await client.execute_command("CLIENT", "PAUSE", 1500)  # every client of Redis stalls
     await b.step()  # Redis paused longer than the renewal may take: b cannot know it still leads
-    assert not b.leads and events[-1] == "b lost"
+    assert not b.held and events[-1] == "b lost"
     await b.stop()
     await a.stop()
 
@@ -144,13 +144,13 @@ async def test_a_leader_that_gives_up_leads_again_only_with_a_new_term(client: R
     """A leader whose write failed drops the lease: whoever leads next (itself
     included) takes a new term, which fences anything still on its way."""
     events: list[str] = []
-    leader = RedisLeadership(RedisCluster(client, "c", "a"), 3000,
+    leader = Lease(RedisCluster(client, "c", "a"), 3000,
                              on_gained=lambda t: events.append(f"leads {t}"), on_lost=lambda: events.append("lost"))
     await leader.step()
     assert leader.term == 1
     leader.drop()
-    assert not leader.leads and events == ["leads 1", "lost"]
+    assert not leader.held and events == ["leads 1", "lost"]
     await leader.step()  # gives the lease up
-    assert await leader.cluster.leader() is None and not leader.leads
+    assert await leader.cluster.leader() is None and not leader.held
     await leader.step()
     assert leader.term == 2 and events[-1] == "leads 2"

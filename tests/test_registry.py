@@ -12,8 +12,8 @@ from app.admission import Streams
 from app.channels import Channel, parse_channel
 from app.config import load_settings
 from app.errors import TooMany, UnknownChannel
-from app.fanout import ReplayBuffer
-from app.hub import LocalHub
+from app.eventlog import LocalLog, ReplayBuffer
+from app.hub import Hub
 from app.ports import Ending
 from app.recording import ReplaySource
 from app.registry import Registry
@@ -36,13 +36,13 @@ class Clock:
         return self.now
 
 
-def registry(clock: Clock, **settings: object) -> tuple[Registry, LocalHub]:
-    hub = LocalHub(Store("e"), ReplayBuffer(100, 600_000), Streams(10, 10), send_timeout_s=10)
+def registry(clock: Clock, **settings: object) -> tuple[Registry, Hub]:
+    hub = Hub(LocalLog(Store("e"), ReplayBuffer(100, 600_000)), Streams(10, 10), send_timeout_s=10)
     defaults: dict[str, object] = {"gateway_idle_release_s": 10, "gateway_no_data_release_s": 5}
     return Registry(load_settings(**{**defaults, **settings}), hub, clock, replay=ReplaySource([])), hub
 
 
-def feed(hub: LocalHub, channel: Channel) -> None:
+def feed(hub: Hub, channel: Channel) -> None:
     from app.pipeline import Pipeline
 
     book = json.loads(sample("orderBook_BTC_USD_0.01.json"))

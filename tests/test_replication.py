@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterable
 
 import pytest
 
+from app.admission import Streams
 from app.channels import Channel, Kind, parse_channel
 from app.decode import decode
 from app.domain import OrderChange, Trade, TradeWindow, Update
+from app.eventlog import Change, Outlet
+from app.events import Event
+from app.hub import Hub
 from app.replication import (
     Entry,
     apply_entry,
@@ -22,7 +27,7 @@ from app.replication import (
     read_checkpoint,
     restore,
 )
-from app.store import Event, Store
+from app.store import Store
 from tests.support import sample
 
 T0 = 1_532_686_080_000
@@ -48,26 +53,55 @@ def updates() -> list[tuple[Channel, Update]]:
     return decoded  # type: ignore[return-value]
 
 
-class Leader:
-    """A store changed as the leader's ingest changes it, and its entries."""
+class Keeping:
+    """An event log that keeps the entry of each change, as the cluster's
+    writer appends it (the real hub makes the changes: :class:`Leader`)."""
 
-    def __init__(self) -> None:
-        self.store = Store("ep", trade_capacity=60, fill_capacity=3, closed_order_capacity=2)
+    shared = False
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
         self.entries: list[bytes] = []
         self.events: list[Event] = []
 
+    @property
+    def store(self) -> Store:
+        return self._store
+
+    def bind(self, outlet: Outlet) -> None:
+        pass
+
+    def writable(self) -> bool:
+        return True
+
+    def record(self, change: Change, events: list[Event]) -> None:
+        self.entries.append(entry(change, self._store, events).encode())
+        self.events.extend(events)
+
+    def since(self, seq: int, channels: frozenset[str]) -> list[Event] | None:
+        return None
+
+    def latest(self, channels: Iterable[str]) -> list[Event]:
+        return []
+
+
+class Leader:
+    """The hub of a leader, its store changed by the gateway's own ingest
+    code, and the entries its changes make."""
+
+    def __init__(self) -> None:
+        self.log = Keeping(Store("ep", trade_capacity=60, fill_capacity=3, closed_order_capacity=2))
+        self.hub = Hub(self.log, Streams(10, 10), send_timeout_s=10)
+        self.store = self.log.store
+        self.entries = self.log.entries
+        self.events = self.log.events
+
     def apply(self, channel: Channel, update: Update, ts: int) -> None:
-        events = self.store.apply(channel, update, ts)
-        self._keep(entry("apply", channel, ts, self.store, events, update=update), events)
+        self.hub.apply(channel, update, ts)
 
     def status(self, channel: Channel, status: str, ts: int) -> None:
         body = {"channel": channel.name, "status": status, "reason": None, "ts": ts}
-        event = self.store.status_event(channel, body, ts)
-        self._keep(entry("status", channel, ts, self.store, [event], status=body), [event])
-
-    def _keep(self, item: Entry, events: list[Event]) -> None:
-        self.entries.append(item.encode())
-        self.events.extend(events)
+        self.hub.emit_status(channel, body, ts)
 
 
 def feed(leader: Leader, rounds: int) -> None:
@@ -93,13 +127,9 @@ def feed(leader: Leader, rounds: int) -> None:
         window = [*window, same, same, Trade(f"6700.{n:02d}", "0.1", "sell", ts + 1)][-50:]
         leader.apply(trades, TradeWindow(tuple(window), b"raw %d" % n), ts)
         leader.status(trades, "live" if n % 2 else "stale", ts)
-    leader.store.reject(trades, "a reason")
-    leader._keep(entry("reject", trades, 0, leader.store, [], reason="a reason"), [])
-    leader.store.repeat(trades, T0 + 10**6)
-    leader._keep(entry("repeat", trades, T0 + 10**6, leader.store, []), [])
-    depth = parse_channel("depth:BTC_USD")
-    leader.store.drop(depth)
-    leader._keep(entry("forget", depth, 0, leader.store, []), [])
+    assert leader.hub.reject(trades, "a reason")
+    assert leader.hub.repeated(trades, b"raw %d" % (rounds - 1), T0 + 10**6)
+    leader.hub.forget(parse_channel("depth:BTC_USD"))
 
 
 def made(items: list[bytes], store: Store) -> list[Event]:

@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from app import events
 from app.channels import parse_channel
 from app.decode import Rejection, Snapshot, Trade, TradeWindow, decode
 from app.store import Store
@@ -105,13 +108,24 @@ def test_the_store_keeps_the_newest_trades_up_to_its_capacity_and_counts_stale_o
     assert state.superseded == 1 and len(state.trade_items) == 50
 
 
-def test_an_events_wire_forms_are_made_once_and_only_when_needed() -> None:
+def test_an_events_wire_forms_are_made_once_and_only_when_needed(monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[str] = []
+    sse_frame, ws_message = events.sse_frame, events.ws_message
+    monkeypatch.setattr(events, "sse_frame", lambda *args: made.append("sse") or sse_frame(*args))
+    monkeypatch.setattr(events, "ws_message", lambda *args: made.append("ws") or ws_message(*args))
     store = Store("ep")
     update = decode(BOOK, sample("orderBook_BTC_USD_0.01.json"))
     assert not isinstance(update, Rejection)
     [event] = store.apply(BOOK, update, T0)
-    assert event._frame is None and event._message is None  # no client yet
+    assert made == []  # no client yet
     frame = event.frame
     assert frame.startswith(b"id: ep-1\nevent: orderbook\ndata: {") and event.frame is frame
-    assert event._message is None  # no WebSocket client asked
+    assert made == ["sse"]  # once, and no WebSocket client asked
+    def form(e: events.Event) -> bytes:
+        made.append("form")
+        return e.frame + b"!"
+
+    assert event.wire(form) == frame + b"!" and event.wire(form) is event.wire(form)
+    assert made == ["sse", "form"]  # a form's bytes are made once for all its clients
     assert json.loads(event.message) == {"id": "ep-1", "event": "orderbook", "data": json.loads(event.data)}
+    assert event.message is event.message and made == ["sse", "form", "ws"]

@@ -17,11 +17,11 @@ from prometheus_client import CollectorRegistry
 
 from app import __version__
 from app.config import Settings
-from app.gateway import Gateway
 from app.http import problems, rest, schemas, stream, ws
 from app.http.auth import TokenCheck
 from app.http.server import ConnectionGuard, Limits, connection_cap, raise_fd_limit
 from app.metrics import GatewayCollector, GcPauses, LabelPolicy, RequestMetrics
+from app.ports import Ports, Service
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 DESCRIPTION = """Coinsuper's MQTT push feed (order books, depth charts, candles, trades, and
@@ -46,19 +46,19 @@ TAGS = [
 ]
 
 
-def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
-    """Build the app; the gateway starts and stops with it."""
-    the_gateway = gateway or Gateway(settings)
+def build_app(settings: Settings, ports: Ports, service: Service) -> FastAPI:
+    """Build the app on the gateway's ports; ``service`` (the gateway) starts
+    and stops with it (app/asgi.py wires the two)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await the_gateway.start()
+        await service.start()
         app.state.gc_pauses.install()
         try:
             yield
         finally:
             app.state.gc_pauses.uninstall()
-            await the_gateway.stop()
+            await service.stop()
 
     app = FastAPI(
         title="coinsuper-gateway",
@@ -68,7 +68,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
         # Any route: the connection layer's answers (app/http/server.py).
         responses=schemas.connection_limits(),
     )
-    app.state.gateway = the_gateway
+    app.state.ports = ports
     app.state.connections = ConnectionGuard(limits_of(settings))
     app.state.tokens = TokenCheck(settings.tokens)
     if settings.cors_origins:
@@ -83,14 +83,14 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     app.state.gc_pauses = GcPauses()
     registry.register(
         GatewayCollector(
-            the_gateway,
+            ports,
             LabelPolicy(settings.metric_symbols),
             app.state.connections,
             app.state.gc_pauses,
         )
     )
     app.state.metrics = registry
-    app.add_middleware(RequestMetrics, registry=registry, node=the_gateway.node)
+    app.add_middleware(RequestMetrics, registry=registry, node=ports.report.node)
     problems.install(app)
     app.include_router(rest.router)
     app.include_router(stream.router)

@@ -12,10 +12,9 @@ from starlette.requests import HTTPConnection
 
 from app.channels import Channel, Kind, normalize_symbol
 from app.errors import InvalidInput, NotConfigured, NotReady
-from app.gateway import Gateway
 from app.http import schemas
 from app.http.auth import TokenCheck
-from app.ports import Reading
+from app.ports import Ports, Reading
 
 router = APIRouter()
 
@@ -23,18 +22,18 @@ JSON = "application/json"
 MAX_LIMIT = 1000
 
 
-def gateway_of(request: HTTPConnection) -> Gateway:
-    gateway: Gateway = request.app.state.gateway
-    return gateway
+def ports_of(request: HTTPConnection) -> Ports:
+    ports: Ports = request.app.state.ports
+    return ports
 
 
-async def _gateway(request: Request) -> Gateway:
+async def _ports(request: Request) -> Ports:
     # Dependencies are async: FastAPI runs a plain def in a thread pool, which
     # cost the snapshot route two thirds of its rate (bench/rest.py).
-    return gateway_of(request)
+    return ports_of(request)
 
 
-GatewayDep = Annotated[Gateway, Depends(_gateway)]
+PortsDep = Annotated[Ports, Depends(_ports)]
 
 
 def tokens_of(request: HTTPConnection) -> TokenCheck:
@@ -44,14 +43,14 @@ def tokens_of(request: HTTPConnection) -> TokenCheck:
 
 def public_access(request: HTTPConnection) -> None:
     """Public routes are open unless GATEWAY_REQUIRE_TOKEN asks for a token."""
-    if gateway_of(request).settings.gateway_require_token:
+    if ports_of(request).settings.gateway_require_token:
         tokens_of(request).require(request)
 
 
 def private_access(request: HTTPConnection, *, allow_query: bool = False) -> None:
     """Private routes: 404 while the private feed is not configured, then 401
     without a valid token."""
-    if not gateway_of(request).private_enabled:
+    if not ports_of(request).report.private_enabled():
         raise NotConfigured(
             "the private feed (assets, orders, fills) is not configured: it needs "
             "COINSUPER_ACCESS_KEY, COINSUPER_SECRET_KEY and COINSUPER_EMAIL"
@@ -92,14 +91,14 @@ def required(name: str, text: str | None, allowed: str) -> str:
 
 async def answer(
     request: Request,
-    gateway: Gateway,
+    ports: Ports,
     channel: Channel,
     render: Callable[[Reading], bytes],
     wait: str | None,
 ) -> Response:
     """The common path of every snapshot route: subscribe on demand, wait
     briefly for the first push, honour ``If-None-Match``, serve stored bytes."""
-    settings = gateway.settings
+    settings = ports.settings
     wait_ms = parse_int(
         "wait",
         wait,
@@ -108,8 +107,8 @@ async def answer(
         high=settings.gateway_wait_max_ms,
     )
     if not channel.is_private:
-        gateway.demand.demand(channel)
-    view = gateway.view
+        ports.demand.demand(channel)
+    view = ports.view
     reading = view.read(channel)
     if reading is None and await view.wait_for_data(channel, wait_ms / 1000):
         reading = view.read(channel)
@@ -145,14 +144,14 @@ Wait = Annotated[str | None, Query(description="ms to wait for a first push (cap
 )
 async def orderbook(
     request: Request,
-    gateway: GatewayDep,
+    ports: PortsDep,
     symbol: str,
     step: Annotated[str | None, Query(description="aggregation step, e.g. 0.01")] = None,
     wait: Wait = None,
 ) -> Response:
     """Latest order book of a symbol at one aggregation step."""
     channel = Channel.orderbook(symbol, required("step", step, "a step such as 0.01"))
-    return await answer(request, gateway, channel, _snapshot, wait)
+    return await answer(request, ports, channel, _snapshot, wait)
 
 
 @router.get(
@@ -161,9 +160,9 @@ async def orderbook(
     dependencies=Public,
     responses=schemas.snapshot(schemas.Depth, 401),
 )
-async def depth(request: Request, gateway: GatewayDep, symbol: str, wait: Wait = None) -> Response:
+async def depth(request: Request, ports: PortsDep, symbol: str, wait: Wait = None) -> Response:
     """Latest depth chart (cumulative quantities) of a symbol."""
-    return await answer(request, gateway, Channel.depth(symbol), _snapshot, wait)
+    return await answer(request, ports, Channel.depth(symbol), _snapshot, wait)
 
 
 Range = Annotated[str | None, Query(alias="range", description="candle length: 1m … 1w")]
@@ -176,11 +175,11 @@ Range = Annotated[str | None, Query(alias="range", description="candle length: 1
     responses=schemas.snapshot(schemas.Candle, 401),
 )
 async def kline(
-    request: Request, gateway: GatewayDep, symbol: str, range_: Range = None, wait: Wait = None
+    request: Request, ports: PortsDep, symbol: str, range_: Range = None, wait: Wait = None
 ) -> Response:
     """The current candle of a symbol and range."""
     channel = Channel.kline(symbol, required("range", range_, "a range such as 1m"))
-    return await answer(request, gateway, channel, _snapshot, wait)
+    return await answer(request, ports, channel, _snapshot, wait)
 
 
 @router.get(
@@ -191,7 +190,7 @@ async def kline(
 )
 async def klines(
     request: Request,
-    gateway: GatewayDep,
+    ports: PortsDep,
     symbol: str,
     range_: Range = None,
     limit: Annotated[str | None, Query(description="newest N candles, 1–1000")] = None,
@@ -200,7 +199,7 @@ async def klines(
     """Candles seen since start (the current one last), oldest first."""
     channel = Channel.kline(symbol, required("range", range_, "a range such as 1m"))
     count = parse_int("limit", limit, default=100, low=1, high=MAX_LIMIT)
-    return await answer(request, gateway, channel, lambda r: r.candles(count), wait)
+    return await answer(request, ports, channel, lambda r: r.candles(count), wait)
 
 
 @router.get(
@@ -211,14 +210,14 @@ async def klines(
 )
 async def trades(
     request: Request,
-    gateway: GatewayDep,
+    ports: PortsDep,
     symbol: str,
     limit: Annotated[str | None, Query(description="newest N trades, 1–1000")] = None,
     wait: Wait = None,
 ) -> Response:
     """Distinct trades of a symbol, newest first."""
     count = parse_int("limit", limit, default=50, low=1, high=MAX_LIMIT)
-    return await answer(request, gateway, Channel.trades(symbol), lambda r: r.trades(count), wait)
+    return await answer(request, ports, Channel.trades(symbol), lambda r: r.trades(count), wait)
 
 
 ORDER_STATES = ("new", "cancel")
@@ -230,9 +229,9 @@ ORDER_STATES = ("new", "cancel")
     dependencies=Private,
     responses=schemas.snapshot(schemas.Assets, 401),
 )
-async def account_assets(request: Request, gateway: GatewayDep, wait: Wait = None) -> Response:
+async def account_assets(request: Request, ports: PortsDep, wait: Wait = None) -> Response:
     """Balances per currency (exact decimals), as last pushed."""
-    return await answer(request, gateway, Channel(Kind.ASSETS), _snapshot, wait)
+    return await answer(request, ports, Channel(Kind.ASSETS), _snapshot, wait)
 
 
 @router.get(
@@ -243,7 +242,7 @@ async def account_assets(request: Request, gateway: GatewayDep, wait: Wait = Non
 )
 async def account_orders(
     request: Request,
-    gateway: GatewayDep,
+    ports: PortsDep,
     state: Annotated[str | None, Query(description="new or cancel")] = None,
     symbol: Annotated[str | None, Query(description="e.g. BTC_USD")] = None,
     wait: Wait = None,
@@ -257,7 +256,7 @@ async def account_orders(
     wanted_symbol = normalize_symbol(symbol).replace("_", "/") if symbol else None
     return await answer(
         request,
-        gateway,
+        ports,
         Channel(Kind.ORDERS),
         lambda r: r.orders(wanted_state, wanted_symbol),
         wait,
@@ -272,13 +271,13 @@ async def account_orders(
 )
 async def account_fills(
     request: Request,
-    gateway: GatewayDep,
+    ports: PortsDep,
     limit: Annotated[str | None, Query(description="newest N fills, 1–1000")] = None,
     wait: Wait = None,
 ) -> Response:
     """Fills, unique by deal number, newest first."""
     count = parse_int("limit", limit, default=100, low=1, high=MAX_LIMIT)
-    return await answer(request, gateway, Channel(Kind.FILLS), lambda r: r.fills(count), wait)
+    return await answer(request, ports, Channel(Kind.FILLS), lambda r: r.fills(count), wait)
 
 
 @router.get(
@@ -287,9 +286,9 @@ async def account_fills(
     dependencies=Public,
     responses={200: {"model": schemas.ChannelReport}, **schemas.problems(401)},
 )
-async def channels(gateway: GatewayDep) -> JSONResponse:
+async def channels(ports: PortsDep) -> JSONResponse:
     """Every channel subscribed upstream: status, last update, counts, subscribers."""
-    return JSONResponse(gateway.report(gateway.now()))
+    return JSONResponse(ports.report.report(ports.report.now()))
 
 
 @router.get(
@@ -298,9 +297,9 @@ async def channels(gateway: GatewayDep) -> JSONResponse:
     dependencies=Public,
     responses={200: {"model": schemas.Cluster}, **schemas.problems(401, 503)},
 )
-async def cluster(gateway: GatewayDep) -> JSONResponse:
+async def cluster(ports: PortsDep) -> JSONResponse:
     """This replica, its role, the leader and every replica seen lately."""
-    return JSONResponse(await gateway.cluster_report())
+    return JSONResponse(await ports.report.cluster())
 
 
 @router.get(
@@ -329,9 +328,9 @@ async def healthz() -> JSONResponse:
         503: {"model": schemas.Readiness, "description": "Not ready"},
     },
 )
-async def readyz(gateway: GatewayDep) -> JSONResponse:
+async def readyz(ports: PortsDep) -> JSONResponse:
     """Readiness: upstream up and data fresh on every configured channel."""
-    ready, problems = gateway.readiness(gateway.now())
+    ready, problems = ports.report.readiness(ports.report.now())
     return JSONResponse(
         {"status": "ready" if ready else "not ready", "problems": problems},
         status_code=200 if ready else 503,

@@ -19,7 +19,7 @@ from starlette.types import Receive, Scope, Send
 from app.channels import Channel, parse_channel_list
 from app.http import schemas
 from app.http.auth import presented_token
-from app.http.rest import GatewayDep, private_access, tokens_of
+from app.http.rest import PortsDep, private_access, tokens_of
 from app.http.sinks import run_sse
 from app.ports import Feed, Opening
 
@@ -84,7 +84,7 @@ class StreamResponse(Response):
 )
 async def stream(
     request: Request,
-    gateway: GatewayDep,
+    ports: PortsDep,
     channels: Annotated[str | None, Query(description="comma-separated channel names")] = None,
     last_event_id: Annotated[
         str | None, Query(description="resume point, for clients that cannot set Last-Event-ID")
@@ -94,19 +94,19 @@ async def stream(
     ] = None,
 ) -> StreamResponse:
     """Follow channels as Server-Sent Events (see API.md for events and ids)."""
-    settings = gateway.settings
+    settings = ports.settings
     wanted = parse_channel_list(channels or "", cap=settings.gateway_max_channels_per_stream)
     if any(channel.is_private for channel in wanted):
         private_access(request, allow_query=True)
     elif settings.gateway_require_token:
         tokens_of(request).require(request, allow_query=True)
     client = client_key(request)
-    gateway.streams.admit(client)
+    ports.streams.admit(client)
     for channel in wanted:
         if not channel.is_private:
-            gateway.demand.demand(channel)
+            ports.demand.demand(channel)
     resume_from = request.headers.get("last-event-id") or last_event_id
-    feed = gateway.feed
+    feed = ports.feed
     if feed.behind(resume_from):
         # An id from a replica that is ahead of this one: read the log up to it.
         await feed.reach(resume_from, settings.gateway_wait_default_ms / 1000)

@@ -34,13 +34,12 @@ from fastapi import APIRouter, WebSocket
 
 from app.channels import Channel, parse_channel
 from app.errors import GatewayError, InvalidInput, TooMany
-from app.gateway import Gateway
 from app.http.problems import problem_body
 from app.http.rest import private_access, tokens_of
 from app.http.server import TRANSPORT
 from app.http.sinks import GuardedWebSocketProtocol, bound, ws_frame, ws_text
 from app.http.stream import client_key
-from app.ports import Ending, Stream
+from app.ports import Ending, Ports, Stream
 
 router = APIRouter()
 
@@ -86,8 +85,8 @@ def _channel_names(message: dict[str, Any]) -> list[Channel]:
 class Connection:
     """One WebSocket client: its stream, and the ops it sends."""
 
-    def __init__(self, gateway: Gateway, websocket: WebSocket, stream: Stream) -> None:
-        self.gateway = gateway
+    def __init__(self, ports: Ports, websocket: WebSocket, stream: Stream) -> None:
+        self.ports = ports
         self.stream = stream
         # Judged once, on the handshake's credentials: nothing of the request
         # is kept for the life of the connection.
@@ -97,7 +96,7 @@ class Connection:
         except GatewayError as error:
             # Without its traceback, which would keep the handshake's frames.
             self.private_refusal = error.with_traceback(None)
-        self.ops = OpRate(gateway.settings.gateway_ws_ops_per_s)
+        self.ops = OpRate(ports.settings.gateway_ws_ops_per_s)
         self.protocol: GuardedWebSocketProtocol | None = None
         self._waits: set[asyncio.Task[None]] = set()  # ops waiting for the log (a cluster)
 
@@ -107,7 +106,7 @@ class Connection:
         if ops.allow(time.monotonic()):
             self.handle(text)
         elif ops.refused > ops.burst:
-            self.gateway.feed.end(self.stream, Ending.GONE)
+            self.ports.feed.end(self.stream, Ending.GONE)
             if self.protocol is not None:
                 self.protocol.end_stream(
                     POLICY, "too many ops: sustained past the rate", at_once=False
@@ -122,12 +121,12 @@ class Connection:
 
     def reply(self, text: str, first: bytes = b"") -> None:
         """An op's reply, then what it makes the stream send first."""
-        self.gateway.feed.write(self.stream, ws_text(text) + first)
+        self.ports.feed.write(self.stream, ws_text(text) + first)
 
     def subscribe(self, message: dict[str, Any], *, waited: bool = False) -> None:
-        gateway = self.gateway
-        settings = gateway.settings
-        feed = gateway.feed
+        ports = self.ports
+        settings = ports.settings
+        feed = ports.feed
         channels = _channel_names(message)
         last_event_id = message.get("last_event_id")
         if last_event_id is not None and not isinstance(last_event_id, str):
@@ -150,7 +149,7 @@ class Connection:
             )
         for channel in channels:
             if not channel.is_private:
-                gateway.demand.demand(channel)
+                ports.demand.demand(channel)
         # One synchronous step: the reply, then the backlog, then live events.
         backlog, reset = feed.extend(self.stream, channels, last_event_id)
         first = [ws_frame(feed.reset_event(c.name for c in channels))] if reset else []
@@ -167,8 +166,8 @@ class Connection:
 
     async def _subscribe_later(self, message: dict[str, Any]) -> None:
         last_event_id = message.get("last_event_id")
-        wait_s = self.gateway.settings.gateway_wait_default_ms / 1000
-        await self.gateway.feed.reach(
+        wait_s = self.ports.settings.gateway_wait_default_ms / 1000
+        await self.ports.feed.reach(
             last_event_id if isinstance(last_event_id, str) else None, wait_s
         )
         try:
@@ -178,7 +177,7 @@ class Connection:
 
     def unsubscribe(self, message: dict[str, Any]) -> None:
         channels = _channel_names(message)
-        self.gateway.feed.shrink(self.stream, channels)
+        self.ports.feed.shrink(self.stream, channels)
         self.reply(json.dumps({"op": "unsubscribed", "channels": [c.name for c in channels]}))
 
     def handle(self, text: str | None) -> None:
@@ -214,8 +213,8 @@ class Connection:
 @router.websocket("/v1/ws")
 async def websocket_stream(websocket: WebSocket) -> None:
     """Follow channels over a WebSocket; see the module documentation."""
-    gateway: Gateway = websocket.app.state.gateway
-    settings = gateway.settings
+    ports: Ports = websocket.app.state.ports
+    settings = ports.settings
     client = client_key(websocket)
     await websocket.accept(subprotocol=None)
     refusal: GatewayError | None = None
@@ -226,7 +225,7 @@ async def websocket_stream(websocket: WebSocket) -> None:
             refusal = error
     if refusal is None:
         try:
-            gateway.streams.admit(client)
+            ports.streams.admit(client)
         except GatewayError as error:
             refusal = error
     transport = websocket.scope.get(TRANSPORT)
@@ -240,11 +239,11 @@ async def websocket_stream(websocket: WebSocket) -> None:
         await websocket.close(1008, refusal.title)
         return
     assert isinstance(protocol, GuardedWebSocketProtocol)
-    feed = gateway.feed
+    feed = ports.feed
     opening = feed.open(client, [], None, settings.gateway_client_buffer)
     stream = opening.stream
     bound(transport, settings.gateway_stream_send_buffer, settings.gateway_stream_write_buffer)
-    connection = Connection(gateway, websocket, stream)
+    connection = Connection(ports, websocket, stream)
     sink = protocol.take(stream, connection.on_message)
     connection.protocol = protocol
     feed.attach(stream, sink, b"")
