@@ -6,10 +6,16 @@ BIN := $(VENV)/bin
 # from pyproject.toml), so that every machine installs the same code.
 APP_LOCK := requirements/app.lock
 TEST_LOCK := requirements/test.lock
-SUM := $(shell cat pyproject.toml $(APP_LOCK) $(TEST_LOCK) | cksum | cut -d' ' -f1)
+# The lowest versions pyproject.toml allows of every direct dependency: the
+# unit tests run on them too, in a venv of their own, so that the lower bounds
+# stay true.
+LOWEST_LOCK := requirements/lowest.lock
+LOWEST := .venv-lowest
+SUM := $(shell cat pyproject.toml $(APP_LOCK) $(TEST_LOCK) $(LOWEST_LOCK) | cksum | cut -d' ' -f1)
 # What the gateway needs (make demo), and that plus the test tooling (make test).
 APP_STAMP := $(VENV)/.installed-app-$(SUM)
 STAMP := $(VENV)/.installed-test-$(SUM)
+LOWEST_STAMP := $(LOWEST)/.installed-$(SUM)
 # Debian packages the tests need: Mosquitto, the broker the integration tests
 # start, Redis, the engine of the cluster's shared parts, HAProxy, the load
 # balancer of compose.yaml (its configuration is tested in front of replicas),
@@ -17,7 +23,7 @@ STAMP := $(VENV)/.installed-test-$(SUM)
 DEBIAN_PACKAGES := mosquitto redis-server haproxy chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo serve cluster test test-unit lock lint format openapi system-deps bench bench-deps clean
+.PHONY: demo serve cluster test test-unit test-lowest lock lint format openapi system-deps bench bench-deps clean
 
 $(APP_STAMP): pyproject.toml $(APP_LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +35,13 @@ $(APP_STAMP): pyproject.toml $(APP_LOCK)
 $(STAMP): $(APP_STAMP) $(TEST_LOCK)
 	$(BIN)/python -m pip install --quiet --require-hashes -r $(TEST_LOCK)
 	@rm -f $(VENV)/.installed-test-*
+	@touch $@
+
+$(LOWEST_STAMP): pyproject.toml $(LOWEST_LOCK)
+	@test -x $(LOWEST)/bin/python || $(PYTHON) -m venv $(LOWEST)
+	$(LOWEST)/bin/python -m pip install --quiet --require-hashes -r $(LOWEST_LOCK)
+	$(LOWEST)/bin/python -m pip install --quiet --no-deps -e .
+	@rm -f $(LOWEST)/.installed-*
 	@touch $@
 
 demo: $(APP_STAMP)  ## run the gateway against the built-in simulated exchange
@@ -62,11 +75,16 @@ format: $(STAMP)
 	$(BIN)/ruff format app
 	$(BIN)/ruff check --fix app tests bench
 
-test: system-deps $(STAMP) lint  ## install what the tests need, then run them
-	$(BIN)/pytest -q
+test: system-deps $(STAMP) lint test-lowest  ## install what the tests need, then run them
+	$(BIN)/pytest -q -n 2 --dist loadfile --ignore tests/test_openapi.py
+	$(BIN)/pytest -q tests/test_openapi.py  # alone: under xdist schemathesis' operations share one id, and one would run
 
 test-unit: $(STAMP)  ## the tests that start no process (no broker, Redis or gateway), the slowest property tests drawing a tenth of their examples
 	TESTS_QUICK=1 $(BIN)/pytest -q -m "not processes"
+
+test-lowest: $(LOWEST_STAMP)  ## the same, on the lowest versions pyproject.toml allows (requirements/lowest.lock)
+	TESTS_QUICK=1 $(LOWEST)/bin/pytest -q -p no:cacheprovider -m "not processes" \
+		--deselect tests/test_drift.py::test_the_locks_agree_and_are_what_is_installed
 
 UV_COMPILE := $(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.11 \
 	--python-platform x86_64-unknown-linux-gnu pyproject.toml
@@ -74,6 +92,7 @@ UV_COMPILE := $(BIN)/uv pip compile --quiet --generate-hashes --python-version 3
 lock: $(STAMP)  ## refresh requirements/*.lock from pyproject.toml (the newest versions its bounds allow)
 	$(UV_COMPILE) --upgrade --extra test -o $(TEST_LOCK)
 	$(UV_COMPILE) -c $(TEST_LOCK) -o $(APP_LOCK)
+	$(UV_COMPILE) --resolution lowest-direct --extra test -o $(LOWEST_LOCK)
 
 bench-deps: $(STAMP)  ## what the benchmarks need: wrk, nginx with nchan (the reference), granian
 	@missing=""; for p in wrk nginx libnginx-mod-nchan; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -90,4 +109,4 @@ bench: bench-deps $(STAMP)  ## every benchmark, with the figures of the README's
 	cd bench && ../$(BIN)/python cluster.py --clients 10000 --channels 20 --interval 0.5
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(LOWEST) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -4,7 +4,7 @@ the gateway as a plain ASGI application, for another ASGI server:
 
 ``coinsuper-gateway serve`` (uvicorn with the gateway's own HTTP and WebSocket
 protocols) is the way to run it. Under any other server every route answers
-the same, but the connection limits of app/http/server.py do not apply, an SSE
+the same, but the connection limits of app/protocols/http.py do not apply, an SSE
 stream is sent through ASGI's ``send`` by a task of its own (the fallback sink
 of app/http/sinks.py) and the WebSocket route refuses with a problem frame: it
 needs the gateway's own protocol. bench/fanout.py ``--server granian``

@@ -1,6 +1,6 @@
 """The command line: ``coinsuper-gateway serve | demo | replay | simulate | cluster | channels | openapi``.
 
-Settings come from the environment (API.md); each has a flag of its own on
+Settings come from the environment (docs/operating.md); each has a flag of its own on
 ``serve``, ``demo`` and ``replay`` (``--gateway-port`` for ``GATEWAY_PORT``, and
 short ones for the common few), and a flag wins over its variable. A wrong
 setting stops the program with exit status 2 and one line naming the variable,
@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import json
 import logging
 import os
@@ -21,23 +20,23 @@ import secrets
 import signal
 import socket
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import httpx
 import uvicorn
 from fastapi import FastAPI
 
-from app import __version__, launcher
+from app import __version__, devcluster
 from app.asgi import create_app
 from app.config import HELP, Settings, load_settings
-from app.errors import ConfigError
+from app.domain.errors import ConfigError
 from app.gateway import Gateway
-from app.http.sinks import GuardedWebSocketProtocol
+from app.ingest.recording import Recorder, ReplaySource
 from app.logs import setup_logging
-from app.recording import Recorder, ReplaySource
+from app.protocols.server import GatewayServer
+from app.protocols.websocket import GuardedWebSocketProtocol
 from app.simulator import Simulator
 from app.simulator.broker import BrokerPorts, DemoAccount
 
@@ -66,29 +65,6 @@ def free_port(host: str = "127.0.0.1") -> int:
                 continue
             return port
     raise OSError("no free port between 20000 and 32000")
-
-
-class GatewayServer(uvicorn.Server):
-    """uvicorn's server. On SIGTERM or SIGINT it first ends every stream (so
-    that each response is completed, not cut), and a graceful shutdown ends
-    the program with status 0 rather than the signal being raised again."""
-
-    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
-        super().__init__(config)
-        self.on_exit = on_exit
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        # What start-up made lives as long as the process: out of the
-        # collector's way, so that a full collection walks only what came
-        # since (with 10,000 connections, it is their objects that count).
-        gc.collect()
-        gc.freeze()
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        super().handle_exit(sig, frame)
-        self._captured_signals.clear()
-        self.on_exit()
 
 
 def _run(main: Coroutine[Any, Any, None]) -> None:
@@ -392,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _channels(args.url, args.token)
         if args.command == "cluster":
             setup_logging("info")
-            launcher.run(args.replicas, args.base_port, args.leader_ttl_ms)
+            devcluster.run(args.replicas, args.base_port, args.leader_ttl_ms)
             return 0
         if args.command == "simulate":
             setup_logging("info")

@@ -1,8 +1,8 @@
-"""Settings, read from the environment (API.md, "Configuration") and checked at start.
+"""Settings, read from the environment (docs/operating.md, "Configuration") and checked at start.
 
 Every field is named after its environment variable, lower-cased, so that an
 error names the variable a user must fix. :func:`load_settings` turns the first
-validation error into one :class:`~app.errors.ConfigError` line; the command
+validation error into one :class:`~app.domain.errors.ConfigError` line; the command
 line prints it and exits with status 2. Secrets are :class:`SecretStr`, so the
 repr of the settings never shows them.
 """
@@ -16,11 +16,11 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.channels import Channel, TopicTemplates, normalize_symbol, parse_channel
-from app.errors import ConfigError, GatewayError
+from app.domain.channels import Channel, TopicTemplates, normalize_symbol, parse_channel
+from app.domain.errors import ConfigError, GatewayError
 
 # The public login's password, published in the exchange's document, the same
-# for everyone (UPSTREAM.md, "Credentials").
+# for everyone (docs/upstream.md, "Credentials").
 PUBLISHED_PUBLIC_PASSWORD = "da65be18f44b33b69603c39fd03ddf49"
 URL_SCHEMES = ("mqtt", "mqtts", "ws", "wss")
 _TOPICS = TopicTemplates()
@@ -103,7 +103,7 @@ HELP: dict[str, str] = {
 
 
 class Settings(BaseSettings):
-    """Everything the gateway can be told, with the defaults of API.md."""
+    """Everything the gateway can be told, with the defaults docs/operating.md lists."""
 
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
 

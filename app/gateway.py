@@ -4,7 +4,7 @@ turns time passing into channel statuses and idle releases.
 
 This is the wiring: the one place that knows whether the process is the whole
 gateway or a replica of a cluster. It builds the parts for that (an in-process
-event log, or the cluster's log in Redis with a :class:`app.cluster.Replica`),
+event log, or the cluster's log in Redis with a :class:`app.cluster.replica.Replica`),
 and swaps the role (:mod:`app.roles`) when the process starts or stops leading.
 """
 
@@ -17,20 +17,20 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 
-from app.admission import Streams
-from app.channels import Channel, Kind
-from app.cluster import ClusterDemand, RedisLog, Replica, default_node_id, follow_wanted
+from app.cluster.replica import ClusterDemand, RedisLog, Replica, default_node_id, follow_wanted
 from app.config import Settings
-from app.errors import ConfigError
-from app.eventlog import EventLog, LocalLog, ReplayBuffer
-from app.hub import Hub
-from app.pipeline import Pipeline
+from app.domain.channels import Channel, Kind
+from app.domain.errors import ConfigError
+from app.domain.status import Status, changed
+from app.ingest.pipeline import Pipeline
+from app.ingest.recording import Recorder, ReplaySource
+from app.ingest.registry import Registry
 from app.ports import ChannelRow, ClusterCounts, Demand, Membership, Ports, Reading
-from app.recording import Recorder, ReplaySource
-from app.registry import Registry
 from app.roles import Leading, Role
-from app.status import Status, changed
-from app.store import Store
+from app.state.store import Store
+from app.streams.admission import Streams
+from app.streams.eventlog import EventLog, LocalLog, ReplayBuffer
+from app.streams.hub import Hub
 
 log = logging.getLogger("coinsuper_gateway")
 
@@ -312,7 +312,7 @@ class Gateway:
 
     def readiness(self, now: int) -> tuple[bool, list[str]]:
         """Ready when every configured channel is live and no channel is stale
-        or failed (:func:`app.status.readiness`); a replica also needs its
+        or failed (:func:`app.domain.status.readiness`); a replica also needs its
         Redis and its copy of the log."""
         problems = self.membership.problems()
         if problems:

@@ -23,11 +23,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.channels import Channel
+from app.domain.channels import Channel
 from app.ports import ChannelRow, Ports
 
 if TYPE_CHECKING:
-    from app.http.server import ConnectionGuard
+    from app.protocols.http import ConnectionGuard
 
 OTHER = "other"
 

@@ -1,6 +1,6 @@
 """What the HTTP side sees of the gateway: small ports, each implemented in
-the single process (app/hub.py, app/registry.py) and by a replica of a
-cluster on Redis (app/cluster.py).
+the single process (app/streams/hub.py, app/ingest/registry.py) and by a replica of a
+cluster on Redis (app/cluster/replica.py).
 
 - :class:`Feed`: the event log and the fan-out, as a stream sees them: open a
   stream at a position (or resume one from an id), change its channels, end
@@ -24,10 +24,9 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
-from app.admission import Streams
-from app.channels import Channel
 from app.config import Settings
-from app.events import Event as Event  # the type of what a Form encodes
+from app.domain.channels import Channel
+from app.state.events import Event as Event  # the type of what a Form encodes
 
 # A transport's wire form of an event (an HTTP chunk of the SSE frame, a
 # WebSocket frame), made once per event and form: see Event.wire.
@@ -250,6 +249,20 @@ class Report(Protocol):
     def no_data_releases(self) -> int: ...
 
 
+class Admission(Protocol):
+    """The caps on streams, and their counts (app/streams/admission.py)."""
+
+    open: int
+    events_sent: int
+    overflow_closes: int
+    stalled_closes: int
+
+    def admit(self, client: str) -> None:
+        """Raise :class:`~app.domain.errors.TooMany` when a new stream of
+        ``client`` would pass a cap."""
+        ...
+
+
 class Service(Protocol):
     """What starts and stops with the HTTP app (the gateway)."""
 
@@ -265,5 +278,5 @@ class Ports:
     feed: Feed
     view: StateView
     demand: Demand
-    streams: Streams
+    streams: Admission
     report: Report

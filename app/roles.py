@@ -14,12 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from app.channels import Channel, parse_channel
-from app.hub import Hub
-from app.registry import Registry
-from app.status import NO_UPDATE, Facts, Judged, LinkView, Status, channel_status, readiness
-from app.store import ChannelState
-from app.upstream import LinkState
+from app.domain.channels import Channel, parse_channel
+from app.domain.status import NO_UPDATE, Facts, Judged, LinkView, Status, channel_status, readiness
+from app.ingest.links import LinkState
+from app.ingest.registry import Registry
+from app.state.store import ChannelState
+from app.streams.hub import Hub
 
 UNREACHABLE = "the cluster's Redis cannot be reached"
 
@@ -54,7 +54,7 @@ class Role(Protocol):
 
 class Leading:
     """The role of a process that holds the upstream links: statuses come from
-    the links and the data's age (:func:`app.status.channel_status`)."""
+    the links and the data's age (:func:`app.domain.status.channel_status`)."""
 
     def __init__(self, registry: Registry, hub: Hub) -> None:
         self.registry = registry

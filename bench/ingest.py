@@ -18,11 +18,11 @@ import time
 
 from common import machine
 
-from app.channels import parse_channel
 from app.config import load_settings
+from app.domain.channels import parse_channel
 from app.gateway import Gateway
 from app.http.sinks import sse_chunk
-from app.pipeline import Pipeline
+from app.ingest.pipeline import Pipeline
 from app.simulator.market import Market
 
 

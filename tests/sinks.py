@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from app.channels import Channel
-from app.events import Event
-from app.hub import Hub
+from app.domain.channels import Channel
 from app.ports import Ending
+from app.state.events import Event
+from app.streams.hub import Hub
 
 
 def line_form(e: Event) -> bytes:

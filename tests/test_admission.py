@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from app.admission import Streams, reset_payload
-from app.errors import TooMany
+from app.domain.errors import TooMany
+from app.streams.admission import Streams, reset_payload
 
 
 def test_caps_per_client_and_overall_and_places_released_when_a_stream_ends() -> None:

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from app.channels import Channel, Kind, TopicTemplates, parse_channel, parse_channel_list
-from app.errors import InvalidInput, TooMany
+from app.domain.channels import Channel, Kind, TopicTemplates, parse_channel, parse_channel_list
+from app.domain.errors import InvalidInput, TooMany
 
 
 @pytest.mark.parametrize("spelling", ["BTC_USD", "BTC-USD", "btc_usd", "BTC/USD", " btc/usd "])

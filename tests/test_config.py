@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from app.config import load_settings
-from app.errors import ConfigError
+from app.domain.errors import ConfigError
 from tests.support import REPO
 
 

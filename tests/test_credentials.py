@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import hashlib
 
-from app.credentials import md5hex, private_login, public_client_id
+from app.ingest.credentials import md5hex, private_login, public_client_id
 
 
 def test_md5hex_is_lowercase_hex_of_utf8() -> None:

@@ -8,9 +8,9 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.channels import parse_channel
-from app.decode import MAX_PAYLOAD_BYTES, Rejection, Snapshot, Trade, TradeWindow, decode
-from app.domain import Balances, Candle, DepthChart, Fill, OrderBook, OrderChange
+from app.domain.channels import parse_channel
+from app.domain.decode import MAX_PAYLOAD_BYTES, Rejection, Snapshot, Trade, TradeWindow, decode
+from app.domain.values import Balances, Candle, DepthChart, Fill, OrderBook, OrderChange
 from tests.support import sample
 
 BOOK = parse_channel("orderbook:BTC_USD:0.01")

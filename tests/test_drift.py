@@ -11,6 +11,7 @@ and version go here, and the upper bound in pyproject.toml moves up
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib
 import inspect
@@ -27,17 +28,17 @@ from tests.support import REPO
 READ = [
     ("uvicorn", "0.55.0", "uvicorn.protocols.websockets.websockets_sansio_impl",
      "WebSocketsSansIOProtocol", "3a21a05ae5394036",
-     "app/http/sinks.py: its subclass copies run_asgi and reads frames, "
-     "curr_msg_data_type, conn, queue and close_timer; app/http/server.py wraps connection_lost"),
+     "app/protocols/websocket.py: its subclass copies run_asgi and reads frames, "
+     "curr_msg_data_type, conn, queue and close_timer; app/protocols/http.py wraps connection_lost"),
     ("uvicorn", "0.55.0", "uvicorn.protocols.http.httptools_impl", "HttpToolsProtocol",
      "ec7f438cf5cec43e",
-     "app/http/server.py: GuardedProtocol subclasses it and ends its request cycle"),
+     "app/protocols/http.py: GuardedProtocol subclasses it and ends its request cycle"),
     ("uvicorn", "0.55.0", "uvicorn.server", "Server", "be750abcfc359d5b",
-     "app/cli.py: GatewayServer clears _captured_signals"),
+     "app/protocols/server.py: GatewayServer clears _captured_signals"),
     ("aiomqtt", "2.5.1", "aiomqtt.client", "Client", "71db003dd8034b9c",
-     "app/upstream.py: _retrieve_disconnection reads _disconnected"),
+     "app/protocols/mqtt.py: retrieve_disconnection reads _disconnected"),
     ("paho-mqtt", "2.2.0", "paho.mqtt.client", "_WebsocketWrapper", "6618e63d4e4e6259",
-     "app/pahows.py: patches _create_frame to mask every frame"),
+     "app/protocols/mqtt.py: patches _create_frame to mask every frame"),
 ]
 
 
@@ -73,3 +74,29 @@ def test_the_bounds_of_the_libraries_read_end_at_the_versions_read() -> None:
     for dist, read_in, *_ in READ:
         assert re.search(rf'"{dist}(\[\w+\])?>=[\d.]+,<={re.escape(read_in)}"', project), (
             f"pyproject.toml: {dist}'s upper bound is not {read_in}, the version read here")
+
+
+# What only app/protocols may reach: the modules of the classes read above,
+# and the private names of theirs that the gateway uses.
+INTERNAL_MODULES = {module for _, _, module, *_ in READ}
+INTERNAL_NAMES = {"_captured_signals", "_disconnected", "_WebsocketWrapper", "_create_frame",
+                  "frames", "curr_msg_data_type", "close_timer"}
+
+
+def test_only_app_protocols_reaches_into_the_libraries() -> None:
+    """Everything that subclasses, copies or patches uvicorn, aiomqtt or paho
+    lives in app/protocols: nowhere else imports the modules read above or
+    uses their private names."""
+    found = []
+    for path in sorted((REPO / "app").rglob("*.py")):
+        if "protocols" in path.relative_to(REPO / "app").parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.ImportFrom) and node.module in INTERNAL_MODULES) or (isinstance(node, ast.ImportFrom) and any(
+                    f"{node.module}.{alias.name}" in INTERNAL_MODULES for alias in node.names)):
+                found.append(f"{path.relative_to(REPO)}:{node.lineno} imports {node.module}")
+            elif isinstance(node, ast.Import) and any(a.name in INTERNAL_MODULES for a in node.names):
+                found.append(f"{path.relative_to(REPO)}:{node.lineno} imports an internal module")
+            elif isinstance(node, ast.Attribute) and node.attr in INTERNAL_NAMES:
+                found.append(f"{path.relative_to(REPO)}:{node.lineno} uses .{node.attr}")
+    assert found == [], found

@@ -3,11 +3,11 @@ publish time, pause and catch-up (conflated), overflow, stall, heartbeats."""
 
 from __future__ import annotations
 
-from app.admission import Streams
-from app.eventlog import Cursor, ReplayBuffer
-from app.events import Event
-from app.fanout import Fanout, Subscription
 from app.ports import Ending
+from app.state.events import Event
+from app.streams.admission import Streams
+from app.streams.eventlog import Cursor, ReplayBuffer
+from app.streams.fanout import Fanout, Subscription
 from tests.sinks import Recorder
 
 

@@ -13,18 +13,18 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from app.admission import Streams
-from app.channels import parse_channel
-from app.cluster import RedisLog
+from app.cluster.redislog import RedisCluster
+from app.cluster.replica import RedisLog
 from app.config import load_settings
-from app.decode import Trade, TradeWindow, decode
-from app.domain import Snapshot
-from app.eventlog import LocalLog, ReplayBuffer
+from app.domain.channels import parse_channel
+from app.domain.decode import Trade, TradeWindow, decode
+from app.domain.values import Snapshot
 from app.gateway import Gateway
-from app.hub import Hub
 from app.ports import Opening
-from app.redislog import RedisCluster
-from app.store import Store
+from app.state.store import Store
+from app.streams.admission import Streams
+from app.streams.eventlog import LocalLog, ReplayBuffer
+from app.streams.hub import Hub
 from tests.sinks import Recorder
 from tests.support import RedisServer, sample
 

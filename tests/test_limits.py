@@ -1,5 +1,5 @@
 """The connection layer and client input as an attacker would try them, against
-a gateway process (app/http/server.py; README, "Limits and hardening").
+a gateway process (app/protocols/http.py; README, "Limits and hardening").
 
 The upstream is a port nothing listens on: these limits must hold whatever the
 exchange does, and the routes used here answer without data."""

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from app.admission import Streams
-from app.channels import Channel
-from app.decode import Update
-from app.eventlog import LocalLog, ReplayBuffer
-from app.hub import Hub
-from app.pipeline import Pipeline
-from app.recording import Recorder, read_records
-from app.store import Store
+from app.domain.channels import Channel
+from app.domain.decode import Update
+from app.ingest.pipeline import Pipeline
+from app.ingest.recording import Recorder, read_records
+from app.state.store import Store
+from app.streams.admission import Streams
+from app.streams.eventlog import LocalLog, ReplayBuffer
+from app.streams.hub import Hub
 from tests.sinks import follow
 from tests.support import sample
 

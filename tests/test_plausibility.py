@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from app.channels import Channel
-from app.decode import Rejection, Snapshot, TradeWindow, decode
-from app.store import Store
+from app.domain.channels import Channel
+from app.domain.decode import Rejection, Snapshot, TradeWindow, decode
+from app.state.store import Store
 from tests.support import sample
 
 BOOK = Channel.orderbook("BTC_USD", "0.01")

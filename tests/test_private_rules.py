@@ -12,9 +12,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.channels import Channel, Kind
-from app.decode import Balances, Fill, OrderChange, Rejection, decode
-from app.store import Store
+from app.domain.channels import Channel, Kind
+from app.domain.decode import Balances, Fill, OrderChange, Rejection, decode
+from app.state.store import Store
 from tests.support import sample
 
 ASSETS, ORDERS, FILLS = Channel(Kind.ASSETS), Channel(Kind.ORDERS), Channel(Kind.FILLS)

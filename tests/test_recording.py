@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from app.recording import Recorder, read_records
+from app.ingest.recording import Recorder, read_records
 from tests.support import REPO, GatewayProcess, free_port, port_open, wait_for
 
 ROUTES = [

@@ -1,4 +1,4 @@
-"""The cluster's shared parts (app/redislog.py) against a real redis-server,
+"""The cluster's shared parts (app/cluster/redislog.py) against a real redis-server,
 started here on a free port with a config of its own (no persistence)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from app.redislog import Fenced, Lease, RedisCluster
+from app.cluster.redislog import Fenced, Lease, RedisCluster
 from tests.support import RedisServer
 
 

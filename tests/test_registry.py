@@ -8,17 +8,17 @@ import time
 
 import pytest
 
-from app.admission import Streams
-from app.channels import Channel, parse_channel
 from app.config import load_settings
-from app.errors import TooMany, UnknownChannel
-from app.eventlog import LocalLog, ReplayBuffer
-from app.hub import Hub
+from app.domain.channels import Channel, parse_channel
+from app.domain.errors import TooMany, UnknownChannel
+from app.ingest.links import LinkState
+from app.ingest.recording import ReplaySource
+from app.ingest.registry import Registry
 from app.ports import Ending
-from app.recording import ReplaySource
-from app.registry import Registry
-from app.store import Store
-from app.upstream import LinkState
+from app.state.store import Store
+from app.streams.admission import Streams
+from app.streams.eventlog import LocalLog, ReplayBuffer
+from app.streams.hub import Hub
 from tests.sinks import follow
 from tests.support import sample
 
@@ -43,7 +43,7 @@ def registry(clock: Clock, **settings: object) -> tuple[Registry, Hub]:
 
 
 def feed(hub: Hub, channel: Channel) -> None:
-    from app.pipeline import Pipeline
+    from app.ingest.pipeline import Pipeline
 
     book = json.loads(sample("orderBook_BTC_USD_0.01.json"))
     book["symbol"], book["step"] = channel.display_symbol, channel.param

@@ -10,14 +10,7 @@ from collections.abc import Iterable
 
 import pytest
 
-from app.admission import Streams
-from app.channels import Channel, Kind, parse_channel
-from app.decode import decode
-from app.domain import OrderChange, Trade, TradeWindow, Update
-from app.eventlog import Change, Outlet
-from app.events import Event
-from app.hub import Hub
-from app.replication import (
+from app.cluster.entries import (
     Entry,
     apply_entry,
     checkpoint,
@@ -27,7 +20,14 @@ from app.replication import (
     read_checkpoint,
     restore,
 )
-from app.store import Store
+from app.domain.channels import Channel, Kind, parse_channel
+from app.domain.decode import decode
+from app.domain.values import OrderChange, Trade, TradeWindow, Update
+from app.state.events import Event
+from app.state.store import Store
+from app.streams.admission import Streams
+from app.streams.eventlog import Change, Outlet
+from app.streams.hub import Hub
 from tests.support import sample
 
 T0 = 1_532_686_080_000

@@ -13,8 +13,8 @@ import aiomqtt
 import pytest
 from aiomqtt.exceptions import MqttConnectError
 
-from app.channels import KLINE_RANGES
-from app.credentials import public_client_id
+from app.domain.channels import KLINE_RANGES
+from app.ingest.credentials import public_client_id
 from app.simulator import Simulator
 from app.simulator.broker import BrokerPorts, DemoAccount
 from tests.support import ENV, EventStream, free_port, gateway, wait_for
@@ -128,8 +128,8 @@ def test_demo_serves_a_live_book_and_a_stream(tmp_path: Path) -> None:
 def test_every_simulated_payload_decodes_without_rejection() -> None:
     import random
 
-    from app.channels import Channel, Kind, parse_channel
-    from app.decode import Rejection, decode
+    from app.domain.channels import Channel, Kind, parse_channel
+    from app.domain.decode import Rejection, decode
     from app.simulator.account import DemoTrader
     from app.simulator.market import Market
 

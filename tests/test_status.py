@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.status import (
+from app.domain.status import (
     NO_UPDATE,
     Facts,
     Judged,

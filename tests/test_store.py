@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from app import events
-from app.channels import parse_channel
-from app.decode import Rejection, Snapshot, Trade, TradeWindow, decode
-from app.store import Store
+from app.domain.channels import parse_channel
+from app.domain.decode import Rejection, Snapshot, Trade, TradeWindow, decode
+from app.state import events
+from app.state.store import Store
 from tests.support import sample
 
 BOOK = parse_channel("orderbook:BTC_USD:0.01")

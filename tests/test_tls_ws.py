@@ -134,7 +134,7 @@ def test_a_websocket_link_stays_up_against_a_server_pinging_every_second(
 def test_pahos_pong_is_masked_once_patched() -> None:
     from paho.mqtt import client as paho
 
-    from app import pahows
+    from app.protocols import mqtt as pahows
 
     pahows.apply()
     assert pahows.applied()

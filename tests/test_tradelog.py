@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from app.decode import Trade
-from app.tradelog import TradeLog, overlap
+from app.domain.decode import Trade
+from app.domain.tradelog import TradeLog, overlap
 from tests.support import examples
 
 A = Trade("1.00", "0.5", "buy", 1_600_000_000_000)
@@ -72,7 +72,7 @@ def determinable(trades: list[Trade], ends: list[int], window: int) -> bool:
     """True when no push could be read two ways: the true overlap between
     consecutive pushes is also the longest alignment. (A run of identical
     same-millisecond trades shifting a full window by its period cannot be told
-    from a repeated push by anyone; see app/tradelog.py.)"""
+    from a repeated push by anyone; see app/domain/tradelog.py.)"""
     previous: list[Trade] = []
     previous_end = 0
     for end in ends:

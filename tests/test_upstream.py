@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from app.upstream import Backoff, Endpoint, tls_context, tls_refusal
+from app.ingest.links import Backoff, Endpoint, tls_context, tls_refusal
 
 
 @pytest.mark.parametrize(

@@ -19,9 +19,9 @@ from app import __version__
 from app.config import Settings
 from app.http import problems, rest, schemas, stream, ws
 from app.http.auth import TokenCheck
-from app.http.server import ConnectionGuard, Limits, connection_cap, raise_fd_limit
 from app.metrics import GatewayCollector, GcPauses, LabelPolicy, RequestMetrics
 from app.ports import Ports, Service
+from app.protocols.http import ConnectionGuard, Limits, connection_cap, raise_fd_limit
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 DESCRIPTION = """Coinsuper's MQTT push feed (order books, depth charts, candles, trades, and
@@ -65,7 +65,7 @@ def build_app(settings: Settings, ports: Ports, service: Service) -> FastAPI:
         version=__version__,
         summary="Coinsuper's MQTT push feed as REST snapshots and Server-Sent Events",
         lifespan=lifespan,
-        # Any route: the connection layer's answers (app/http/server.py).
+        # Any route: the connection layer's answers (app/protocols/http.py).
         responses=schemas.connection_limits(),
     )
     app.state.ports = ports

@@ -15,7 +15,7 @@ import hmac
 
 from starlette.requests import HTTPConnection
 
-from app.errors import Unauthorized
+from app.domain.errors import Unauthorized
 
 
 def _digest(token: str) -> bytes:

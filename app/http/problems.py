@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.errors import GatewayError, NotReady, Unauthorized
+from app.domain.errors import GatewayError, NotReady, Unauthorized
 
 log = logging.getLogger("coinsuper_gateway.http")
 

@@ -10,8 +10,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import HTTPConnection
 
-from app.channels import Channel, Kind, normalize_symbol
-from app.errors import InvalidInput, NotConfigured, NotReady
+from app.domain.channels import Channel, Kind, normalize_symbol
+from app.domain.errors import InvalidInput, NotConfigured, NotReady
 from app.http import schemas
 from app.http.auth import TokenCheck
 from app.ports import Ports, Reading

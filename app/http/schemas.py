@@ -278,7 +278,7 @@ def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 def connection_limits() -> dict[int | str, dict[str, Any]]:
-    """What the server's connection layer may answer on any route (app/http/server.py)."""
+    """What the server's connection layer may answer on any route (app/protocols/http.py)."""
     return problems(408, 414, 431)
 
 

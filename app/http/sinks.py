@@ -1,16 +1,16 @@
 """Getting a stream's bytes to its socket: the sinks of the fan-out.
 
-The fan-out (app/fanout.py) writes each event to every ready client when it is
+The fan-out (app/streams/fanout.py) writes each event to every ready client when it is
 published. These sinks are where those writes go, one per transport:
 
 - :class:`SseSink`: an SSE response on the gateway's own HTTP protocol
-  (app/http/server.py). Once the response's head is sent, the protocol hands
+  (app/protocols/http.py). Once the response's head is sent, the protocol hands
   the connection over to the stream (:meth:`GuardedProtocol.hand_over`): the
   request's task returns, and the fan-out writes HTTP chunks of the events'
   SSE frames, each made once per event, straight to the transport. No task and
   no ASGI ``send`` per client or per event.
 - :class:`WebSocketSink`: a WebSocket on the gateway's own WebSocket protocol
-  (:class:`GuardedWebSocketProtocol`, uvicorn's sans-I/O one): the events'
+  (:class:`~app.protocols.websocket.GuardedWebSocketProtocol`, uvicorn's sans-I/O one): the events'
   text frames, made once per event (no per-message compression, so that one
   frame serves every client), written to the transport. The connection's task
   only reads the client's ops.
@@ -36,21 +36,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Callable
 from typing import Any
 
 from starlette.types import Receive, Scope, Send
-from uvicorn.protocols.utils import ClientDisconnected
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Frame, Opcode
 
-from app.http.server import TRANSPORT, GuardedProtocol, TakenOver
 from app.ports import Ending, Event, Feed, Form, Stream
+from app.protocols.http import TRANSPORT, GuardedProtocol
+from app.protocols.websocket import GRACE_S, GuardedWebSocketProtocol
 
 HEARTBEAT = b": heartbeat\n\n"
 OVERFLOW_NOTE = b": closed: this stream fell too far behind; resume with Last-Event-ID\n\n"
 LAST_CHUNK = b"0\r\n\r\n"
-GRACE_S = 1.0  # what is queued at a close gets this long to go out
 
 PING = Frame(Opcode.PING, b"").serialize(mask=False)
 OVERFLOW_CODE = 1013  # "try again later": resume with the last id
@@ -277,89 +274,3 @@ class WebSocketSink:
             self.protocol.end_stream(OVERFLOW_CODE, reason, at_once=False)
         else:
             self.protocol.end_stream(SHUTDOWN_CODE, "the gateway is stopping", at_once=False)
-
-
-class GuardedWebSocketProtocol(TakenOver, WebSocketsSansIOProtocol):
-    """uvicorn's sans-I/O WebSocket protocol, taken over by a stream once the
-    handshake is done (:meth:`take`): its flow control and loss go to the
-    stream's subscription, the client's text messages to the stream's op
-    handler, synchronously, as they are parsed; and the connection outlives
-    the ASGI call that set it up, so that a WebSocket costs no task either."""
-
-    ops: Callable[[str | None], None] | None = None
-    # The connection's slot in the HTTP layer's count (app/http/server.py).
-    release_slot: Callable[[], None] | None = None
-
-    def take(self, stream: Stream, ops: Callable[[str | None], None]) -> WebSocketSink:
-        self.taken = stream
-        self.ops = ops
-        # The handshake is over: what only it needed can go.
-        self.request = None  # type: ignore[assignment]
-        self.response = None  # type: ignore[assignment]
-        self.scope = None  # type: ignore[assignment]
-        return WebSocketSink(self)
-
-    def send_receive_event_to_app(self) -> None:
-        ops = self.ops
-        if ops is None or self.close_sent:
-            super().send_receive_event_to_app()
-            return
-        data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
-        self.frames = []
-        if self.curr_msg_data_type != "text":
-            ops(None)
-            return
-        try:
-            text = data.decode()
-        except UnicodeDecodeError:
-            self.frames = [data]
-            super().send_receive_event_to_app()  # uvicorn's answer: close with 1007
-            return
-        ops(text)
-
-    async def run_asgi(self) -> None:
-        """uvicorn's, except that a connection a stream took is left open."""
-        try:
-            result = await self.app(self.scope, self.receive, self.send)
-        except ClientDisconnected:
-            pass
-        except BaseException:
-            self.logger.exception("Exception in ASGI application\n")
-            self.send_500_response()
-        else:
-            if not self.handshake_complete:
-                self.logger.error("ASGI callable returned without completing handshake.")
-                self.send_500_response()
-            elif result is not None:
-                self.logger.error("ASGI callable should return None, but returned '%s'.", result)
-        if self.close_timer is None and self.taken is None:
-            self.transport.close()
-
-    def open_for_data(self) -> bool:
-        return not (self.close_sent or self.disconnected or self.transport.is_closing())
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        taken, self.taken = self.taken, None
-        release, self.release_slot = self.release_slot, None
-        if release is not None:
-            release()
-        super().connection_lost(exc)
-        if taken is not None:
-            taken.lost()
-
-    def end_stream(self, code: int, reason: str, *, at_once: bool) -> None:
-        """Close from the server's side."""
-        self.taken = None
-        self.ops = None
-        if at_once or not self.open_for_data():
-            self.transport.abort()
-            return
-        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
-        try:
-            self.conn.send_close(code, reason)
-        except Exception:
-            self.transport.abort()
-            return
-        self.transport.write(b"".join(self.conn.data_to_send()))
-        self.close_sent = True
-        self.close_timer = self.loop.call_later(GRACE_S, self.transport.abort)

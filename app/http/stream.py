@@ -4,7 +4,7 @@ This module admits a stream and says what it opens with: ``retry:``, a
 ``reset`` if its id could not be resumed, the current snapshots (or, resuming,
 every missed event once, in order) and an id-only block at its position. From
 there the fan-out writes each event to it when it is published, a heartbeat
-comment when it is idle (app/fanout.py, app/http/sinks.py).
+comment when it is idle (app/streams/fanout.py, app/http/sinks.py).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from fastapi import APIRouter, Query, Request, Response
 from starlette.requests import HTTPConnection
 from starlette.types import Receive, Scope, Send
 
-from app.channels import Channel, parse_channel_list
+from app.domain.channels import Channel, parse_channel_list
 from app.http import schemas
 from app.http.auth import presented_token
 from app.http.rest import PortsDep, private_access, tokens_of
@@ -93,7 +93,7 @@ async def stream(
         str | None, Query(description="bearer token, for clients that cannot set headers")
     ] = None,
 ) -> StreamResponse:
-    """Follow channels as Server-Sent Events (see API.md for events and ids)."""
+    """Follow channels as Server-Sent Events (docs/api.md: events and ids)."""
     settings = ports.settings
     wanted = parse_channel_list(channels or "", cap=settings.gateway_max_channels_per_stream)
     if any(channel.is_private for channel in wanted):

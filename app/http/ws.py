@@ -32,14 +32,15 @@ from typing import Any
 
 from fastapi import APIRouter, WebSocket
 
-from app.channels import Channel, parse_channel
-from app.errors import GatewayError, InvalidInput, TooMany
+from app.domain.channels import Channel, parse_channel
+from app.domain.errors import GatewayError, InvalidInput, TooMany
 from app.http.problems import problem_body
 from app.http.rest import private_access, tokens_of
-from app.http.server import TRANSPORT
-from app.http.sinks import GuardedWebSocketProtocol, bound, ws_frame, ws_text
+from app.http.sinks import WebSocketSink, bound, ws_frame, ws_text
 from app.http.stream import client_key
 from app.ports import Ending, Ports, Stream
+from app.protocols.http import TRANSPORT
+from app.protocols.websocket import GuardedWebSocketProtocol
 
 router = APIRouter()
 
@@ -244,7 +245,8 @@ async def websocket_stream(websocket: WebSocket) -> None:
     stream = opening.stream
     bound(transport, settings.gateway_stream_send_buffer, settings.gateway_stream_write_buffer)
     connection = Connection(ports, websocket, stream)
-    sink = protocol.take(stream, connection.on_message)
+    protocol.take(stream, connection.on_message)
+    sink = WebSocketSink(protocol)
     connection.protocol = protocol
     feed.attach(stream, sink, b"")
     # From here the connection is the stream's: ops are handled as they

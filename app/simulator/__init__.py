@@ -15,8 +15,8 @@ from functools import partial
 
 from amqtt.broker import Broker
 
-from app.channels import KLINE_RANGES, TopicTemplates
-from app.recording import Recorder
+from app.domain.channels import KLINE_RANGES, TopicTemplates
+from app.ingest.recording import Recorder
 from app.simulator.account import DemoTrader, PrivateFaults
 from app.simulator.broker import BrokerPorts, DemoAccount, make_broker
 from app.simulator.market import DEFAULT_SYMBOLS, Market, SymbolSpec

@@ -1,6 +1,6 @@
 """The simulated exchange's demo account: orders placed, cancelled and filled
 against the simulated market, pushed on the private topics as the exchange
-would (UPSTREAM.md), including its warned-of faults on demand.
+would (docs/upstream.md), including its warned-of faults on demand.
 
 The order topic pushes only creation (``NEW``) and cancellation (``CANCEL``);
 balances are JSON numbers with 30 decimals; fills carry ``utcDeal`` as a string.

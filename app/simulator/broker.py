@@ -26,7 +26,7 @@ from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 
 from app.config import PUBLISHED_PUBLIC_PASSWORD
-from app.credentials import PRIVATE_USERNAME, md5hex, private_signature
+from app.ingest.credentials import PRIVATE_USERNAME, md5hex, private_signature
 
 log = logging.getLogger("coinsuper_gateway.simulator")
 

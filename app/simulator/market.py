@@ -5,7 +5,7 @@ Each symbol has a mid price that trades move: a buy takes the best ask and
 nudges the mid up, a sell takes the best bid and nudges it down. Books are built
 around the mid at each step (bids below asks), depth charts are cumulative, and
 candles of every range are built from the trades. Payloads have the field names
-and types of UPSTREAM.md and ``shared/samples``.
+and types of docs/upstream.md and ``tests/samples``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
-from app.channels import KLINE_RANGES, steps_for
+from app.domain.channels import KLINE_RANGES, steps_for
 
 TRADE_WINDOW = 50
 BOOK_LEVELS = 15

@@ -1,0 +1,555 @@
+"""Coinsuper payloads → normalized updates. Pure: bytes in, a value out.
+
+Theory of operation: :func:`decode` takes the channel a topic belongs to and the
+payload bytes exactly as received, and returns either an update (the normalized
+form of docs/api.md, decimals kept as the exact strings the exchange sent) or a
+:class:`Rejection` that says in a few words what was wrong. It never raises for
+bad input, reads no clock and does no I/O, so every rule here is tested from
+fixtures.
+
+Decimals: prices and quantities arrive as strings and are kept as the same
+strings once checked to be plain decimals. Balances arrive as JSON numbers with
+up to 30 decimals; they are parsed straight to :class:`~decimal.Decimal` (never
+float) and written back in plain notation, equal in value and digits.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import operator
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from app.domain.channels import KLINE_RANGES, Channel, Kind, display_symbol
+from app.domain.values import (
+    TRADE_WINDOW_MAX,
+    Balance,
+    Balances,
+    Candle,
+    DepthChart,
+    Fill,
+    OrderBook,
+    OrderChange,
+    Snapshot,
+    Trade,
+    TradeWindow,
+    Update,
+    newest_ts,
+)
+
+__all__ = [
+    "TRADE_WINDOW_MAX",
+    "Balances",
+    "Fill",
+    "OrderChange",
+    "Rejection",
+    "Snapshot",
+    "Trade",
+    "TradeWindow",
+    "Update",
+    "decode",
+]
+
+# A payload larger than this is refused before it is parsed. The largest real
+# payload (50 trades, or a 50-level depth chart) is a few kilobytes.
+MAX_PAYLOAD_BYTES = 256 * 1024
+
+# A plain decimal: no sign, no exponent, no leading zero ("007.5" is refused, "0.5" is not).
+_DECIMAL = r"(?:0|[1-9][0-9]{0,39})(?:\.[0-9]{1,40})?"
+_DECIMAL_RE = re.compile(_DECIMAL + r"\Z")
+# Many decimals joined by newlines, checked in one call.
+_DECIMALS_RE = re.compile(rf"(?:{_DECIMAL}\n)*{_DECIMAL}")
+# Timestamps in milliseconds between 2001 and 2286: anything else is a wrong value.
+_TS_MIN, _TS_MAX = 10**12, 10**13 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why a payload was not accepted; the channel's last good state stays."""
+
+    reason: str
+
+
+class _Bad(Exception):
+    """Raised inside this module only, turned into a Rejection at its edge."""
+
+
+def decode(
+    channel: Channel,
+    payload: bytes,
+    received_ts: int | None = None,
+    max_skew_ms: int = 300_000,
+) -> Update | Rejection:
+    """Decode one payload of ``channel``'s topic. With ``received_ts``, a
+    payload stamped more than ``max_skew_ms`` after it is rejected: a clock far
+    ahead is a wrong value, and kept it would outrank every genuine push."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        return Rejection(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return Rejection("payload is not UTF-8")
+    try:
+        doc = json.loads(text, parse_float=Decimal, parse_constant=_refuse_constant)
+        if _has_duplicate_keys(text, doc):
+            return Rejection("payload has a duplicate key")
+    except (ValueError, RecursionError):
+        return Rejection("payload is not JSON")
+    decoder = _DECODERS.get(channel.kind)
+    if decoder is None:
+        return Rejection(f"no decoder for {channel.kind.value}")
+    try:
+        update = decoder(channel, doc)
+    except _Bad as exc:
+        return Rejection(str(exc))
+    if received_ts is not None and newest_ts(update) > received_ts + max_skew_ms:
+        return Rejection(
+            f"a timestamp is more than {max_skew_ms / 1000:g} s ahead of the receive time"
+        )
+    if isinstance(update, TradeWindow):
+        return TradeWindow(update.trades, payload)
+    return update
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(name)
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        raise _DuplicateKey
+    return doc
+
+
+def _has_duplicate_keys(text: str, doc: Any) -> bool:
+    """Whether an object of the payload has a key twice (which value the
+    exchange meant would be a guess).
+
+    Fast path: outside strings, JSON has a colon after every key and nowhere
+    else, so the text's colons are at least the keys written; the parsed
+    objects hold at most that many keys, and exactly that many only when no
+    key came twice. The exchange's shapes are an object, or an array, of flat
+    objects, or an object with arrays of flat objects: counting their keys is a
+    few ``len`` calls. Otherwise (another shape, a colon inside a string) the
+    text is parsed again with a hook that sees every object's pairs."""
+    if _shallow_keys(doc) == text.count(":"):
+        return False
+    try:
+        json.loads(text, parse_float=Decimal, object_pairs_hook=_unique_keys)
+    except _DuplicateKey:
+        return True
+    return False
+
+
+def _shallow_keys(doc: Any) -> int:
+    """Keys of the top object and of the objects in its arrays (-1: no such shape)."""
+    if type(doc) is list:
+        return _keys_of_objects(doc)
+    if type(doc) is not dict:
+        return 0
+    count = len(doc)
+    for value in doc.values():
+        if type(value) is list and value:
+            inner = _keys_of_objects(value)
+            if inner < 0:
+                return -1
+            count += inner
+        elif type(value) is dict:
+            return -1
+    return count
+
+
+def _keys_of_objects(items: list[Any]) -> int:
+    if not items:
+        return 0
+    if set(map(type, items)) != {dict}:
+        return -1
+    return sum(map(len, items))
+
+
+# --- field readers ---------------------------------------------------------
+
+
+def _obj(doc: Any, what: str = "payload") -> dict[str, Any]:
+    if not isinstance(doc, dict):
+        raise _Bad(f"{what} is not an object")
+    return doc
+
+
+def _list(doc: dict[str, Any], key: str) -> list[Any]:
+    value = doc.get(key)
+    if not isinstance(value, list):
+        raise _Bad(f"'{key}' is not an array")
+    return value
+
+
+def _dec(doc: dict[str, Any], key: str) -> str:
+    """A decimal sent as a string: kept as the same string."""
+    value = doc.get(key)
+    if not isinstance(value, str) or not _DECIMAL_RE.match(value):
+        raise _Bad(f"'{key}' is not a decimal string")
+    return value
+
+
+def _dec_number(doc: dict[str, Any], key: str) -> str:
+    """A decimal sent as a JSON number (balances): exact, in plain notation."""
+    value = doc.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | Decimal | str):
+        raise _Bad(f"'{key}' is not a number")
+    if isinstance(value, str):
+        return _dec(doc, key)
+    number = Decimal(value)
+    sign, digits, exponent = number.as_tuple()
+    if sign or not isinstance(exponent, int) or not -40 <= exponent <= 0:
+        raise _Bad(f"'{key}' is out of range")
+    if len(digits) > 80:
+        raise _Bad(f"'{key}' has too many digits")
+    return format(number, "f")
+
+
+def _ts(doc: dict[str, Any], key: str, *, as_string: bool = False) -> int:
+    value = doc.get(key)
+    if (
+        as_string
+        and isinstance(value, str)
+        and value.isascii()
+        and value.isdigit()
+        and len(value) <= 13
+    ):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not _TS_MIN <= value <= _TS_MAX:
+        raise _Bad(f"'{key}' is not a timestamp in milliseconds")
+    return value
+
+
+def _symbol(doc: dict[str, Any], channel: Channel) -> str:
+    value = doc.get("symbol")
+    if not isinstance(value, str):
+        raise _Bad("'symbol' is not a string")
+    if channel.symbol is not None and value != display_symbol(channel.symbol):
+        raise _Bad(f"'symbol' is {value[:20]!r}, the topic's is {channel.display_symbol}")
+    return value
+
+
+def _choice(doc: dict[str, Any], key: str, mapping: dict[str, str]) -> str:
+    value = doc.get(key)
+    if not isinstance(value, str) or value not in mapping:
+        raise _Bad(f"'{key}' is not one of {', '.join(mapping)}")
+    return mapping[value]
+
+
+@dataclass(frozen=True, slots=True)
+class _Side:
+    """One side of a book, best first: the pairs as sent, and their prices."""
+
+    levels: list[list[str]]
+    prices: list[Decimal]
+
+    @property
+    def best(self) -> Decimal | None:
+        return self.prices[0] if self.prices else None
+
+
+def _levels(doc: dict[str, Any], key: str, price_key: str, *, descending: bool) -> _Side:
+    """Price levels as ``[price, quantity]`` pairs, sorted best first; two
+    levels at one price are refused."""
+    entries = _list(doc, key)
+    # The hot path of ingest: all values checked by one regular expression over
+    # them joined; on any doubt, the slow path below says what was wrong.
+    try:
+        prices = [entry[price_key] for entry in entries]
+        quantities = [entry["quantity"] for entry in entries]
+    except (TypeError, KeyError, IndexError):
+        return _levels_checked(entries, key, price_key, descending=descending)
+    if not _all_decimals(prices + quantities):
+        return _levels_checked(entries, key, price_key, descending=descending)
+    return _best_first([[p, q] for p, q in zip(prices, quantities, strict=True)], key, descending)
+
+
+def _levels_checked(entries: list[Any], key: str, price_key: str, *, descending: bool) -> _Side:
+    levels = []
+    for entry in entries:
+        item = _obj(entry, f"an entry of '{key}'")
+        levels.append([_dec(item, price_key), _dec(item, "quantity")])
+    return _best_first(levels, key, descending)
+
+
+def _best_first(levels: list[list[str]], key: str, descending: bool) -> _Side:
+    prices = list(map(Decimal, map(_first, levels)))
+    # Strictly best first, checked pairwise in C (map over two shifted lists).
+    ordered = all(map(operator.gt if descending else operator.lt, prices, prices[1:]))
+    if not ordered:  # the exchange sends them best first; sort only if it did not
+        if len(set(prices)) != len(prices):
+            raise _Bad(f"'{key}' has two levels at one price")
+        pairs = sorted(zip(prices, levels, strict=True), key=_first, reverse=descending)
+        levels = [level for _, level in pairs]
+        prices = [price for price, _ in pairs]
+    return _Side(levels, prices)
+
+
+def _not_crossed(bids: _Side, asks: _Side) -> None:
+    best_bid, best_ask = bids.best, asks.best
+    if best_bid is not None and best_ask is not None and best_bid >= best_ask:
+        raise _Bad("the book is crossed: the best bid is not below the best ask")
+
+
+@functools.lru_cache(maxsize=64)
+def _step_places(step: str) -> int | None:
+    """Decimal places of a power-of-ten step (0.01 → 2, 1.0 → 0); None for another step."""
+    number = Decimal(step).normalize()
+    sign, digits, exponent = number.as_tuple()
+    if sign or digits != (1,) or not isinstance(exponent, int):
+        return None
+    return max(0, -exponent)
+
+
+@functools.lru_cache(maxsize=64)
+def _grid_re(places: int) -> re.Pattern[str]:
+    """Checked decimals joined by newlines, none with a non-zero digit past ``places``."""
+    one = rf"[0-9]+(?:\.[0-9]{{0,{places}}}0*)?"
+    return re.compile(rf"(?:{one}\n)*{one}")
+
+
+def _on_grid(side: _Side, key: str, step: str) -> None:
+    """Every price a multiple of the step: no digit past the step's places."""
+    places = _step_places(step)
+    if places is None or not side.levels:
+        return
+    if _grid_re(places).fullmatch("\n".join(map(_first, side.levels))) is None:
+        raise _Bad(f"a price of '{key}' is off the book's step {step}")
+
+
+_ZERO_LINE_RE = re.compile(r"^0(?:\.0*)?$", re.MULTILINE)
+
+
+def _no_zero_quantity(side: _Side, key: str) -> None:
+    if _ZERO_LINE_RE.search("\n".join(map(_second, side.levels))):
+        raise _Bad(f"a level of '{key}' has zero quantity")
+
+
+def _cumulative(side: _Side, key: str) -> None:
+    """A depth chart's quantities add up away from the mid price."""
+    quantities = list(map(Decimal, map(_second, side.levels)))
+    if any(map(operator.gt, quantities, quantities[1:])):
+        raise _Bad(f"the quantities of '{key}' are not cumulative")
+
+
+_first = operator.itemgetter(0)
+_second = operator.itemgetter(1)
+
+
+# --- one decoder per channel kind -------------------------------------------
+
+
+def _orderbook(channel: Channel, doc: Any) -> OrderBook:
+    book = _obj(doc)
+    _symbol(book, channel)
+    step = book.get("step")
+    if not isinstance(step, str) or (channel.param is not None and step != channel.param):
+        raise _Bad(f"'step' is not the topic's step {channel.param}")
+    bids = _levels(book, "bids", "limitPrice", descending=True)
+    asks = _levels(book, "asks", "limitPrice", descending=False)
+    for side, key in ((bids, "bids"), (asks, "asks")):
+        _no_zero_quantity(side, key)
+        _on_grid(side, key, step)
+    _not_crossed(bids, asks)
+    return OrderBook(step, bids.levels, asks.levels, _ts(book, "timestamp"))
+
+
+def _depth(channel: Channel, doc: Any) -> DepthChart:
+    depth = _obj(doc)
+    _symbol(depth, channel)
+    bids = _levels(depth, "bids", "price", descending=True)
+    asks = _levels(depth, "asks", "price", descending=False)
+    _cumulative(bids, "bids")
+    _cumulative(asks, "asks")
+    _not_crossed(bids, asks)
+    return DepthChart(
+        depth_percent=_dec(depth, "depthPercent"),
+        asks_min_price=_dec(depth, "asksMinPrice"),
+        bids_max_price=_dec(depth, "bidsMaxPrice"),
+        bids=bids.levels,
+        asks=asks.levels,
+    )
+
+
+def _kline(channel: Channel, doc: Any) -> Candle:
+    candle = _obj(doc)
+    _symbol(candle, channel)
+    range_label = channel.param or ""
+    return Candle(
+        range=range_label,
+        range_ms=KLINE_RANGES.get(range_label),
+        open_ts=_ts(candle, "timestamp"),
+        open=_dec(candle, "first"),
+        high=_dec(candle, "max"),
+        low=_dec(candle, "min"),
+        close=_dec(candle, "last"),
+        volume=_dec(candle, "quantity"),
+    )
+
+
+_SIDES = {"BUY": "buy", "SELL": "sell"}
+
+
+def _trades(channel: Channel, doc: Any) -> TradeWindow:
+    if not isinstance(doc, list):
+        raise _Bad("payload is not an array")
+    if len(doc) > TRADE_WINDOW_MAX:
+        raise _Bad(f"the trade window holds more than {TRADE_WINDOW_MAX} trades")
+    trades = _trades_fast(channel, doc)
+    if trades is None:  # something is wrong: the checked path says what
+        trades = []
+        for entry in doc:
+            item = _obj(entry, "a trade")
+            _symbol(item, channel)
+            trades.append(
+                Trade(
+                    price=_dec(item, "price"),
+                    quantity=_dec(item, "quantity"),
+                    side=_choice(item, "action", _SIDES),
+                    ts=_ts(item, "timestamp"),
+                )
+            )
+    trades.reverse()
+    if any(a.ts > b.ts for a, b in itertools.pairwise(trades)):
+        raise _Bad("trades are not newest first")
+    return TradeWindow(tuple(trades))
+
+
+def _trades_fast(channel: Channel, doc: list[Any]) -> list[Trade] | None:
+    """The trades of a well-formed push, checked in bulk; None if anything is off."""
+    try:
+        symbols = {entry["symbol"] for entry in doc}
+        prices = [entry["price"] for entry in doc]
+        quantities = [entry["quantity"] for entry in doc]
+        sides = [_SIDES[entry["action"]] for entry in doc]
+        stamps = [entry["timestamp"] for entry in doc]
+    except (TypeError, KeyError, IndexError):
+        return None
+    if not doc:
+        return []
+    if symbols != {channel.display_symbol} or not _all_decimals(prices + quantities):
+        return None
+    if not all(type(ts) is int and _TS_MIN <= ts <= _TS_MAX for ts in stamps):
+        return None
+    return [Trade(p, q, s, t) for p, q, s, t in zip(prices, quantities, sides, stamps, strict=True)]
+
+
+def _all_decimals(values: list[Any]) -> bool:
+    """Every value a decimal string: one regular expression over them all
+    joined (a value that is no string fails the join, one holding a newline
+    the count of them)."""
+    if not values:
+        return True
+    try:
+        joined = "\n".join(values)
+    except TypeError:
+        return False
+    if joined.count("\n") != len(values) - 1:
+        return False
+    return _DECIMALS_RE.fullmatch(joined) is not None
+
+
+_ID_RE = re.compile(r"^[0-9]{1,40}\Z")
+_STATE_RE = re.compile(r"^[A-Z_]{1,20}\Z")
+_PAIR_RE = re.compile(r"^[A-Za-z0-9]{2,12}/[A-Za-z0-9]{2,12}\Z")
+
+
+def _ident(doc: dict[str, Any], key: str) -> str:
+    """An order or deal number: digits as a string (a JSON integer is accepted
+    and written back as the same digits)."""
+    value = doc.get(key)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        value = str(value)
+    if not isinstance(value, str) or not _ID_RE.match(value):
+        raise _Bad(f"'{key}' is not an identifier")
+    return value
+
+
+def _pair(doc: dict[str, Any]) -> str:
+    value = doc.get("symbol")
+    if not isinstance(value, str) or not _PAIR_RE.match(value):
+        raise _Bad("'symbol' is not a symbol such as BTC/USD")
+    return value
+
+
+def _assets(channel: Channel, doc: Any) -> Balances:
+    push = _obj(doc)
+    balances = {}
+    for entry in _list(push, "asset"):
+        item = _obj(entry, "an entry of 'asset'")
+        currency = item.get("currency")
+        if not isinstance(currency, str) or not re.match(r"^[A-Za-z0-9]{1,12}$", currency):
+            raise _Bad("'currency' is not a currency code")
+        balances[currency.upper()] = Balance(
+            total=_dec_number(item, "total"),
+            available=_dec_number(item, "available"),
+            updated_ts=_ts(item, "utcUpdate"),
+        )
+    user_no = push.get("userNo")
+    if user_no is not None:
+        user_no = _ident(push, "userNo")
+    return Balances(user_no, balances, _ts(push, "timestamp"))
+
+
+def _order(channel: Channel, doc: Any) -> OrderChange:
+    order = _obj(doc)
+    state = order.get("state")
+    if not isinstance(state, str) or not _STATE_RE.match(state):
+        raise _Bad("'state' is not an order state such as NEW or CANCEL")
+    return OrderChange(
+        order_no=_ident(order, "orderNo"),
+        symbol=_pair(order),
+        side=_choice(order, "action", _SIDES),
+        price=_dec(order, "priceLimit"),
+        quantity=_dec(order, "quantity"),
+        remaining_quantity=_dec(order, "quantityRemaining"),
+        average_price=_dec(order, "priceAverage"),
+        amount=_dec(order, "amount"),
+        remaining_amount=_dec(order, "amountRemaining"),
+        fee=_dec(order, "fee"),
+        state=state.lower(),
+        created_ts=_ts(order, "utcCreate"),
+        updated_ts=_ts(order, "utcUpdate"),
+    )
+
+
+_LIQUIDITY = {"MAKER": "maker", "TAKER": "taker"}
+_ORDER_TYPES = {"MKT": "market", "LMT": "limit"}
+
+
+def _fill(channel: Channel, doc: Any) -> Fill:
+    deal = _obj(doc)
+    return Fill(
+        deal_no=_ident(deal, "dealNo"),
+        order_no=_ident(deal, "orderNo"),
+        symbol=_pair(deal),
+        side=_choice(deal, "action", _SIDES),
+        price=_dec(deal, "price"),
+        quantity=_dec(deal, "quantity"),
+        liquidity=_choice(deal, "matchType", _LIQUIDITY),
+        order_type=_choice(deal, "orderType", _ORDER_TYPES),
+        ts=_ts(deal, "utcDeal", as_string=True),
+    )
+
+
+_DECODERS: dict[Kind, Callable[[Channel, Any], Update]] = {
+    Kind.ORDERBOOK: _orderbook,
+    Kind.DEPTH: _depth,
+    Kind.KLINE: _kline,
+    Kind.TRADES: _trades,
+    Kind.ASSETS: _assets,
+    Kind.ORDERS: _order,
+    Kind.FILLS: _fill,
+}

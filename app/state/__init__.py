@@ -1,0 +1,3 @@
+"""The latest state of every channel (:mod:`.store`) and the events its
+changes make, encoded once (:mod:`.events`). Pure: it imports only
+:mod:`app.domain`."""

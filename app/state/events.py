@@ -1,0 +1,112 @@
+"""A stream's events and their encodings: the one JSON encoding of every
+answer and event, and each event's wire forms, made once. Pure."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from app.domain.values import Json
+
+
+def dumps(value: Json) -> bytes:
+    """Compact JSON, the one encoding of every answer and event."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class Event:
+    """One event of a stream. Its wire forms, the SSE frame and the WebSocket
+    text, are made once each, when the first client of that form needs them,
+    and then shared by every such client (an event no WebSocket client follows
+    never makes its WebSocket text)."""
+
+    __slots__ = (
+        "_frame",
+        "_message",
+        "_wire",
+        "channel",
+        "conflatable",
+        "data",
+        "id",
+        "name",
+        "received_ts",
+        "seq",
+    )
+
+    def __init__(
+        self,
+        seq: int,
+        channel: str,
+        name: str,
+        data: bytes,
+        *,
+        event_id: str | None,
+        conflatable: bool,
+        received_ts: int,
+    ) -> None:
+        self.seq = seq
+        self.channel = channel  # channel name; status events use the name of their channel
+        self.name = name  # SSE event name
+        self.data = data  # one line of JSON
+        self.id = event_id  # EPOCH-SEQ; None for an event outside the log (reset)
+        self.conflatable = conflatable  # a later event of the same channel and name supersedes it
+        self.received_ts = received_ts
+        self._frame: bytes | None = None
+        self._message: str | None = None
+        self._wire: dict[Callable[[Event], bytes], bytes] | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.channel, self.name)
+
+    @property
+    def frame(self) -> bytes:
+        """The whole SSE frame: id, event and data lines."""
+        if self._frame is None:
+            self._frame = sse_frame(self.id, self.name, self.data)
+        return self._frame
+
+    @property
+    def message(self) -> str:
+        """The WebSocket text frame: ``{"id", "event", "data"}``."""
+        if self._message is None:
+            self._message = ws_message(self.id, self.name, self.data)
+        return self._message
+
+    def wire(self, form: Callable[[Event], bytes]) -> bytes:
+        """The bytes of this event in a transport's wire form (an HTTP chunk of
+        the SSE frame, a WebSocket frame of the text), made by ``form`` the
+        first time a client of that form needs them and shared by the rest."""
+        made = self._wire
+        if made is None:
+            made = self._wire = {}
+        data = made.get(form)
+        if data is None:
+            data = made[form] = form(self)
+        return data
+
+    def __repr__(self) -> str:
+        return f"Event({self.id!r}, {self.channel!r}, {self.name!r})"
+
+
+def sse_frame(event_id: str | None, name: str, data: bytes) -> bytes:
+    head = b"id: " + event_id.encode() + b"\n" if event_id is not None else b""
+    return head + b"event: " + name.encode() + b"\ndata: " + data + b"\n\n"
+
+
+def ws_message(event_id: str | None, name: str, data: bytes) -> str:
+    shown = f'"{event_id}"' if event_id is not None else "null"
+    return f'{{"id":{shown},"event":"{name}","data":{data.decode()}}}'
+
+
+def restamped(event: Event, epoch: str, seq: int) -> Event:
+    """The same event under another id: a snapshot sent as the state at ``seq``."""
+    return Event(
+        seq,
+        event.channel,
+        event.name,
+        event.data,
+        event_id=f"{epoch}-{seq}",
+        conflatable=event.conflatable,
+        received_ts=event.received_ts,
+    )

@@ -1,0 +1,299 @@
+"""Handing events to streams at publish time: the in-process event log, each
+stream's subscription and its policy, and the one interface of the sinks
+(the SSE response and the WebSocket) that the bytes go to.
+
+Theory of operation. :meth:`Fanout.publish` runs on the ingest path and never
+awaits. For each subscription that follows the event's channel it writes the
+event's bytes, in the wire form of the subscription's sink (made once per
+event and form, see :meth:`app.state.store.Event.wire`), straight to the sink: no
+task per client, no queue of bytes per client. A sink's write never blocks; it
+hands the bytes to the connection's buffer.
+
+A connection whose buffer passes its high-water mark (the client reads slower
+than events come) makes its sink call :meth:`Subscription.pause`. A paused
+subscription is skipped by publish; it keeps only its *position*, the sequence
+number of the newest event published when it paused, and a count of the log
+events (trades, fills, orders) it has missed. When the connection drains, the
+sink calls :meth:`Subscription.resume`, and the subscription gets everything
+after its position from the event log in one write: for snapshot channels
+only the latest state (conflation: a slow reader gets the latest book, not
+every book), for log channels every event once, in order. A subscription that
+misses more than its capacity of log events, or whose position the log no
+longer holds while it missed log events, is closed with word to resume with
+its last id (overflow); one that stays paused past the send timeout is
+dropped at once (stalled). :meth:`Fanout.tick` (about twice a second) asks idle
+sinks for a heartbeat and enforces the send timeout.
+
+A new stream's subscription is registered, parked, in the same synchronous
+step that computes its backlog, so that no event falls between the backlog
+and the live stream; :meth:`Fanout.attach` writes the opening and whatever
+came meanwhile when the sink is ready.
+
+The event log keeps the newest events by count and age. A stream that resumes
+from an id of this epoch that the log still covers gets every missed event
+once, in order (for snapshot channels only the latest state); otherwise it is
+told to reset.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from app.ports import Ending, Form, Sink
+from app.state.events import Event
+from app.streams.admission import Streams
+from app.streams.eventlog import EventLog
+
+log = logging.getLogger("coinsuper_gateway.stream")
+
+
+class Subscription:
+    """One stream's place in the fan-out, as plain state: the channels it
+    follows, its sink, and whether (since when, from where) it is paused."""
+
+    __slots__ = (
+        "capacity",
+        "channels",
+        "client",
+        "ended",
+        "fanout",
+        "last_write",
+        "missed",
+        "paused_at",
+        "position",
+        "sink",
+    )
+
+    def __init__(self, fanout: Fanout, client: str, capacity: int) -> None:
+        self.fanout = fanout
+        self.client = client
+        self.capacity = capacity  # log events it may miss while paused
+        self.channels: frozenset[str] = frozenset()
+        self.sink: Sink | None = None  # none yet: parked until attached
+        now = time.monotonic()
+        self.paused_at: float | None = now
+        self.position = fanout.head
+        self.missed = 0
+        self.last_write = now
+        self.ended: Ending | None = None
+
+    # What the sink calls.
+    def pause(self) -> None:
+        self.fanout.pause(self)
+
+    def resume(self) -> None:
+        self.fanout.resume(self)
+
+    def lost(self) -> None:
+        self.fanout.end(self, Ending.GONE)
+
+
+class Fanout:
+    """Subscriptions by channel, written to at publish time."""
+
+    def __init__(self, events: EventLog, streams: Streams, *, send_timeout_s: float) -> None:
+        self.events = events  # what a paused subscription catches up from
+        self.streams = streams
+        self.send_timeout_s = send_timeout_s
+        self.by_channel: dict[str, set[Subscription]] = {}
+        self.everyone: set[Subscription] = set()
+        self.paused: set[Subscription] = set()
+        self.head = 0  # the sequence number of the newest event published
+
+    # --- membership ----------------------------------------------------------
+
+    def subscribe(self, client: str, capacity: int) -> Subscription:
+        """A new subscription, parked (paused, with no sink) until attached."""
+        subscription = Subscription(self, client, capacity)
+        self.everyone.add(subscription)
+        self.paused.add(subscription)
+        self.streams.opened(client)
+        return subscription
+
+    def retarget(self, subscription: Subscription, channels: frozenset[str]) -> None:
+        """Make a subscription follow exactly ``channels``."""
+        if subscription.ended is not None:
+            return
+        held = subscription.channels
+        for name in held - channels:
+            followers = self.by_channel.get(name)
+            if followers is not None:
+                followers.discard(subscription)
+                if not followers:
+                    del self.by_channel[name]
+        for name in channels - held:
+            self.by_channel.setdefault(name, set()).add(subscription)
+        subscription.channels = channels
+
+    def subscribers(self, channel: str) -> int:
+        return len(self.by_channel.get(channel, ()))
+
+    def attach(self, subscription: Subscription, sink: Sink, opening: bytes) -> None:
+        """Give a parked subscription its sink: one write of ``opening`` and of
+        whatever was published since the subscription was registered."""
+        if subscription.ended is not None:
+            sink.end(subscription.ended)
+            return
+        subscription.sink = sink
+        missed = self._missed(subscription)
+        if missed is None:
+            sink.write(opening)
+            self.end(subscription, Ending.OVERFLOW)
+            return
+        self._write(subscription, opening + self._encode(sink, missed))
+
+    def end(self, subscription: Subscription, ending: Ending) -> None:
+        """End a stream: out of the fan-out, its sink closed, its slot freed."""
+        if subscription.ended is not None:
+            return
+        self.retarget(subscription, frozenset())
+        subscription.ended = ending
+        self.everyone.discard(subscription)
+        self.paused.discard(subscription)
+        sink = subscription.sink
+        if sink is not None and ending is not Ending.GONE:
+            sink.end(ending)
+        self.streams.closed(subscription.client, ending.value)
+        if ending is Ending.STALLED and sink is not None:
+            log.info(
+                "closed a %s of %s: it took nothing for %g s",
+                sink.label,
+                subscription.client,
+                self.send_timeout_s,
+            )
+        elif ending is Ending.OVERFLOW and sink is not None:
+            log.info(
+                "closed a %s of %s that fell %d events behind",
+                sink.label,
+                subscription.client,
+                subscription.capacity,
+            )
+
+    def close_all(self, ending: Ending = Ending.SHUTDOWN) -> None:
+        for subscription in list(self.everyone):
+            self.end(subscription, ending)
+
+    # --- delivery ------------------------------------------------------------
+
+    def publish(self, event: Event) -> None:
+        """Write ``event`` to every ready follower of its channel."""
+        self.head = event.seq
+        followers = self.by_channel.get(event.channel)
+        if not followers:
+            return
+        counts_as_missed = not event.conflatable
+        now = time.monotonic()
+        form: Form | None = None
+        data = b""
+        written = 0
+        overflowing: list[Subscription] = []
+        # A copy: a write may end a stream (and so change the set).
+        for subscription in tuple(followers):
+            if subscription.paused_at is not None:
+                if counts_as_missed:
+                    subscription.missed += 1
+                    if subscription.missed > subscription.capacity:
+                        overflowing.append(subscription)
+                continue
+            sink = subscription.sink
+            assert sink is not None  # only a parked subscription has none, and it is paused
+            if sink.form is not form:
+                form = sink.form
+                data = event.wire(form)
+            subscription.last_write = now
+            sink.write(data)
+            written += 1
+        self.streams.sent(written)
+        for subscription in overflowing:
+            self.end(subscription, Ending.OVERFLOW)
+
+    def pause(self, subscription: Subscription) -> None:
+        """The sink's connection is full: from here, only a position is kept."""
+        if subscription.paused_at is None and subscription.ended is None:
+            subscription.paused_at = time.monotonic()
+            subscription.position = self.head
+            subscription.missed = 0
+            self.paused.add(subscription)
+
+    def resume(self, subscription: Subscription) -> None:
+        """The sink's connection drained: catch up from the position, in one write."""
+        if subscription.paused_at is None or subscription.ended is not None:
+            return
+        sink = subscription.sink
+        if sink is None:
+            return  # parked: attach catches it up
+        missed = self._missed(subscription)
+        if missed is None:
+            self.end(subscription, Ending.OVERFLOW)
+            return
+        self._write(subscription, self._encode(sink, missed))
+
+    def catch_up(self, subscription: Subscription) -> bool:
+        """Write what a paused subscription missed now, though its connection
+        is still full, and move its position to the head (before its channels
+        change, so that the position covers them all). What it writes is
+        bounded: its capacity of log events and a snapshot per channel. False
+        if it overflowed instead."""
+        if subscription.paused_at is None or subscription.sink is None:
+            return subscription.ended is None
+        missed = self._missed(subscription)
+        if missed is None:
+            self.end(subscription, Ending.OVERFLOW)
+            return False
+        sink = subscription.sink
+        subscription.position = self.head
+        subscription.missed = 0
+        if missed:
+            sink.write(self._encode(sink, missed))
+        return True
+
+    def _missed(self, subscription: Subscription) -> list[Event] | None:
+        """What a paused subscription must be sent to stand at the head; None
+        when log events it missed are no longer in the log."""
+        missed = self.events.since(subscription.position, subscription.channels)
+        if missed is None:
+            if subscription.missed:
+                return None
+            # Only snapshots were missed: the current ones are as good.
+            position = subscription.position
+            missed = [e for e in self.events.latest(subscription.channels) if e.seq > position]
+        return missed
+
+    def _encode(self, sink: Sink, events: list[Event]) -> bytes:
+        """Events in the sink's wire form, in one piece, counted as sent."""
+        self.streams.sent(len(events))
+        return b"".join(event.wire(sink.form) for event in events)
+
+    def _write(self, subscription: Subscription, data: bytes) -> None:
+        """Unpause and write: a write that fills the connection pauses it
+        again, at the head, since everything up to the head is in ``data``."""
+        sink = subscription.sink
+        assert sink is not None
+        subscription.paused_at = None
+        subscription.missed = 0
+        self.paused.discard(subscription)
+        subscription.last_write = time.monotonic()
+        if data:
+            sink.write(data)
+
+    def write(self, subscription: Subscription, data: bytes) -> None:
+        """Write bytes that are not events (an acknowledgement) to a stream,
+        paused or not: they are small and bounded by the op rate."""
+        if subscription.ended is None and subscription.sink is not None:
+            subscription.sink.write(data)
+
+    def tick(self, now: float, heartbeat_s: float) -> None:
+        """Run about twice a second: a heartbeat on streams idle for
+        ``heartbeat_s``; a stream paused past the send timeout (a client that
+        stopped reading, or a response that never started) is dropped."""
+        timeout = self.send_timeout_s
+        for subscription in list(self.paused):
+            paused_at = subscription.paused_at
+            if paused_at is not None and now - paused_at > timeout:
+                self.end(subscription, Ending.STALLED)
+        for subscription in self.everyone:
+            if subscription.paused_at is None and now - subscription.last_write >= heartbeat_s:
+                subscription.last_write = now
+                assert subscription.sink is not None
+                subscription.sink.heartbeat()
