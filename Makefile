@@ -80,10 +80,10 @@ test: system-deps $(STAMP) lint test-lowest  ## install what the tests need, the
 	$(BIN)/pytest -q tests/test_openapi.py  # alone: under xdist schemathesis' operations share one id, and one would run
 
 test-unit: $(STAMP)  ## the tests that start no process (no broker, Redis or gateway), the slowest property tests drawing a tenth of their examples
-	TESTS_QUICK=1 $(BIN)/pytest -q -m "not processes"
+	TESTS_QUICK=1 $(BIN)/pytest -q -n 2 -m "not processes"
 
 test-lowest: $(LOWEST_STAMP)  ## the same, on the lowest versions pyproject.toml allows (requirements/lowest.lock)
-	TESTS_QUICK=1 $(LOWEST)/bin/pytest -q -p no:cacheprovider -m "not processes" \
+	TESTS_QUICK=1 $(LOWEST)/bin/pytest -q -n 2 -p no:cacheprovider -m "not processes" \
 		--deselect tests/test_drift.py::test_the_locks_agree_and_are_what_is_installed
 
 UV_COMPILE := $(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.11 \

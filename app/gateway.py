@@ -1,4 +1,4 @@
-"""The running gateway: settings, hub, registry and role put together, the
+"""The running gateway: settings, hub, upstream and role put together, the
 ports the HTTP side gets (:class:`app.ports.Ports`), and the monitor that
 turns time passing into channel statuses and idle releases.
 
@@ -24,12 +24,12 @@ from app.domain.errors import ConfigError
 from app.domain.status import Status, changed
 from app.ingest.pipeline import Pipeline
 from app.ingest.recording import Recorder, ReplaySource
-from app.ingest.registry import Registry
+from app.ingest.upstream import Upstream
 from app.ports import ChannelRow, ClusterCounts, Demand, Membership, Ports, Reading
 from app.roles import Leading, Role
 from app.state.store import Store
 from app.streams.admission import Streams
-from app.streams.eventlog import EventLog, LocalLog, ReplayBuffer
+from app.streams.eventlog import EventLog, LocalLog, RecentEvents
 from app.streams.hub import Hub
 
 log = logging.getLogger("coinsuper_gateway")
@@ -107,9 +107,10 @@ class Gateway:
                 self._make_store(epoch or secrets.token_hex(4)), self._make_replay()
             )
         self.hub = Hub(event_log, self.streams, send_timeout_s=settings.gateway_send_timeout_s)
-        self.registry = Registry(settings, self.hub, replay=replay)
-        self.leading = Leading(self.registry, self.hub)
-        self.role: Role = self.leading
+        self.upstream = Upstream(settings, self.hub, replay=replay)
+        self.leading = Leading(self.upstream, self.hub)
+        # The role while this process does not lead (a replica's).
+        self.following: Role = self.leading
         self.membership: Membership
         self.demand: Demand
         # How this process starts and stops being a member (a replica leads
@@ -128,28 +129,28 @@ class Gateway:
                 log_age_ms=int(settings.gateway_replay_age_s * 1000),
                 idle_ms=int(settings.gateway_idle_release_s * 1000),
                 on_lead=lambda: self._lead(replica.wanted),
-                on_follow=lambda: self._follow(replica.following),
-                on_wanted=lambda names: follow_wanted(self.registry.demand, names),
+                on_follow=self._follow,
+                on_wanted=lambda names: follow_wanted(self.upstream.demand, names),
                 pinned=frozenset(channel.name for channel in settings.subscribe_channels),
             )
-            self.role = replica.following  # until it leads
+            self.following = replica.following
             self.membership = replica
             self.demand = ClusterDemand(
-                replica, self.registry.demand, settings.gateway_max_upstream
+                replica, self.upstream.demand, settings.gateway_max_upstream
             )
             self._starting, self._stopping = replica.start, replica.stop
         else:
             self.membership = Alone(self.node, self.hub)
-            self.demand = self.registry
+            self.demand = self.upstream
             self._starting, self._stopping = self._start_alone, _nothing
         # One way: sources → pipeline → state, event log, fan-out.
         self.pipeline = Pipeline(
-            self.registry.route,
+            self.upstream.route,
             self.hub,
             max_skew_ms=int(settings.gateway_max_clock_skew_s * 1000),
             recorder=recorder,
         )
-        self.registry.on_message = self.pipeline.feed
+        self.upstream.on_message = self.pipeline.feed
         self.statuses: dict[str, Status] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.ports = Ports(
@@ -167,9 +168,9 @@ class Gateway:
             stale_factor=settings.gateway_stale_factor,
         )
 
-    def _make_replay(self) -> ReplayBuffer:
+    def _make_replay(self) -> RecentEvents:
         settings = self.settings
-        return ReplayBuffer(
+        return RecentEvents(
             settings.gateway_replay_events, int(settings.gateway_replay_age_s * 1000)
         )
 
@@ -193,21 +194,25 @@ class Gateway:
             self.replay.start(self.pipeline.feed)
 
     def _lead(self, wanted: list[str]) -> None:
-        """Take the leading role and open the upstream links: the configured
-        channels, the private feed, and what other replicas' clients want."""
-        self.role = self.leading
+        """This process leads: open the upstream links (the configured
+        channels, the private feed, and what other replicas' clients want)."""
         for channel in self.settings.subscribe_channels:
             if not channel.is_private:
-                self.registry.demand(channel, pinned=True)
+                self.upstream.demand(channel, pinned=True)
         if self.replay is None and self.settings.private_configured:
-            self.registry.open_private()
-        follow_wanted(self.registry.demand, wanted)
+            self.upstream.open_private()
+        follow_wanted(self.upstream.demand, wanted)
 
-    async def _follow(self, role: Role) -> None:
+    @property
+    def role(self) -> Role:
+        """What this process answers as: leading while its membership leads
+        (at once when the lease is lost, before the links have closed)."""
+        return self.leading if self.membership.leads else self.following
+
+    async def _follow(self) -> None:
         """This replica no longer leads: it answers from the log, and its
         upstream links close."""
-        self.role = role
-        await self.registry.close()
+        await self.upstream.close()
         self.statuses.clear()
 
     async def stop(self) -> None:
@@ -218,7 +223,7 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._stopping()
-        await self.registry.stop()
+        await self.upstream.stop()
         if self.replay is not None:
             await self.replay.stop()
         if self.recorder is not None:
@@ -250,7 +255,7 @@ class Gateway:
             await asyncio.sleep(MONITOR_INTERVAL_S)
             try:
                 self._check_statuses()
-                await self.registry.release_idle()
+                await self.upstream.release_idle()
             except Exception:  # the monitor must outlive any one fault
                 log.exception("monitor pass failed")
 
@@ -261,7 +266,7 @@ class Gateway:
             self.recorder.flush()
         now = self.now()
         seen = set()
-        for tracked in list(self.registry.tracked.values()):
+        for tracked in list(self.upstream.tracked.values()):
             channel = tracked.channel
             seen.add(channel.name)
             status, reason = self.leading.status(channel, now)
@@ -373,7 +378,7 @@ class _Report:
         gateway = self.gateway
         return {
             "channels": [row.json() for row in gateway.rows(now)],
-            "links": [link.describe() for link in gateway.registry.links.values()],
+            "links": [link.describe() for link in gateway.upstream.links.values()],
             "unknown_topic_messages": gateway.pipeline.unknown_messages,
             "open_streams": gateway.streams.open,
         }
@@ -387,7 +392,7 @@ class _Report:
     def private_enabled(self) -> bool:
         """The private feed is configured, or a replayed recording holds private topics."""
         gateway = self.gateway
-        return gateway.settings.private_configured or "private" in gateway.registry.links
+        return gateway.settings.private_configured or "private" in gateway.upstream.links
 
     @property
     def leads(self) -> bool:
@@ -400,4 +405,4 @@ class _Report:
         return self.gateway.pipeline.unknown_messages
 
     def no_data_releases(self) -> int:
-        return self.gateway.registry.no_data_releases
+        return self.gateway.upstream.no_data_releases

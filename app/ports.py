@@ -1,5 +1,5 @@
 """What the HTTP side sees of the gateway: small ports, each implemented in
-the single process (app/streams/hub.py, app/ingest/registry.py) and by a replica of a
+the single process (app/streams/hub.py, app/ingest/upstream.py) and by a replica of a
 cluster on Redis (app/cluster/replica.py).
 
 - :class:`Feed`: the event log and the fan-out, as a stream sees them: open a

@@ -17,7 +17,7 @@ from typing import Protocol
 from app.domain.channels import Channel, parse_channel
 from app.domain.status import NO_UPDATE, Facts, Judged, LinkView, Status, channel_status, readiness
 from app.ingest.links import LinkState
-from app.ingest.registry import Registry
+from app.ingest.upstream import Upstream
 from app.state.store import ChannelState
 from app.streams.hub import Hub
 
@@ -56,15 +56,15 @@ class Leading:
     """The role of a process that holds the upstream links: statuses come from
     the links and the data's age (:func:`app.domain.status.channel_status`)."""
 
-    def __init__(self, registry: Registry, hub: Hub) -> None:
-        self.registry = registry
+    def __init__(self, upstream: Upstream, hub: Hub) -> None:
+        self.upstream = upstream
         self.hub = hub
 
     def status(self, channel: Channel, now: int) -> tuple[Status, str | None]:
         return channel_status(self.facts(channel, now))
 
     def facts(self, channel: Channel, now: int) -> Facts:
-        link = self.registry.link_of(channel)
+        link = self.upstream.link_of(channel)
         state = self.hub.state(channel)
         has_data = state is not None and state.has_data
         return Facts(
@@ -85,7 +85,7 @@ class Leading:
                 tracked.link.state.value,
                 tracked.link.connects,
             )
-            for tracked in list(self.registry.tracked.values())
+            for tracked in list(self.upstream.tracked.values())
         ]
 
     def holds_links(self) -> bool:
@@ -93,13 +93,13 @@ class Leading:
 
     def readiness(self, now: int) -> tuple[bool, list[str]]:
         judged = []
-        for tracked in self.registry.tracked.values():
+        for tracked in self.upstream.tracked.values():
             status, reason = self.status(tracked.channel, now)
             judged.append(Judged(tracked.channel.name, tracked.pinned, status, reason))
         return readiness(judged)
 
     def known_empty(self, channel: Channel, now: int) -> ChannelState | None:
-        link = self.registry.link_of(channel)
+        link = self.upstream.link_of(channel)
         if link is not None and link.state is LinkState.UP:
             return self.hub.open_channel(channel)
         return None

@@ -40,7 +40,7 @@ def md5hex(text: str) -> str:
 
 
 def expected_client_id(topic: str) -> str:
-    """The client id UPSTREAM.md prescribes for a public topic, computed here
+    """The client id docs/upstream.md prescribes for a public topic, computed here
     independently of the gateway's code."""
     return md5hex(ACCESS_KEY) + md5hex(EMAIL) + md5hex(topic)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from app.ports import Ending
 from app.state.events import Event
 from app.streams.admission import Streams
-from app.streams.eventlog import Cursor, ReplayBuffer
+from app.streams.eventlog import Cursor, RecentEvents
 from app.streams.fanout import Fanout, Subscription
 from tests.sinks import Recorder
 
@@ -18,7 +18,7 @@ def event(seq: int, channel: str = "trades:BTC_USD", conflatable: bool = False, 
 
 class World:
     def __init__(self, replay: int = 100, latest: list[Event] | None = None) -> None:
-        self.log = ReplayBuffer(replay, 600_000)
+        self.log = RecentEvents(replay, 600_000)
         self.streams = Streams(100, 100)
         self.snapshots = latest or []
         self.fanout = Fanout(self, self.streams, send_timeout_s=10)  # type: ignore[arg-type]
@@ -159,7 +159,7 @@ def test_retarget_moves_a_subscription_between_channels() -> None:
 
 
 def test_replay_since_conflates_snapshots_and_keeps_every_trade() -> None:
-    replay = ReplayBuffer(capacity=100, max_age_ms=10_000)
+    replay = RecentEvents(capacity=100, max_age_ms=10_000)
     for seq, (channel, snap) in enumerate(
         [("book", True), ("trades:BTC_USD", False), ("book", True), ("trades:BTC_USD", False), ("other", False)],
         start=1,
@@ -171,12 +171,12 @@ def test_replay_since_conflates_snapshots_and_keeps_every_trade() -> None:
 
 
 def test_replay_knows_when_it_cannot() -> None:
-    replay = ReplayBuffer(capacity=3, max_age_ms=10_000)
+    replay = RecentEvents(capacity=3, max_age_ms=10_000)
     for seq in range(1, 6):
         replay.append(event(seq))
     assert replay.since(1, frozenset({"trades:BTC_USD"})) is None
     assert [e.seq for e in replay.since(2, frozenset({"trades:BTC_USD"})) or []] == [3, 4, 5]
-    aged = ReplayBuffer(capacity=100, max_age_ms=1000)
+    aged = RecentEvents(capacity=100, max_age_ms=1000)
     aged.append(event(1, ts=0))
     aged.append(event(2, ts=5000))
     assert aged.since(0, frozenset({"trades:BTC_USD"})) is None

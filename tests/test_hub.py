@@ -23,7 +23,7 @@ from app.gateway import Gateway
 from app.ports import Opening
 from app.state.store import Store
 from app.streams.admission import Streams
-from app.streams.eventlog import LocalLog, ReplayBuffer
+from app.streams.eventlog import LocalLog, RecentEvents
 from app.streams.hub import Hub
 from tests.sinks import Recorder
 from tests.support import RedisServer, sample
@@ -45,11 +45,11 @@ class Hubs:
     async def make(self, replay: int = 100) -> Hub:
         if self.redis is None:
             return Hub(
-                LocalLog(Store("ep"), ReplayBuffer(replay, 600_000)),
+                LocalLog(Store("ep"), RecentEvents(replay, 600_000)),
                 Streams(100, 100),
                 send_timeout_s=10,
             )
-        log = RedisLog(Store, lambda: ReplayBuffer(replay, 600_000), checkpoint_s=3600)
+        log = RedisLog(Store, lambda: RecentEvents(replay, 600_000), checkpoint_s=3600)
         hub = Hub(log, Streams(100, 100), send_timeout_s=10)
         cluster = RedisCluster(self.redis, f"hub{next(_names)}", "a")
         self.clusters.append(cluster)
@@ -195,7 +195,7 @@ async def test_a_follower_waits_for_a_cursor_of_a_replica_that_is_ahead(
     assert made.redis is not None
     redis = made.redis
     leader = await made.make()
-    follower_log = RedisLog(Store, lambda: ReplayBuffer(100, 600_000), checkpoint_s=3600)
+    follower_log = RedisLog(Store, lambda: RecentEvents(100, 600_000), checkpoint_s=3600)
     follower = Hub(follower_log, Streams(100, 100), send_timeout_s=10)
     name = made.clusters[0].keys["epoch"].removesuffix(":epoch")
     reader = RedisCluster(redis, name, "b")

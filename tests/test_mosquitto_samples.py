@@ -42,7 +42,7 @@ ROUTES = {
 
 
 def expected(channel: str) -> tuple[Any, int | None]:
-    """The normalized form of API.md, restated from the raw sample."""
+    """The normalized form of docs/api.md, restated from the raw sample."""
     raw = json.loads(sample(FILES[channel]))
     if channel.startswith("orderbook"):
         return {

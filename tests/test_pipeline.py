@@ -14,7 +14,7 @@ from app.ingest.pipeline import Pipeline
 from app.ingest.recording import Recorder, read_records
 from app.state.store import Store
 from app.streams.admission import Streams
-from app.streams.eventlog import LocalLog, ReplayBuffer
+from app.streams.eventlog import LocalLog, RecentEvents
 from app.streams.hub import Hub
 from tests.sinks import follow
 from tests.support import sample
@@ -26,7 +26,7 @@ NOW = 1_532_686_080_000
 
 
 def hub() -> Hub:
-    return Hub(LocalLog(Store("e"), ReplayBuffer(1000, 600_000)), Streams(10, 10), send_timeout_s=10)
+    return Hub(LocalLog(Store("e"), RecentEvents(1000, 600_000)), Streams(10, 10), send_timeout_s=10)
 
 
 def test_a_message_goes_from_topic_to_the_streams() -> None:
@@ -85,7 +85,7 @@ class Broken(Hub):
 
 
 def test_a_fault_of_ours_drops_the_message_and_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
-    pipeline = Pipeline(TOPICS.get, Broken(LocalLog(Store("e"), ReplayBuffer(10, 1000)), Streams(10, 10), send_timeout_s=10))
+    pipeline = Pipeline(TOPICS.get, Broken(LocalLog(Store("e"), RecentEvents(10, 1000)), Streams(10, 10), send_timeout_s=10))
     with caplog.at_level(logging.ERROR):
         for _ in range(3):
             pipeline.feed("t/book", sample("orderBook_BTC_USD_0.01.json"), NOW)  # never raises

@@ -1,6 +1,6 @@
 """The private feed's decoders (from the samples) and its rules, as properties:
 pushes that are duplicated, reordered or dropped-and-repeated end in the same
-state as the clean sequence (UPSTREAM.md: private pushes "may be omitted or
+state as the clean sequence (docs/upstream.md: private pushes "may be omitted or
 duplicated")."""
 
 from __future__ import annotations

@@ -13,11 +13,11 @@ from app.domain.channels import Channel, parse_channel
 from app.domain.errors import TooMany, UnknownChannel
 from app.ingest.links import LinkState
 from app.ingest.recording import ReplaySource
-from app.ingest.registry import Registry
+from app.ingest.upstream import Upstream
 from app.ports import Ending
 from app.state.store import Store
 from app.streams.admission import Streams
-from app.streams.eventlog import LocalLog, ReplayBuffer
+from app.streams.eventlog import LocalLog, RecentEvents
 from app.streams.hub import Hub
 from tests.sinks import follow
 from tests.support import sample
@@ -36,10 +36,10 @@ class Clock:
         return self.now
 
 
-def registry(clock: Clock, **settings: object) -> tuple[Registry, Hub]:
-    hub = Hub(LocalLog(Store("e"), ReplayBuffer(100, 600_000)), Streams(10, 10), send_timeout_s=10)
+def registry(clock: Clock, **settings: object) -> tuple[Upstream, Hub]:
+    hub = Hub(LocalLog(Store("e"), RecentEvents(100, 600_000)), Streams(10, 10), send_timeout_s=10)
     defaults: dict[str, object] = {"gateway_idle_release_s": 10, "gateway_no_data_release_s": 5}
-    return Registry(load_settings(**{**defaults, **settings}), hub, clock, replay=ReplaySource([])), hub
+    return Upstream(load_settings(**{**defaults, **settings}), hub, clock, replay=ReplaySource([])), hub
 
 
 def feed(hub: Hub, channel: Channel) -> None:

@@ -58,7 +58,7 @@ from app.ports import ClusterCounts
 from app.roles import UNREACHABLE, Following
 from app.state.events import Event
 from app.state.store import Store
-from app.streams.eventlog import Change, Outlet, ReplayBuffer
+from app.streams.eventlog import Change, Outlet, RecentEvents
 from app.streams.hub import Hub
 
 log = logging.getLogger("coinsuper_gateway.cluster")
@@ -78,7 +78,7 @@ def _id(entry_id: str) -> tuple[int, int]:
 
 
 class RedisLog:
-    """The :class:`~app.ports.EventLog` of a replica: its store and its own
+    """The :class:`~app.streams.eventlog.EventLog` of a replica: its store and its own
     event log, kept the same on every replica by the cluster's log in Redis.
     A leader's changes wait in the outbox until the writer has appended them;
     only then are their events handed out. A follower applies what it reads."""
@@ -88,7 +88,7 @@ class RedisLog:
     def __init__(
         self,
         make_store: Callable[[str], Store],
-        make_replay: Callable[[], ReplayBuffer],
+        make_replay: Callable[[], RecentEvents],
         *,
         checkpoint_s: float,
     ) -> None:
@@ -157,8 +157,6 @@ class RedisLog:
             self.wake.clear()
             while self.outbox and self.writing is not None:
                 await self._write_some(cluster, self.writing, maxlen, max_age_ms)
-            if not self.outbox:
-                self.written.set()
 
     async def _write_some(
         self, cluster: RedisCluster, term: int, maxlen: int, max_age_ms: int
@@ -189,6 +187,8 @@ class RedisLog:
                         await cluster.save_checkpoint(term, self.applied, made)
         finally:
             self._appending = False
+            if not self.outbox:
+                self.written.set()
 
     def refused(self, why: str) -> None:
         """The log may not hold what this store does: stop writing and reload."""
@@ -205,14 +205,21 @@ class RedisLog:
                 # Changes the store made that the log may not hold: it is reloaded.
                 self.synced = False
         self.outbox.clear()
-        self.written.set()
+        if not self._appending:
+            self.written.set()  # else when the batch in flight is out
 
     def _hand_out(self, events: list[Event]) -> None:
+        snapshots = self._snapshots
         for event in events:
             self.replay.append(event)
             if event.conflatable and event.name != "status":
-                self._snapshots[event.channel] = event
-        self.outlet.hand_out(events)
+                held = snapshots.get(event.channel)
+                if held is None or held.seq < event.seq:
+                    snapshots[event.channel] = event
+        outlet = self.outlet
+        outlet.hand_out(events)
+        for event in events:
+            outlet.arrived(event.channel)
 
     # --- what streams are given: only what the log holds ----------------------
     # (On the leader the store runs ahead of the log: its changes wait to be
@@ -271,7 +278,7 @@ class RedisLog:
                 replay.append(event)
         self._swap(store, replay, newest)
 
-    def _swap(self, store: Store, replay: ReplayBuffer, position: str) -> None:
+    def _swap(self, store: Store, replay: RecentEvents, position: str) -> None:
         new_epoch = store.epoch != self._store.epoch
         self._store = store
         self.replay = replay
@@ -283,7 +290,13 @@ class RedisLog:
             if state.last_event is not None
         }
         if new_epoch:
-            self.outlet.restart(store.seq)
+            told = self.outlet.restart(store.seq)
+            if told:
+                log.warning(
+                    "the cluster's data is of a new epoch (%s): %d streams told to resume",
+                    store.epoch,
+                    told,
+                )
         else:
             self.outlet.hand_out(replay.events)
         for name, state in store.channels.items():
@@ -459,7 +472,7 @@ class Replica:
             demand, self.local_demand = self.local_demand, {}
             try:
                 await self.cluster.seen(self.role, now)
-                await self.cluster.demand(set(demand) | set(self.hub.followed()), now)
+                await self.cluster.demand(set(demand) | set(self.hub.streamed_channels()), now)
                 self.wanted = await self.cluster.wanted(now, self.idle_ms)
                 if self.leads:
                     self.on_wanted(self.wanted)
@@ -505,7 +518,7 @@ class Replica:
             log.warning("%s: %s: %s", UNREACHABLE, type(error).__name__, error)
         else:
             log.info("the cluster's Redis answers again")
-        for name in self.hub.followed():
+        for name in self.hub.streamed_channels():
             status, reason = self.following.status(parse_channel(name), now)
             self.hub.tell(
                 name, {"channel": name, "status": status.value, "reason": reason, "ts": now}
@@ -564,7 +577,7 @@ class Replica:
 
 class ClusterDemand:
     """The :class:`~app.ports.Demand` of a replica: the leader subscribes
-    (with the registry's caps and checks); a follower passes the demand on."""
+    (with the upstream's caps and checks); a follower passes the demand on."""
 
     def __init__(self, replica: Replica, demand: Callable[[Channel], object], cap: int) -> None:
         self.replica = replica

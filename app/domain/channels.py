@@ -73,7 +73,7 @@ RANGE_BY_MS = {ms: name for name, ms in KLINE_RANGES.items()}
 FIAT_STEPS = ("1.0", "0.1", "0.01")
 CRYPTO_STEPS = ("0.0001", "0.000001", "0.00000001")
 # Quote currencies whose order books use the fiat steps; any other quote uses the
-# crypto steps (docs/upstream.md, "Parameters").
+# crypto steps (docs/upstream.md, "Topics").
 FIAT_QUOTES = frozenset({"USD", "EUR", "GBP", "JPY", "KRW", "CNY", "HKD", "AUD", "CAD", "SGD"})
 
 _SYMBOL_RE = re.compile(r"^([A-Za-z0-9]{2,12})[_/\-]([A-Za-z0-9]{2,12})\Z")

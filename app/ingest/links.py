@@ -48,7 +48,7 @@ class LinkState(StrEnum):
 
 
 class Link(Protocol):
-    """What the registry and the reports need of a link: an MQTT one, or a
+    """What the upstream and the reports need of a link: an MQTT one, or a
     stand-in fed from a recording."""
 
     name: str

@@ -11,7 +11,9 @@ simulator through a link) hands ``(topic, payload, received_ts)`` to
    exchange repeats its window every push: nothing new, still fresh),
 4. decodes it (:func:`app.domain.decode.decode`, pure), and
 5. applies the update to the state (:class:`app.streams.hub.Hub`), which numbers
-   the events, appends them to the event log and hands them to the fan-out;
+   the events and records the change in the event log; the fan-out gets the
+   events once the log holds them (at once in one process, after the write to
+   Redis on a cluster's leader);
    a rejection is counted on the channel and logged once per reason.
 
 A fault of the gateway's own while applying one message is logged once per

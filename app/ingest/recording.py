@@ -11,7 +11,7 @@ oldest first: ``FILE.2 FILE.1 FILE``.
 an MQTT link would, at the recorded pace divided by ``speed``, with the recorded
 receive times; the gateway's clock follows the recording (:meth:`now_ms`), so
 answers, staleness included, are those the live gateway gave. :class:`ReplayLink`
-stands in for an MQTT link in the registry and reports the replay's progress.
+stands in for an MQTT link in the upstream (:class:`~app.ingest.upstream.Upstream`) and reports the replay's progress.
 """
 
 from __future__ import annotations

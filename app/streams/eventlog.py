@@ -3,7 +3,7 @@
 The hub (:mod:`app.streams.hub`) changes the store that its :class:`EventLog` keeps,
 and records each :class:`Change` there; the log hands the change's events to
 the hub's :class:`Outlet` once it holds them: at once in the single process
-(:class:`LocalLog`, which keeps them in a :class:`ReplayBuffer`), after the
+(:class:`LocalLog`, which keeps them in a :class:`RecentEvents`), after the
 write to Redis on a cluster's leader (:class:`app.cluster.replica.RedisLog`). Streams
 are given only what the log has handed out. Pure.
 """
@@ -47,9 +47,9 @@ class Outlet(Protocol):
         """The channel has data: whoever waits for its first wakes up."""
         ...
 
-    def restart(self, head: int) -> None:
+    def restart(self, head: int) -> int:
         """The log's data is of a new epoch: every stream is told to resume,
-        and the streams' position is ``head``."""
+        and the streams' position is ``head``. Returns how many were told."""
         ...
 
 
@@ -93,7 +93,7 @@ class Cursor:
         return cls(epoch, int(seq))
 
 
-class ReplayBuffer:
+class RecentEvents:
     """The in-process event log: the newest events, bounded by count and by age."""
 
     def __init__(self, capacity: int, max_age_ms: int) -> None:
@@ -136,11 +136,11 @@ class ReplayBuffer:
 
 class LocalLog:
     """The event log of a process that is the whole gateway: each change's
-    events are handed out as it is made, and kept in a :class:`ReplayBuffer`."""
+    events are handed out as it is made, and kept in a :class:`RecentEvents`."""
 
     shared = False
 
-    def __init__(self, store: Store, replay: ReplayBuffer) -> None:
+    def __init__(self, store: Store, replay: RecentEvents) -> None:
         self._store = store
         self.replay = replay
         self._outlet: Outlet | None = None

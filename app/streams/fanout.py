@@ -1,11 +1,11 @@
-"""Handing events to streams at publish time: the in-process event log, each
-stream's subscription and its policy, and the one interface of the sinks
+"""Handing events to streams at publish time: each stream's subscription and
+its policy (catching up from the event log, :mod:`app.streams.eventlog`), and the one interface of the sinks
 (the SSE response and the WebSocket) that the bytes go to.
 
 Theory of operation. :meth:`Fanout.publish` runs on the ingest path and never
 awaits. For each subscription that follows the event's channel it writes the
 event's bytes, in the wire form of the subscription's sink (made once per
-event and form, see :meth:`app.state.store.Event.wire`), straight to the sink: no
+event and form, see :meth:`app.state.events.Event.wire`), straight to the sink: no
 task per client, no queue of bytes per client. A sink's write never blocks; it
 hands the bytes to the connection's buffer.
 

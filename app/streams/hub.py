@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Iterable, Mapping
 
 from app.domain.channels import Channel
@@ -25,8 +24,6 @@ from app.streams.admission import Streams, reset_payload
 from app.streams.eventlog import Change, Cursor, EventLog
 from app.streams.fanout import Fanout, Subscription
 
-logger = logging.getLogger("coinsuper_gateway.stream")
-
 
 class Hub:
     """Store (kept by the event log), event log and fan-out, as ingest and
@@ -35,6 +32,7 @@ class Hub:
     def __init__(self, log: EventLog, streams: Streams, *, send_timeout_s: float) -> None:
         self.log = log
         self.fanout = Fanout(log, streams, send_timeout_s=send_timeout_s)
+        self.fanout.head = log.store.seq  # the newest event handed out: none after this
         self._first_data: dict[str, asyncio.Event] = {}
         # Set at the next hand-out, for whoever waits to reach an id.
         self._progress: asyncio.Event | None = None
@@ -108,26 +106,27 @@ class Hub:
         for event in events:
             if event.seq > fanout.head:
                 fanout.publish(event)
-            self.arrived(event.channel)
         if self._progress is not None:
             self._progress.set()
             self._progress = None
 
     def arrived(self, name: str) -> None:
-        waiter = self._first_data.pop(name, None)
-        if waiter is not None:
-            waiter.set()
+        if name not in self._first_data:
+            return
+        state = self.log.store.channels.get(name)
+        if state is not None and state.has_data:  # a status alone is not data
+            self._first_data.pop(name).set()
 
-    def restart(self, head: int) -> None:
+    def restart(self, head: int) -> int:
         fanout = self.fanout
-        if fanout.everyone:
-            logger.warning(
-                "the event log's data is of a new epoch (%s): %d streams told to resume",
-                self.epoch,
-                len(fanout.everyone),
-            )
+        told = len(fanout.everyone)
         fanout.close_all(Ending.OVERFLOW)
         fanout.head = head
+        return told
+
+    def streamed_channels(self) -> list[str]:
+        """The channels some stream of this process follows."""
+        return list(self.fanout.by_channel)
 
     # --- reads -------------------------------------------------------------
 
@@ -263,10 +262,6 @@ class Hub:
 
     def subscribers(self, channel: Channel) -> int:
         return self.fanout.subscribers(channel.name)
-
-    def followed(self) -> list[str]:
-        """The channels some stream of this process follows."""
-        return list(self.fanout.by_channel)
 
     def close_all_streams(self) -> None:
         self.fanout.close_all()

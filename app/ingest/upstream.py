@@ -60,10 +60,10 @@ class Tracked:
 
 
 def _nowhere(topic: str, payload: bytes, received_ts: int) -> None:
-    raise RuntimeError("the registry's links have no pipeline to feed")
+    raise RuntimeError("the upstream's links have no pipeline to feed")
 
 
-class Registry:
+class Upstream:
     """The channels subscribed upstream, and their links."""
 
     def __init__(
