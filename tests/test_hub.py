@@ -185,6 +185,20 @@ async def test_waiting_for_first_data(hubs: Hubs) -> None:
     assert await local.wait_for_data(BOOK, 0)
 
 
+async def test_a_status_alone_does_not_end_a_wait_for_first_data(hubs: Hubs) -> None:
+    """A REST request waiting for a channel's first push is not answered early
+    by its status changing (the private link coming up, a link failing)."""
+    local = await hubs.make()
+    waiting = asyncio.ensure_future(local.wait_for_data(BOOK, 5))
+    await asyncio.sleep(0)
+    local.emit_status(BOOK, {"channel": BOOK.name, "status": "live", "reason": None, "ts": T0}, T0)
+    await hubs.settle(local)
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    await book(hubs, local, T0)
+    assert await asyncio.wait_for(waiting, 5)
+
+
 async def test_a_follower_waits_for_a_cursor_of_a_replica_that_is_ahead(
     cluster_hubs: Hubs,
 ) -> None:
