@@ -286,31 +286,31 @@ class Gateway:
 
     def rows(self, now: int) -> list[ChannelRow]:
         """Every channel this process reports on, with its status and counts."""
-        own = self.role.holds_links()
+        role = self.role
+        own = role.holds_links()
         rows = []
-        for listed in self.role.listed(now):
+        for listed in role.listed(now):
             channel = listed.channel
-            status, reason = self.role.status(channel, now)
             state = self.hub.state(channel)
             rows.append(
                 ChannelRow(
-                    channel,
-                    status.value,
-                    reason,
-                    state.seq if state else 0,
-                    state.received_ts if state else None,
-                    state.exchange_ts if state else None,
-                    state.messages if state else 0,
-                    state.rejected if state else 0,
-                    state.superseded if state else 0,
-                    state.gaps if state else 0,
-                    state.last_rejection if state else None,
-                    self.hub.subscribers(channel),
-                    listed.pinned,
-                    listed.link,
-                    listed.link_state,
-                    listed.link_connects,
-                    own,
+                    channel=channel,
+                    status=listed.status.value,
+                    reason=listed.reason,
+                    seq=state.seq if state else 0,
+                    last_update_ts=state.received_ts if state else None,
+                    exchange_ts=state.exchange_ts if state else None,
+                    messages=state.messages if state else 0,
+                    rejected=state.rejected if state else 0,
+                    superseded=state.superseded if state else 0,
+                    gaps=state.gaps if state else 0,
+                    last_rejection=state.last_rejection if state else None,
+                    subscribers=self.hub.subscribers(channel),
+                    pinned=listed.pinned,
+                    link=listed.link,
+                    link_state=listed.link_state,
+                    link_connects=listed.link_connects,
+                    own_link=own,
                 )
             )
         return rows

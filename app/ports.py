@@ -20,7 +20,7 @@ cluster on Redis (app/cluster/replica.py).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import Enum
 from typing import Protocol
 
@@ -198,25 +198,16 @@ class ChannelRow:
     own_link: bool  # the link is this process's (not the leader's, on a follower)
 
     def json(self) -> dict[str, object]:
-        return {
+        """The row as /v1/channels answers it: the channel's name and symbol,
+        then every field in order, but the metrics' own ``own_link``."""
+        shown: dict[str, object] = {
             "channel": self.channel.name,
             "symbol": self.channel.display_symbol,
-            "status": self.status,
-            "reason": self.reason,
-            "seq": self.seq,
-            "last_update_ts": self.last_update_ts,
-            "exchange_ts": self.exchange_ts,
-            "messages": self.messages,
-            "rejected": self.rejected,
-            "superseded": self.superseded,
-            "gaps": self.gaps,
-            "last_rejection": self.last_rejection,
-            "subscribers": self.subscribers,
-            "pinned": self.pinned,
-            "link": self.link,
-            "link_state": self.link_state,
-            "link_connects": self.link_connects,
         }
+        for field in fields(self)[1:]:
+            if field.name != "own_link":
+                shown[field.name] = getattr(self, field.name)
+        return shown
 
 
 class Report(Protocol):

@@ -10,7 +10,7 @@ nothing else asks which role it is.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -26,13 +26,20 @@ UNREACHABLE = "the cluster's Redis cannot be reached"
 
 @dataclass(frozen=True, slots=True)
 class Listed:
-    """A channel a role reports on, and the link that carries it."""
+    """A channel a role reports on: its status as the role judges it, and the
+    link that carries it."""
 
     channel: Channel
+    status: Status
+    reason: str | None
     pinned: bool
     link: str  # "public", "private", a link of its own, or "leader" on a follower
     link_state: str
     link_connects: int
+
+
+def _judged(listed: Iterable[Listed]) -> list[Judged]:
+    return [Judged(item.channel.name, item.pinned, item.status, item.reason) for item in listed]
 
 
 class Role(Protocol):
@@ -80,6 +87,7 @@ class Leading:
         return [
             Listed(
                 tracked.channel,
+                *self.status(tracked.channel, now),
                 tracked.pinned,
                 tracked.link.name,
                 tracked.link.state.value,
@@ -92,11 +100,7 @@ class Leading:
         return True
 
     def readiness(self, now: int) -> tuple[bool, list[str]]:
-        judged = []
-        for tracked in self.upstream.tracked.values():
-            status, reason = self.status(tracked.channel, now)
-            judged.append(Judged(tracked.channel.name, tracked.pinned, status, reason))
-        return readiness(judged)
+        return readiness(_judged(self.listed(now)))
 
     def known_empty(self, channel: Channel, now: int) -> ChannelState | None:
         link = self.upstream.link_of(channel)
@@ -145,19 +149,17 @@ class Following:
     def listed(self, now: int) -> list[Listed]:
         listed = []
         for channel in self.channels():
-            status = self.status(channel, now)[0]
+            status, reason = self.status(channel, now)
             link_state = {"live": "up", "failed": "failed"}.get(status.value, "connecting")
-            listed.append(Listed(channel, channel.name in self.pinned, "leader", link_state, 0))
+            pinned = channel.name in self.pinned
+            listed.append(Listed(channel, status, reason, pinned, "leader", link_state, 0))
         return listed
 
     def holds_links(self) -> bool:
         return False
 
     def readiness(self, now: int) -> tuple[bool, list[str]]:
-        judged = []
-        for channel in self.channels():
-            status, reason = self.status(channel, now)
-            judged.append(Judged(channel.name, channel.name in self.pinned, status, reason))
+        judged = _judged(self.listed(now))
         missing = self.pinned - {j.name for j in judged}
         judged.extend(Judged(n, True, Status.CONNECTING, None) for n in sorted(missing))
         return readiness(judged)
