@@ -11,19 +11,28 @@ TEST_LOCK := requirements/test.lock
 # stay true.
 LOWEST_LOCK := requirements/lowest.lock
 LOWEST := .venv-lowest
-SUM := $(shell cat pyproject.toml $(APP_LOCK) $(TEST_LOCK) $(LOWEST_LOCK) | cksum | cut -d' ' -f1)
+# The client package (clients/python) in a venv of its own, with only what it
+# needs (requirements/client.lock), as a service that installs it would have.
+CLIENT_LOCK := requirements/client.lock
+CLIENT := .venv-client
+# The npm tools of the tests (the AsyncAPI CLI), from their lock file.
+NPM_TOOLS := requirements/npm
+SUM := $(shell cat pyproject.toml clients/python/pyproject.toml $(APP_LOCK) $(TEST_LOCK) $(LOWEST_LOCK) $(CLIENT_LOCK) | cksum | cut -d' ' -f1)
 # What the gateway needs (make demo), and that plus the test tooling (make test).
 APP_STAMP := $(VENV)/.installed-app-$(SUM)
 STAMP := $(VENV)/.installed-test-$(SUM)
 LOWEST_STAMP := $(LOWEST)/.installed-$(SUM)
+CLIENT_STAMP := $(CLIENT)/.installed-$(SUM)
+NPM_STAMP := $(NPM_TOOLS)/node_modules/.installed-$(shell cksum < $(NPM_TOOLS)/package-lock.json | cut -d' ' -f1)
 # Debian packages the tests need: Mosquitto, the broker the integration tests
 # start, Redis, the engine of the cluster's shared parts, HAProxy, the load
 # balancer of compose.yaml (its configuration is tested in front of replicas),
-# and Chromium, the browser the page test drives (through Playwright).
-DEBIAN_PACKAGES := mosquitto redis-server haproxy chromium
+# Chromium, the browser the page test drives (through Playwright), and
+# Prometheus, which runs every query of the Grafana dashboard against a gateway.
+DEBIAN_PACKAGES := mosquitto redis-server haproxy chromium prometheus
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo serve cluster test test-unit test-lowest lock lint format openapi system-deps bench bench-deps clean
+.PHONY: demo serve cluster test test-unit test-lowest lock lint format openapi asyncapi asyncapi-validate dashboard system-deps bench bench-deps clean
 
 $(APP_STAMP): pyproject.toml $(APP_LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,14 +43,27 @@ $(APP_STAMP): pyproject.toml $(APP_LOCK)
 
 $(STAMP): $(APP_STAMP) $(TEST_LOCK)
 	$(BIN)/python -m pip install --quiet --require-hashes -r $(TEST_LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps -e clients/python  # the tests' and benches' client
 	@rm -f $(VENV)/.installed-test-*
 	@touch $@
 
 $(LOWEST_STAMP): pyproject.toml $(LOWEST_LOCK)
 	@test -x $(LOWEST)/bin/python || $(PYTHON) -m venv $(LOWEST)
 	$(LOWEST)/bin/python -m pip install --quiet --require-hashes -r $(LOWEST_LOCK)
-	$(LOWEST)/bin/python -m pip install --quiet --no-deps -e .
+	$(LOWEST)/bin/python -m pip install --quiet --no-deps -e . -e clients/python
 	@rm -f $(LOWEST)/.installed-*
+	@touch $@
+
+$(CLIENT_STAMP): clients/python/pyproject.toml $(CLIENT_LOCK)
+	@test -x $(CLIENT)/bin/python || $(PYTHON) -m venv $(CLIENT)
+	$(CLIENT)/bin/python -m pip install --quiet --require-hashes -r $(CLIENT_LOCK)
+	$(CLIENT)/bin/python -m pip install --quiet --no-deps --force-reinstall ./clients/python
+	@rm -f $(CLIENT)/.installed-*
+	@touch $@
+
+$(NPM_STAMP): $(NPM_TOOLS)/package.json $(NPM_TOOLS)/package-lock.json
+	cd $(NPM_TOOLS) && npm ci --quiet --no-audit --no-fund --ignore-scripts
+	@rm -f $(NPM_TOOLS)/node_modules/.installed-*
 	@touch $@
 
 demo: $(APP_STAMP)  ## run the gateway against the built-in simulated exchange
@@ -62,20 +84,34 @@ system-deps:  ## Debian packages the tests need
 	fi
 
 lint: $(STAMP)
-	$(BIN)/ruff check app tests bench
-	$(BIN)/ruff format --check app
+	$(BIN)/ruff check app tests bench clients/python deploy
+	$(BIN)/ruff format --check app clients/python/src
 	$(BIN)/mypy --strict app
+	$(BIN)/mypy --strict clients/python/src
 	$(BIN)/lint-imports
 	$(BIN)/hadolint Dockerfile
 
 openapi: $(APP_STAMP)  ## regenerate openapi/openapi.json from the app
 	$(BIN)/coinsuper-gateway openapi --output openapi/openapi.json
 
-format: $(STAMP)
-	$(BIN)/ruff format app
-	$(BIN)/ruff check --fix app tests bench
+dashboard:  ## regenerate deploy/grafana/coinsuper-gateway.json from deploy/grafana/dashboard.py
+	$(PYTHON) deploy/grafana/dashboard.py > deploy/grafana/coinsuper-gateway.json
 
-test: system-deps $(STAMP) lint test-lowest  ## install what the tests need, then run them
+asyncapi: $(APP_STAMP)  ## regenerate openapi/asyncapi.yaml (the streams) from the app's models
+	$(BIN)/coinsuper-gateway asyncapi --output openapi/asyncapi.yaml
+
+# The AsyncAPI CLI's own check of the document, failing on a warning. Its
+# analytics are off (a config file of ours, not one in $HOME): a test tool has
+# no business reporting home, and this machine's network is closed.
+asyncapi-validate: $(NPM_STAMP)
+	ASYNCAPI_METRICS_CONFIG_PATH=$(CURDIR)/$(NPM_TOOLS)/asyncapi-analytics.json \
+		$(NPM_TOOLS)/node_modules/.bin/asyncapi validate openapi/asyncapi.yaml --fail-severity warn
+
+format: $(STAMP)
+	$(BIN)/ruff format app clients/python/src
+	$(BIN)/ruff check --fix app tests bench clients/python deploy
+
+test: system-deps $(STAMP) $(CLIENT_STAMP) lint asyncapi-validate test-lowest  ## install what the tests need, then run them
 	$(BIN)/pytest -q -n 2 --dist loadfile --ignore tests/test_openapi.py
 	$(BIN)/pytest -q tests/test_openapi.py  # alone: under xdist schemathesis' operations share one id, and one would run
 
@@ -86,13 +122,16 @@ test-lowest: $(LOWEST_STAMP)  ## the same, on the lowest versions pyproject.toml
 	TESTS_QUICK=1 $(LOWEST)/bin/pytest -q -n 2 -p no:cacheprovider -m "not processes" \
 		--deselect tests/test_drift.py::test_the_locks_agree_and_are_what_is_installed
 
-UV_COMPILE := $(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.11 \
-	--python-platform x86_64-unknown-linux-gnu pyproject.toml
+UV_OPTIONS := --quiet --generate-hashes --python-version 3.11 --python-platform x86_64-unknown-linux-gnu
+UV_COMPILE := $(BIN)/uv pip compile $(UV_OPTIONS) pyproject.toml
+# The client's venv: its own dependencies and test tools, at the gateway's versions.
+UV_CLIENT := $(BIN)/uv pip compile $(UV_OPTIONS) clients/python/pyproject.toml --extra test
 
 lock: $(STAMP)  ## refresh requirements/*.lock from pyproject.toml (the newest versions its bounds allow)
 	$(UV_COMPILE) --upgrade --extra test -o $(TEST_LOCK)
 	$(UV_COMPILE) -c $(TEST_LOCK) -o $(APP_LOCK)
 	$(UV_COMPILE) --resolution lowest-direct --extra test -o $(LOWEST_LOCK)
+	$(UV_CLIENT) -c $(TEST_LOCK) -o $(CLIENT_LOCK)
 
 bench-deps: $(STAMP)  ## what the benchmarks need: wrk, nginx with nchan (the reference), granian
 	@missing=""; for p in wrk nginx libnginx-mod-nchan; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -109,4 +148,4 @@ bench: bench-deps $(STAMP)  ## every benchmark, with the figures of the README's
 	cd bench && ../$(BIN)/python cluster.py --clients 10000 --channels 20 --interval 0.5
 
 clean:
-	rm -rf $(VENV) $(LOWEST) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(LOWEST) $(CLIENT) $(NPM_TOOLS)/node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,4 +1,4 @@
-"""The command line: ``coinsuper-gateway serve | demo | replay | simulate | cluster | channels | openapi``.
+"""The command line: ``coinsuper-gateway serve | demo | replay | simulate | cluster | channels | openapi | asyncapi``.
 
 Settings come from the environment (docs/operating.md); each has a flag of its own on
 ``serve``, ``demo`` and ``replay`` (``--gateway-port`` for ``GATEWAY_PORT``, and
@@ -33,6 +33,7 @@ from app.asgi import create_app
 from app.config import HELP, Settings, load_settings
 from app.domain.errors import ConfigError
 from app.gateway import Gateway
+from app.http import asyncapi
 from app.ingest.recording import Recorder, ReplaySource
 from app.logs import setup_logging
 from app.protocols.server import GatewayServer
@@ -321,6 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     spec = commands.add_parser("openapi", help="write the OpenAPI description of the HTTP API")
     spec.add_argument("--output", default="-", help="file to write (default: standard output)")
+    streams = commands.add_parser(
+        "asyncapi", help="write the AsyncAPI description of the streams (SSE and the WebSocket)"
+    )
+    streams.add_argument("--output", default="-", help="file to write (default: standard output)")
 
     simulate = commands.add_parser("simulate", help="run only the simulated exchange")
     simulate.add_argument("--host", default="127.0.0.1")
@@ -357,8 +362,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "openapi":
-            text = openapi_text()
+        if args.command in ("openapi", "asyncapi"):
+            text = openapi_text() if args.command == "openapi" else asyncapi.text()
             if args.output == "-":
                 sys.stdout.write(text)
             else:

@@ -19,7 +19,12 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -103,7 +108,13 @@ class GatewayCollector(Collector):
             "Upstream messages taken after this process stopped leading (not logged)",
         )
         dropped.add_metric([], counts.dropped_changes)
-        yield from (up, refused, dropped)
+        term = GaugeMetricFamily(
+            "coinsuper_cluster_term",
+            "The cluster's fencing term, as this replica last read it: grows whenever another "
+            "process leads",
+        )
+        term.add_metric([], counts.term)
+        yield from (up, refused, dropped, term)
 
     def _collect(self) -> Iterator[Metric]:
         report = self.report
@@ -196,6 +207,13 @@ class GatewayCollector(Collector):
             "Streams closed (socket included) because the client stopped reading",
         )
         stalled.add_metric([], self.streams.stalled_closes)
+        lag = self.streams.lag
+        fanout_lag = HistogramMetricFamily(
+            "coinsuper_fanout_lag_seconds",
+            "From an upstream message's receipt (the leader's, in a cluster) to its event "
+            "written to every ready follower's connection, per event that had any",
+        )
+        fanout_lag.add_metric([], lag.buckets(), lag.total_s)
         gaps = CounterMetricFamily(
             "coinsuper_trade_gaps",
             "Trade pushes that shared nothing with a full previous one (trades may be missing)",
@@ -208,7 +226,7 @@ class GatewayCollector(Collector):
             "Channels released because the exchange sent no data for them",
         )
         released.add_metric([], report.no_data_releases())
-        yield from (streams, sent, closed, unknown, stalled, gaps, released)
+        yield from (streams, sent, closed, unknown, stalled, fanout_lag, gaps, released)
         if self.connections is not None:
             yield from self._connections(self.connections)
 

@@ -153,6 +153,7 @@ class ClusterCounts:
     redis_up: bool  # Redis answers and the log is read
     refused_writes: int
     dropped_changes: int
+    term: int  # the cluster's fencing term, as last read (0 before any leader)
 
 
 class Membership(Protocol):
@@ -240,6 +241,16 @@ class Report(Protocol):
     def no_data_releases(self) -> int: ...
 
 
+class LagReading(Protocol):
+    """The fan-out lag's histogram (app/streams/admission.py)."""
+
+    total_s: float
+
+    def buckets(self) -> list[tuple[str, int]]:
+        """Cumulative counts by upper bound (seconds), ``+Inf`` last."""
+        ...
+
+
 class Admission(Protocol):
     """The caps on streams, and their counts (app/streams/admission.py)."""
 
@@ -247,6 +258,9 @@ class Admission(Protocol):
     events_sent: int
     overflow_closes: int
     stalled_closes: int
+
+    @property
+    def lag(self) -> LagReading: ...
 
     def admit(self, client: str) -> None:
         """Raise :class:`~app.domain.errors.TooMany` when a new stream of

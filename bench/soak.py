@@ -30,10 +30,10 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from coinsuper_gateway_client import sse_blocks  # noqa: E402
 from common import machine  # noqa: E402
 
 from app.cli import free_port  # noqa: E402
-from app.client import sse_blocks  # noqa: E402
 from app.simulator import Simulator  # noqa: E402
 from app.simulator.broker import BrokerPorts  # noqa: E402
 

@@ -1,11 +1,17 @@
 from __future__ import annotations
 
+import asyncio
+import functools
 import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import coinsuper_gateway_client._stream as client_stream
+import httpx_ws
 import pytest
 
+from tests import frames
 from tests.support import Mosquitto, Publisher, RedisServer
 from tests.world import Tape, World
 
@@ -66,3 +72,42 @@ def redis_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Red
         yield server
     finally:
         server.kill()
+
+
+@pytest.fixture(autouse=True)
+def _frames_match_the_asyncapi_document(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every frame a test receives over httpx-ws or the client package's SSE
+    parser (tests/support.py's EventStream checks its own) is checked against
+    openapi/asyncapi.yaml; one that does not match fails the test."""
+
+    def checked(receive: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(receive)
+        def sync(*args: Any, **kwargs: Any) -> Any:
+            frame = receive(*args, **kwargs)
+            frames.check_ws(frame)
+            return frame
+
+        @functools.wraps(receive)
+        async def asynchronous(*args: Any, **kwargs: Any) -> Any:
+            frame = await receive(*args, **kwargs)
+            frames.check_ws(frame)
+            return frame
+
+        return asynchronous if asyncio.iscoroutinefunction(receive) else sync
+
+    for session in (httpx_ws.WebSocketSession, httpx_ws.AsyncWebSocketSession):
+        for name in ("receive_text", "receive_json"):
+            monkeypatch.setattr(session, name, checked(getattr(session, name)))
+    parse = client_stream.sse_blocks
+
+    async def sse_blocks(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, str]]:
+        async for block in parse(lines):
+            frames.check_sse(block)
+            yield block
+
+    monkeypatch.setattr(client_stream, "sse_blocks", sse_blocks)
+    frames.take_failures()  # a thread of an earlier test's may have left some
+    yield
+    failures = frames.take_failures()
+    if failures:
+        pytest.fail("frames that do not match openapi/asyncapi.yaml:\n" + "\n".join(failures[:10]))

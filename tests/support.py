@@ -326,6 +326,8 @@ class EventStream:
         wait_for(lambda: self.status is not None or self.error is not None, 10, "the stream to open")
 
     def _run(self) -> None:
+        from tests.frames import check_sse
+
         try:
             with self._client.stream("GET", self.url, headers=self.headers) as response:
                 self._socket = response.extensions["network_stream"].get_extra_info("socket")
@@ -333,12 +335,15 @@ class EventStream:
                 event: dict[str, str] = {}
                 for line in response.iter_lines():
                     if line == "":
+                        if event:
+                            check_sse(event)  # against openapi/asyncapi.yaml
                         if "data" in event:  # as EventSource: no data, no event
                             self.events.append(event)
                         elif "retry" in event:
                             self.retry = event["retry"]
                         event = {}
                     elif line.startswith(":"):
+                        check_sse({":": line})
                         self.comments.append(line)
                     else:
                         field, _, value = line.partition(":")

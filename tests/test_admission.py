@@ -7,7 +7,7 @@ import json
 import pytest
 
 from app.domain.errors import TooMany
-from app.streams.admission import Streams, reset_payload
+from app.streams.admission import LAG_BOUNDS, Lag, Streams, reset_payload
 
 
 def test_caps_per_client_and_overall_and_places_released_when_a_stream_ends() -> None:
@@ -43,3 +43,14 @@ def test_the_reset_payload() -> None:
         "epoch": "e1",
         "channels": ["trades:BTC_USD"],
     }
+
+
+def test_the_fanout_lag_is_a_cumulative_histogram() -> None:
+    lag = Lag()
+    for seconds in (0.0004, 0.001, 0.003, 0.003, 7.0):
+        lag.observe(seconds)
+    buckets = dict(lag.buckets())
+    assert list(buckets) == [*map(str, LAG_BOUNDS), "+Inf"]
+    assert buckets["0.001"] == 2  # `le`: a bound holds what equals it
+    assert buckets["0.0025"] == 2 and buckets["0.005"] == 4 and buckets["5.0"] == 4
+    assert buckets["+Inf"] == 5 and lag.total_s == pytest.approx(7.0074)

@@ -65,6 +65,8 @@ def test_the_locks_agree_and_are_what_is_installed() -> None:
     app, test = pins(REPO / "requirements/app.lock"), pins(REPO / "requirements/test.lock")
     assert app, "requirements/app.lock pins nothing"
     assert {n: test.get(n) for n in app} == app, "make lock: app.lock and test.lock differ"
+    client = pins(REPO / "requirements/client.lock")  # the client package's venv
+    assert {n: test.get(n) for n in client} == client, "make lock: client.lock and test.lock differ"
     installed = {n: version(n) for n in test}
     assert installed == test, "the venv is not what requirements/test.lock pins: make test reinstalls it"
 

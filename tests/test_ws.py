@@ -13,9 +13,9 @@ from typing import Any
 
 import httpx
 import pytest
+from coinsuper_gateway_client import GatewayStream, StreamEvent
 from httpx_ws import WebSocketDisconnect, aconnect_ws
 
-from app.client import GatewayStream, StreamEvent
 from tests.support import CuttingProxy, Mosquitto, wait_for
 from tests.world import CHANNELS, World, start_flowing
 

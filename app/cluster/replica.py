@@ -354,6 +354,7 @@ class Replica:
         self.following = Following(hub, pinned, lambda: self.connected)
         self.local_demand: dict[str, int] = {}
         self.wanted: list[str] = []
+        self.term = 0  # the fencing term, as housekeeping last read it
         self._lock = asyncio.Lock()
         self._taking_over = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -472,6 +473,7 @@ class Replica:
             demand, self.local_demand = self.local_demand, {}
             try:
                 await self.cluster.seen(self.role, now)
+                self.term = await self.cluster.current_term()
                 await self.cluster.demand(set(demand) | set(self.hub.streamed_channels()), now)
                 self.wanted = await self.cluster.wanted(now, self.idle_ms)
                 if self.leads:
@@ -537,7 +539,7 @@ class Replica:
 
     def counts(self) -> ClusterCounts:
         log = self.log
-        return ClusterCounts(self.connected, log.refused_writes, log.dropped_changes)
+        return ClusterCounts(self.connected, log.refused_writes, log.dropped_changes, self.term)
 
     def want(self, channel: Channel, cap: int) -> None:
         """A client of this replica wants ``channel``: the leader subscribes it

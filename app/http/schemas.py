@@ -226,6 +226,69 @@ class WsError(Problem):
     op: Literal["error"]
 
 
+# --- stream events (openapi/asyncapi.yaml, app/http/asyncapi.py) ------------
+# The data of each event of /v1/stream, which the WebSocket carries as the
+# ``data`` of its event frames. Strict (no other field), so that the frame
+# test in tests/ catches an event that grew a field the document lacks.
+
+STRICT = ConfigDict(extra="forbid")
+
+
+class SnapshotEvent(Envelope[DataT], Generic[DataT]):
+    """A snapshot channel's new state: the REST snapshot's envelope."""
+
+    model_config = STRICT
+
+
+class ItemEvent(BaseModel, Generic[DataT]):
+    """One new item of a log or map channel (a trade, an order's new state, a fill)."""
+
+    model_config = STRICT
+    channel: str = Field(examples=["trades:BTC_USD"])
+    symbol: str | None = Field(examples=["BTC/USD"])
+    seq: int = Field(description="the channel's sequence number: one per distinct item")
+    exchange_ts: int = Field(description="the item's own timestamp (ms)")
+    received_ts: int = Field(description="when the gateway received the push (ms)")
+    data: DataT
+
+
+class StatusEvent(BaseModel):
+    """A channel's status changed (or, with reason ``gap``, a trade push shared
+    nothing with the previous window: trades may be missing)."""
+
+    model_config = STRICT
+    channel: str
+    status: Literal["connecting", "live", "stale", "failed"]
+    reason: str | None = Field(
+        description="why: the link's or the broker's words, `gap`, or a Redis outage"
+    )
+    detail: str | None = Field(None, description="with reason `gap`: what it means")
+    ts: int = Field(description="when the gateway saw the change (ms)")
+
+
+class ResetEvent(BaseModel):
+    """The stream could not resume from the id given: fresh snapshots follow."""
+
+    model_config = STRICT
+    reason: str
+    epoch: str = Field(description="the epoch ids now start with")
+    channels: list[str]
+
+
+# Each event of a stream: its name and the model of its data.
+STREAM_EVENTS: dict[str, Any] = {
+    "orderbook": SnapshotEvent[OrderBook],
+    "depth": SnapshotEvent[Depth],
+    "kline": SnapshotEvent[Candle],
+    "assets": SnapshotEvent[Assets],
+    "trade": ItemEvent[Trade],
+    "order": ItemEvent[Order],
+    "fill": ItemEvent[Fill],
+    "status": StatusEvent,
+    "reset": ResetEvent,
+}
+
+
 WS_DESCRIPTION = """A WebSocket (text frames of JSON) with the events, ids and guarantees of
 `/v1/stream`, on which the client adds and drops channels as it goes.
 

@@ -13,6 +13,7 @@ what happened: events sent, and how each stream ended.
 from __future__ import annotations
 
 import json
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable
 
@@ -30,6 +31,7 @@ class Streams:
         self.events_sent = 0
         self.overflow_closes = 0
         self.stalled_closes = 0
+        self.lag = Lag()
 
     def admit(self, client: str) -> None:
         """Raise :class:`TooMany` unless one more stream of ``client`` fits."""
@@ -64,6 +66,34 @@ class Streams:
 
     def sent(self, count: int) -> None:
         self.events_sent += count
+
+
+# Upper bounds (seconds) of the fan-out lag's buckets, as Prometheus' `le`.
+LAG_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Lag:
+    """The fan-out lag: from the upstream message's receipt (the leader's, in
+    a cluster) to its event written to every ready follower's connection, one
+    observation per event that had any. A bisect and two additions an event,
+    read by /metrics as a histogram (app/metrics.py)."""
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LAG_BOUNDS) + 1)  # the last: above every bound
+        self.total_s = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(LAG_BOUNDS, seconds)] += 1
+        self.total_s += seconds
+
+    def buckets(self) -> list[tuple[str, int]]:
+        """Cumulative counts by upper bound, ``+Inf`` last."""
+        out: list[tuple[str, int]] = []
+        running = 0
+        for bound, count in zip((*map(str, LAG_BOUNDS), "+Inf"), self.counts, strict=True):
+            running += count
+            out.append((bound, running))
+        return out
 
 
 def reset_payload(epoch: str, channels: Iterable[str]) -> bytes:

@@ -204,7 +204,10 @@ class Fanout:
             subscription.last_write = now
             sink.write(data)
             written += 1
-        self.streams.sent(written)
+        streams = self.streams
+        streams.sent(written)
+        if written and event.received_ts:
+            streams.lag.observe(time.time() - event.received_ts / 1000)
         for subscription in overflowing:
             self.end(subscription, Ending.OVERFLOW)
 

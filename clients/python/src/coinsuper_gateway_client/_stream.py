@@ -1,7 +1,8 @@
-"""A Python client for the gateway's streams, for internal services.
+"""The gateway's streams: :class:`GatewayStream`.
 
-    async for event in GatewayStream("http://gateway:8000", ["trades:BTC_USD"]):
-        ...
+    async with GatewayStream("http://gateway:8000", ["trades:BTC_USD"]) as stream:
+        async for event in stream:
+            ...
 
 :class:`GatewayStream` is an async iterator of :class:`StreamEvent` over
 Server-Sent Events (httpx) or the WebSocket endpoint (httpx-ws). When the
@@ -27,6 +28,8 @@ from urllib.parse import quote
 import httpx
 from httpx_ws import AsyncWebSocketSession, HTTPXWSException, WebSocketDisconnect, aconnect_ws
 
+from coinsuper_gateway_client._problems import GatewayError
+
 APPEND_ONLY = frozenset({"trade", "order", "fill"})
 # What a dropped link raises; the stream resumes after any of them.
 DROPS = (httpx.HTTPError, HTTPXWSException, WebSocketDisconnect, OSError)
@@ -41,12 +44,8 @@ class StreamEvent:
     data: dict[str, Any]
 
 
-class StreamRefused(Exception):
+class StreamRefused(GatewayError):
     """The gateway refused the stream (a 4xx problem); ``problem`` says why."""
-
-    def __init__(self, problem: dict[str, Any]) -> None:
-        super().__init__(f"{problem.get('status')} {problem.get('title')}: {problem.get('detail')}")
-        self.problem = problem
 
 
 async def sse_blocks(lines: AsyncIterator[str]) -> AsyncGenerator[dict[str, str], None]:
@@ -67,6 +66,17 @@ async def sse_blocks(lines: AsyncIterator[str]) -> AsyncGenerator[dict[str, str]
 def _position(event_id: str) -> tuple[str, int]:
     epoch, _, seq = event_id.rpartition("-")
     return epoch, int(seq) if seq.isascii() and seq.isdigit() else -1
+
+
+async def _close(session: AsyncGenerator[StreamEvent, None]) -> None:
+    """Close a connection's events. httpx-ws closes its session from a task
+    group, which wraps the generator's GeneratorExit in a group: that is the
+    close asked for, not an error."""
+    try:
+        await session.aclose()
+    except BaseExceptionGroup as group:
+        if group.split(GeneratorExit)[1] is not None:
+            raise
 
 
 class GatewayStream:
@@ -91,11 +101,28 @@ class GatewayStream:
         self.first_delay = first_delay
         self.max_delay = max_delay
         self.reconnects = 0
+        self._events: AsyncGenerator[StreamEvent, None] | None = None
 
     def __aiter__(self) -> AsyncIterator[StreamEvent]:
-        return self._follow()
+        if self._events is None:
+            self._events = self._follow()
+        return self._events
 
-    async def _follow(self) -> AsyncIterator[StreamEvent]:
+    async def aclose(self) -> None:
+        """Close the connection. A caller that stops iterating before the
+        stream ends (a ``break``, a ``return``) closes it, or uses
+        ``async with``: an abandoned connection is closed only when it is
+        collected, outside the task that opened it."""
+        if self._events is not None:
+            await self._events.aclose()
+
+    async def __aenter__(self) -> GatewayStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def _follow(self) -> AsyncGenerator[StreamEvent, None]:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         failures = 0
         async with httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(10, read=None)) as http:
@@ -116,7 +143,7 @@ class GatewayStream:
                     if group.subgroup(DROPS) != group and group.split(DROPS)[1] is not None:
                         raise
                 finally:
-                    await session.aclose()
+                    await _close(session)
                 delay = min(self.max_delay, self.first_delay * 2**failures) * random.uniform(0.5, 1)
                 failures += 1
                 self.reconnects += 1
