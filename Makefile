@@ -25,11 +25,12 @@ LOWEST_STAMP := $(LOWEST)/.installed-$(SUM)
 CLIENT_STAMP := $(CLIENT)/.installed-$(SUM)
 NPM_STAMP := $(NPM_TOOLS)/node_modules/.installed-$(shell cksum < $(NPM_TOOLS)/package-lock.json | cut -d' ' -f1)
 # Debian packages the tests need: Mosquitto, the broker the integration tests
-# start, Redis, the engine of the cluster's shared parts, HAProxy, the load
+# start, Redis and its Sentinel, the engine of the cluster's shared parts and
+# its failover, HAProxy, the load
 # balancer of compose.yaml (its configuration is tested in front of replicas),
 # Chromium, the browser the page test drives (through Playwright), and
 # Prometheus, which runs every query of the Grafana dashboard against a gateway.
-DEBIAN_PACKAGES := mosquitto redis-server haproxy chromium prometheus
+DEBIAN_PACKAGES := mosquitto redis-server redis-sentinel haproxy chromium prometheus
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo serve cluster test test-unit test-lowest lock lint format openapi asyncapi asyncapi-validate dashboard system-deps bench bench-deps clean
@@ -118,9 +119,13 @@ test: system-deps $(STAMP) $(CLIENT_STAMP) lint asyncapi-validate test-lowest  #
 test-unit: $(STAMP)  ## the tests that start no process (no broker, Redis or gateway), the slowest property tests drawing a tenth of their examples
 	TESTS_QUICK=1 $(BIN)/pytest -q -n 2 -m "not processes"
 
+# Left out there: the locks' test (that venv is not the locked one) and the
+# committed AsyncAPI document's (pydantic writes its JSON schemas a little
+# differently from version to version; the document is made with the locked one).
 test-lowest: $(LOWEST_STAMP)  ## the same, on the lowest versions pyproject.toml allows (requirements/lowest.lock)
 	TESTS_QUICK=1 $(LOWEST)/bin/pytest -q -n 2 -p no:cacheprovider -m "not processes" \
-		--deselect tests/test_drift.py::test_the_locks_agree_and_are_what_is_installed
+		--deselect tests/test_drift.py::test_the_locks_agree_and_are_what_is_installed \
+		--deselect tests/test_asyncapi.py::test_the_committed_document_is_what_the_app_makes
 
 UV_OPTIONS := --quiet --generate-hashes --python-version 3.11 --python-platform x86_64-unknown-linux-gnu
 UV_COMPILE := $(BIN)/uv pip compile $(UV_OPTIONS) pyproject.toml
