@@ -426,7 +426,10 @@ def test_exactly_one_leader_through_a_minute_of_kills_and_restarts(
     terms: list[int] = []
     samples = with_leader = kills = 0
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    # At least a minute and at least 15 kills: a replica's start takes longer
+    # on a loaded machine, and the kills, not the clock, are what is tested.
+    while time.monotonic() < deadline or kills < 15:
+        assert time.monotonic() < deadline + 90, f"only {kills} kills in two and a half minutes"
         victim = rng.choice("abc")
         cluster.kill(victim)  # SIGKILL: the leader, a third of the time
         kills += 1
@@ -446,7 +449,7 @@ def test_exactly_one_leader_through_a_minute_of_kills_and_restarts(
         cluster.start(victim, port=ports[victim])
     cluster.leader()
     assert terms == sorted(terms), "the term never goes back"
-    assert kills >= 15 and with_leader > samples / 2
+    assert with_leader > samples / 2
     # The broker saw at most one session per client id at any time.
     assert overlapping_sessions(world.mosquitto.log_text()) == []
 
