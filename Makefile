@@ -63,6 +63,7 @@ $(CLIENT_STAMP): clients/python/pyproject.toml $(CLIENT_LOCK)
 	@touch $@
 
 $(NPM_STAMP): $(NPM_TOOLS)/package.json $(NPM_TOOLS)/package-lock.json
+	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nodejs npm; }
 	cd $(NPM_TOOLS) && npm ci --quiet --no-audit --no-fund --ignore-scripts
 	@rm -f $(NPM_TOOLS)/node_modules/.installed-*
 	@touch $@
@@ -70,9 +71,9 @@ $(NPM_STAMP): $(NPM_TOOLS)/package.json $(NPM_TOOLS)/package-lock.json
 demo: $(APP_STAMP)  ## run the gateway against the built-in simulated exchange
 	$(BIN)/coinsuper-gateway demo
 
-cluster: $(APP_STAMP)  ## three replicas on one Redis, following the simulated exchange (ports 8001-8003)
-	@dpkg -s redis-server >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server; }
-	$(BIN)/coinsuper-gateway cluster
+cluster: $(APP_STAMP)  ## three replicas on one Redis (SENTINEL=1: a master, a replica, three sentinels), following the simulated exchange (ports 8001-8003)
+	@dpkg -s redis-server redis-sentinel >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server redis-sentinel; }
+	$(BIN)/coinsuper-gateway cluster $(if $(SENTINEL),--sentinel)
 
 serve: $(APP_STAMP)  ## run the gateway against COINSUPER_URL
 	$(BIN)/coinsuper-gateway serve

@@ -33,7 +33,6 @@ from app.asgi import create_app
 from app.config import HELP, Settings, load_settings
 from app.domain.errors import ConfigError
 from app.gateway import Gateway
-from app.http import asyncapi
 from app.ingest.recording import Recorder, ReplaySource
 from app.logs import setup_logging
 from app.protocols.server import GatewayServer
@@ -319,6 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--leader-ttl-ms", type=int, default=3000, help="GATEWAY_LEADER_TTL_MS of the replicas"
     )
+    group.add_argument(
+        "--sentinel",
+        action="store_true",
+        help="a Redis master and replica behind three redis-sentinel processes, not one Redis",
+    )
 
     spec = commands.add_parser("openapi", help="write the OpenAPI description of the HTTP API")
     spec.add_argument("--output", default="-", help="file to write (default: standard output)")
@@ -363,7 +367,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command in ("openapi", "asyncapi"):
-            text = openapi_text() if args.command == "openapi" else asyncapi.text()
+            if args.command == "openapi":
+                text = openapi_text()
+            else:
+                from app.http import asyncapi  # PyYAML only for this command
+
+                text = asyncapi.text()
             if args.output == "-":
                 sys.stdout.write(text)
             else:
@@ -373,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _channels(args.url, args.token)
         if args.command == "cluster":
             setup_logging("info")
-            devcluster.run(args.replicas, args.base_port, args.leader_ttl_ms)
+            devcluster.run(args.replicas, args.base_port, args.leader_ttl_ms, args.sentinel)
             return 0
         if args.command == "simulate":
             setup_logging("info")

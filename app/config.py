@@ -13,7 +13,7 @@ import ipaddress
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.domain.channels import Channel, TopicTemplates, normalize_symbol, parse_channel
@@ -95,6 +95,14 @@ HELP: dict[str, str] = {
     "gateway_max_pending_upstream": "cap on channels waiting for their first data at once",
     "gateway_max_clock_skew_s": "reject upstream timestamps this far ahead of the receive time, seconds",
     "gateway_redis_url": "redis://HOST:PORT/DB: run as one replica of a cluster sharing that Redis",
+    "gateway_redis_sentinels": "HOST:PORT,HOST:PORT,…: the cluster's Redis found through these "
+    "Sentinels, following every failover (instead of GATEWAY_REDIS_URL)",
+    "gateway_redis_master": "the name the Sentinels monitor the cluster's Redis by",
+    "gateway_redis_sentinel_password": "the Sentinels' password, where they need one",
+    "gateway_redis_min_replicas": "Redis replicas that must hold a batch before the leader hands "
+    "it out (default 1 with Sentinels, 0 without)",
+    "gateway_redis_wait_ms": "how long the leader waits for them before handing a batch out "
+    "all the same (counted), milliseconds",
     "gateway_node_id": "this replica's name in the cluster (default: host name and process id)",
     "gateway_cluster": "the cluster's name, the prefix of its Redis keys",
     "gateway_leader_ttl_ms": "the leader's lease in Redis, milliseconds (renewed every third)",
@@ -178,6 +186,11 @@ class Settings(BaseSettings):
     gateway_max_clock_skew_s: float = Field(300.0, gt=0)
     # A cluster of replicas on Redis
     gateway_redis_url: SecretStr = SecretStr("")
+    gateway_redis_sentinels: str = ""
+    gateway_redis_master: str = Field("", max_length=200, pattern=r"^[A-Za-z0-9_.:-]*$")
+    gateway_redis_sentinel_password: SecretStr = SecretStr("")
+    gateway_redis_min_replicas: int | None = Field(None, ge=0, le=16)
+    gateway_redis_wait_ms: int = Field(200, ge=1, le=60_000)
     gateway_node_id: str = Field("", max_length=100, pattern=r"^[A-Za-z0-9_.:-]*$")
     gateway_cluster: str = Field(
         "coinsuper", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$"
@@ -221,6 +234,52 @@ class Settings(BaseSettings):
                 "allowed: redis://[:PASSWORD@]HOST[:PORT][/DB], rediss://…, unix://PATH"
             )
         return value
+
+    @field_validator("gateway_redis_sentinels")
+    @classmethod
+    def _check_sentinels(cls, value: str) -> str:
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            host, _, port = part.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"'{part[:60]}' is not a Sentinel's address; allowed: HOST:PORT,…")
+        return value
+
+    @model_validator(mode="after")
+    def _check_redis(self) -> Settings:
+        if self.gateway_redis_url.get_secret_value() and self.sentinels:
+            raise ValueError(
+                "GATEWAY_REDIS_URL and GATEWAY_REDIS_SENTINELS are both set; allowed: one of them "
+                "(a single Redis, or the Sentinels of a replicated one)"
+            )
+        if self.sentinels and not self.gateway_redis_master:
+            raise ValueError(
+                "GATEWAY_REDIS_SENTINELS needs GATEWAY_REDIS_MASTER: the name the Sentinels "
+                "monitor the Redis by"
+            )
+        if self.gateway_redis_master and not self.sentinels:
+            raise ValueError("GATEWAY_REDIS_MASTER is set without GATEWAY_REDIS_SENTINELS")
+        return self
+
+    @property
+    def sentinels(self) -> list[tuple[str, int]]:
+        """The Sentinels' addresses (GATEWAY_REDIS_SENTINELS)."""
+        out = []
+        for part in filter(None, (p.strip() for p in self.gateway_redis_sentinels.split(","))):
+            host, _, port = part.rpartition(":")
+            out.append((host.strip("[]"), int(port)))
+        return out
+
+    @property
+    def clustered(self) -> bool:
+        """Whether this process is a replica of a cluster (on a Redis, or Sentinels)."""
+        return bool(self.gateway_redis_url.get_secret_value() or self.sentinels)
+
+    @property
+    def redis_min_replicas(self) -> int:
+        """GATEWAY_REDIS_MIN_REPLICAS, or its default: 1 with Sentinels, 0 without."""
+        if self.gateway_redis_min_replicas is not None:
+            return self.gateway_redis_min_replicas
+        return 1 if self.sentinels else 0
 
     @field_validator("gateway_log_format")
     @classmethod
@@ -331,6 +390,7 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         error = exc.errors(include_url=False, include_input=False)[0]
-        variable = str(error["loc"][0]).upper() if error["loc"] else "settings"
         message = str(error["msg"]).removeprefix("Value error, ")
-        raise ConfigError(f"{variable}: {message}") from None
+        if not error["loc"]:  # a check of several settings names them itself
+            raise ConfigError(message) from None
+        raise ConfigError(f"{str(error['loc'][0]).upper()}: {message}") from None

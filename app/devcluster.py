@@ -5,6 +5,11 @@ directory), the simulated exchange, and three replicas of the gateway on ports
 8001–8003 (``--base-port``), each a process of its own that shares the Redis.
 It prints the URLs, then the leader whenever it changes, with the command that
 kills it; Ctrl-C stops everything.
+
+With ``--sentinel`` (``make cluster SENTINEL=1``) the Redis is a master and a
+replica watched by three ``redis-sentinel`` processes (quorum 2,
+``down-after-milliseconds`` 1000), and the replicas find the master through
+them: it prints how to kill the master, then the master whenever it changes.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from app.simulator import Simulator
 from app.simulator.broker import BrokerPorts, DemoAccount
 
 CHANNELS = "orderbook:BTC_USD:0.01,trades:BTC_USD,depth:BTC_USD,kline:BTC_USD:1m"
+SENTINEL_MASTER = "coinsuper"
 
 
 def _free_port() -> int:
@@ -38,11 +44,18 @@ def _free_port() -> int:
 
 
 class Launcher:
-    def __init__(self, replicas: int, base_port: int, ttl_ms: int) -> None:
+    def __init__(self, replicas: int, base_port: int, ttl_ms: int, sentinel: bool = False) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise ConfigError("redis-server is not installed (Debian package redis-server)")
         self.redis_binary = binary
+        self.sentinel_binary = shutil.which("redis-sentinel") if sentinel else None
+        if sentinel and self.sentinel_binary is None:
+            raise ConfigError("redis-sentinel is not installed (Debian package redis-sentinel)")
+        self.sentinel = sentinel
+        self.redis_replica_port = _free_port()
+        self.sentinel_ports = [_free_port() for _ in range(3)] if sentinel else []
+        self.servers: dict[str, subprocess.Popen[bytes]] = {}
         self.replicas = replicas
         self.base_port = base_port
         self.ttl_ms = ttl_ms
@@ -52,12 +65,14 @@ class Launcher:
         self.ports: dict[str, int] = {}
         self.token = os.environ.get("GATEWAY_TOKENS") or "demo-" + secrets.token_urlsafe(12)
 
-    def _spawn_redis(self) -> subprocess.Popen[bytes]:
+    def _spawn_redis(self, port: int, *extra: str) -> subprocess.Popen[bytes]:
+        data = self.dir / f"redis-{port}"
+        data.mkdir(exist_ok=True)
         return subprocess.Popen(
             [
                 self.redis_binary,
                 "--port",
-                str(self.redis_port),
+                str(port),
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -65,11 +80,39 @@ class Launcher:
                 "--appendonly",
                 "yes",
                 "--dir",
-                str(self.dir),
+                str(data),
+                *extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+
+    def _spawn_sentinel(self, index: int) -> subprocess.Popen[bytes]:
+        assert self.sentinel_binary is not None
+        config = self.dir / f"sentinel-{index}.conf"
+        config.write_text(
+            f"port {self.sentinel_ports[index]}\nbind 127.0.0.1\ndir {self.dir}\n"
+            f"sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {self.redis_port} 2\n"
+            f"sentinel down-after-milliseconds {SENTINEL_MASTER} 1000\n"
+            f"sentinel failover-timeout {SENTINEL_MASTER} 5000\n"
+        )
+        log = (self.dir / f"sentinel-{index}.log").open("ab")
+        return subprocess.Popen([self.sentinel_binary, str(config)], stdout=log, stderr=log)
+
+    def _start_redis(self) -> dict[str, str]:
+        """The Redis processes, and what a replica is told to find them."""
+        self.servers["redis"] = self._spawn_redis(self.redis_port)
+        if not self.sentinel:
+            return {"GATEWAY_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0"}
+        self.servers["redis replica"] = self._spawn_redis(
+            self.redis_replica_port, "--replicaof", "127.0.0.1", str(self.redis_port)
+        )
+        for index in range(3):
+            self.servers[f"sentinel {index + 1}"] = self._spawn_sentinel(index)
+        return {
+            "GATEWAY_REDIS_SENTINELS": ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports),
+            "GATEWAY_REDIS_MASTER": SENTINEL_MASTER,
+        }
 
     def _spawn_replica(self, node: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
         log = (self.dir / f"{node}.log").open("ab")
@@ -86,7 +129,7 @@ class Launcher:
         )
 
     async def run(self) -> None:
-        redis = self._spawn_redis()
+        redis_env = self._start_redis()
         account = DemoAccount()
         ports = BrokerPorts(tcp=_free_port(), ws=_free_port())
         simulator = Simulator(ports, account=account)
@@ -98,7 +141,7 @@ class Launcher:
             "COINSUPER_SECRET_KEY": account.secret_key,
             "COINSUPER_EMAIL": account.email,
             "COINSUPER_SUBSCRIBE": CHANNELS,
-            "GATEWAY_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0",
+            **redis_env,
             "GATEWAY_LEADER_TTL_MS": str(self.ttl_ms),
         }
         try:
@@ -115,14 +158,28 @@ class Launcher:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     process.wait(10)
             await simulator.stop()
-            redis.terminate()
-            redis.wait(10)
+            for server in self.servers.values():
+                server.terminate()
+            for server in self.servers.values():
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    server.wait(10)
 
     def _banner(self) -> str:
-        lines = [
-            f"coinsuper-gateway cluster: {self.replicas} replicas on one Redis "
-            f"(redis://127.0.0.1:{self.redis_port}/0), following a simulated exchange",
-        ]
+        if self.sentinel:
+            lines = [
+                f"coinsuper-gateway cluster: {self.replicas} replicas on a Redis master "
+                f"(127.0.0.1:{self.redis_port}, pid {self.servers['redis'].pid}) and its replica "
+                f"(127.0.0.1:{self.redis_replica_port}), found through three sentinels "
+                f"({', '.join(str(p) for p in self.sentinel_ports)}), following a simulated "
+                "exchange",
+                f"  kill the master kill -9 {self.servers['redis'].pid}   (the sentinels promote "
+                "the replica within a few seconds; streams go on with no reset)",
+            ]
+        else:
+            lines = [
+                f"coinsuper-gateway cluster: {self.replicas} replicas on one Redis "
+                f"(redis://127.0.0.1:{self.redis_port}/0), following a simulated exchange",
+            ]
         for node, port in self.ports.items():
             lines.append(
                 f"  {node}       http://127.0.0.1:{port}/   (pid {self.processes[node].pid})"
@@ -141,6 +198,7 @@ class Launcher:
     async def _watch(self, env: dict[str, str]) -> None:
         """Say who leads whenever that changes; start a killed replica again."""
         shown: tuple[str | None, int] | None = None
+        shown_master: str | None = None
         async with httpx.AsyncClient(timeout=1.0) as client:
             while True:
                 await asyncio.sleep(0.5)
@@ -159,6 +217,10 @@ class Launcher:
                             break
                 if report is None:
                     continue
+                master = report.get("redis", {}).get("master")
+                if self.sentinel and master != shown_master:
+                    shown_master = master
+                    print(f"Redis master: {master}", flush=True)
                 leader = report.get("leader")
                 now = (leader, int(report.get("term", 0)))
                 if now != shown and leader in self.processes:
@@ -170,7 +232,7 @@ class Launcher:
                     )
 
 
-def run(replicas: int, base_port: int, ttl_ms: int) -> None:
+def run(replicas: int, base_port: int, ttl_ms: int, sentinel: bool = False) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # its polling is not news
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(Launcher(replicas, base_port, ttl_ms).run())
+        asyncio.run(Launcher(replicas, base_port, ttl_ms, sentinel).run())

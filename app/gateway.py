@@ -17,6 +17,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 
+from app.cluster.connect import RedisTarget, SentinelRedis, SingleRedis
 from app.cluster.replica import ClusterDemand, RedisLog, Replica, default_node_id, follow_wanted
 from app.config import Settings
 from app.domain.channels import Channel, Kind
@@ -73,6 +74,17 @@ class Alone:
         return None
 
 
+def redis_target(settings: Settings) -> RedisTarget:
+    """The cluster's Redis: its URL, or the master its Sentinels name."""
+    if settings.sentinels:
+        password = settings.gateway_redis_sentinel_password.get_secret_value()
+        timeout = max(settings.gateway_leader_ttl_ms / 1000, 1.0)
+        return SentinelRedis(
+            settings.sentinels, settings.gateway_redis_master, password or None, timeout
+        )
+    return SingleRedis(settings.gateway_redis_url.get_secret_value())
+
+
 class Gateway:
     """One gateway process: its parts, wired; :attr:`ports` is what the HTTP
     side and the metrics work with."""
@@ -94,11 +106,13 @@ class Gateway:
             settings.gateway_max_streams, settings.gateway_max_streams_per_client
         )
         self.node = settings.gateway_node_id or default_node_id()
-        redis_url = settings.gateway_redis_url.get_secret_value()
-        if redis_url and replay is not None:
-            raise ConfigError("GATEWAY_REDIS_URL: a replay runs as one process; unset it to replay")
+        if settings.clustered and replay is not None:
+            raise ConfigError(
+                "GATEWAY_REDIS_URL / GATEWAY_REDIS_SENTINELS: a replay runs as one process; "
+                "unset them to replay"
+            )
         event_log: EventLog
-        if redis_url:
+        if settings.clustered:
             event_log = RedisLog(
                 self._make_store, self._make_replay, checkpoint_s=settings.gateway_checkpoint_s
             )
@@ -121,7 +135,7 @@ class Gateway:
             replica = Replica(
                 event_log,
                 self.hub,
-                redis_url,
+                redis_target(settings),
                 cluster=settings.gateway_cluster,
                 node=self.node,
                 ttl_ms=settings.gateway_leader_ttl_ms,
@@ -132,6 +146,8 @@ class Gateway:
                 on_follow=self._follow,
                 on_wanted=lambda names: follow_wanted(self.upstream.demand, names),
                 pinned=frozenset(channel.name for channel in settings.subscribe_channels),
+                min_replicas=settings.redis_min_replicas,
+                wait_ms=settings.gateway_redis_wait_ms,
             )
             self.following = replica.following
             self.membership = replica

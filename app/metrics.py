@@ -114,7 +114,13 @@ class GatewayCollector(Collector):
             "process leads",
         )
         term.add_metric([], counts.term)
-        yield from (up, refused, dropped, term)
+        unreplicated = CounterMetricFamily(
+            "coinsuper_cluster_unreplicated",
+            "Writes (batches of the log, lease steps) that fewer Redis replicas than "
+            "GATEWAY_REDIS_MIN_REPLICAS confirmed within GATEWAY_REDIS_WAIT_MS (handed out all the same)",
+        )
+        unreplicated.add_metric([], counts.unreplicated)
+        yield from (up, refused, dropped, term, unreplicated)
 
     def _collect(self) -> Iterator[Metric]:
         report = self.report

@@ -154,6 +154,7 @@ class ClusterCounts:
     refused_writes: int
     dropped_changes: int
     term: int  # the cluster's fencing term, as last read (0 before any leader)
+    unreplicated: int  # writes that fewer Redis replicas than asked confirmed in time
 
 
 class Membership(Protocol):

@@ -101,7 +101,7 @@ def check_ws(frame: Any) -> None:
             FAILURES.append(f"{text[:300]!r}: a frame that is not an object")
         return
     if "op" in message:
-        name = {"subscribed": "ws_ack", "unsubscribed": "ws_ack", "error": "ws_error"}.get(
+        name = {"subscribed": "ws_subscribed", "unsubscribed": "ws_unsubscribed", "error": "ws_error"}.get(
             str(message["op"]), f"ws_op_{message['op']}")
     else:
         name = f"ws_{message.get('event')}"

@@ -158,7 +158,7 @@ class RedisServer(Server):
     persistence unless asked (``keep``: an append-only file in the workdir, so
     that a restart keeps the data)."""
 
-    def __init__(self, workdir: Path, *, keep: bool = False) -> None:
+    def __init__(self, workdir: Path, *, keep: bool = False, extra: list[str] | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is not installed; `make test` installs it (Debian package redis-server)")
@@ -167,6 +167,7 @@ class RedisServer(Server):
         self.dir.mkdir()
         self.port = free_port()
         self.keep = keep
+        self.extra = extra or []  # more options: --replicaof, for one
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -178,11 +179,15 @@ class RedisServer(Server):
             "--appendonly", "no"]
         self.process = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             *persistence, "--dir", str(self.dir)],
+             *persistence, "--dir", str(self.dir), *self.extra],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         wait_for(lambda: self.cli("ping") == "PONG", 10, "redis-server to answer")
+
+    def role(self) -> str:
+        """``master`` or ``slave``, as the server says now."""
+        return self.cli("role").split("\n")[0] if self.process is not None else ""
 
     def cli(self, *args: str) -> str:
         done = subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True,
@@ -206,6 +211,83 @@ class RedisServer(Server):
                     file.unlink()
         self.start()
 
+
+
+class Sentinels:
+    """A replicated Redis with Sentinel, as the cluster's docs set it up:
+    Debian's redis-server as master and as its replica, and three Debian
+    redis-sentinel processes monitoring the master as ``NAME`` (quorum 2,
+    ``down-after-milliseconds`` ``down_after_ms``), all on free ports."""
+
+    NAME = "gateway"
+
+    def __init__(self, workdir: Path, *, down_after_ms: int = 1000) -> None:
+        binary = shutil.which("redis-sentinel")
+        if binary is None:
+            pytest.fail("redis-sentinel is not installed; `make test` installs it (Debian package redis-sentinel)")
+        self.binary = binary
+        self.workdir = workdir
+        self.down_after_ms = down_after_ms
+        self.master = RedisServer(workdir)
+        self.master.start()
+        self.replica = RedisServer(workdir, extra=["--replicaof", "127.0.0.1", str(self.master.port)])
+        self.replica.start()
+        wait_for(lambda: "master_link_status:up" in self.replica.cli("info", "replication"), 10,
+                 "the replica to sync")
+        self.ports = [free_port() for _ in range(3)]
+        self.processes: list[subprocess.Popen[bytes] | None] = [None, None, None]
+        for index in range(3):
+            self.start_sentinel(index)
+        wait_for(lambda: all(self.sentinel_cli(i, "sentinel", "replicas", self.NAME) for i in range(3))
+                 and all(self.known_sentinels(i) >= 2 for i in range(3)), 15,
+                 "the sentinels to find the replica and each other")
+
+    def start_sentinel(self, index: int) -> None:
+        config = self.workdir / f"sentinel-{index}.conf"
+        if not config.exists():  # a restarted sentinel keeps what it rewrote
+            config.write_text(
+                f"port {self.ports[index]}\nbind 127.0.0.1\ndir {self.workdir}\n"
+                f"sentinel monitor {self.NAME} 127.0.0.1 {self.master.port} 2\n"
+                f"sentinel down-after-milliseconds {self.NAME} {self.down_after_ms}\n"
+                f"sentinel failover-timeout {self.NAME} 5000\n"
+                f"sentinel parallel-syncs {self.NAME} 1\n")
+        log = (self.workdir / f"sentinel-{index}.log").open("ab")
+        self.processes[index] = subprocess.Popen([self.binary, str(config)], stdout=log, stderr=subprocess.STDOUT)
+        wait_for(lambda: self.sentinel_cli(index, "ping") == "PONG", 10, "redis-sentinel to answer")
+
+    def sentinel_cli(self, index: int, *args: str) -> str:
+        done = subprocess.run(["redis-cli", "-p", str(self.ports[index]), *args], capture_output=True,
+                              text=True, timeout=10)
+        return done.stdout.strip()
+
+    def known_sentinels(self, index: int) -> int:
+        lines = self.sentinel_cli(index, "sentinel", "master", self.NAME).split("\n")
+        fields = dict(zip(lines[::2], lines[1::2], strict=False))
+        return int(fields.get("num-other-sentinels", "0"))
+
+    def master_port(self, index: int = 0) -> int:
+        """The master's port as a sentinel says now."""
+        answer = self.sentinel_cli(index, "sentinel", "get-master-addr-by-name", self.NAME).split("\n")
+        return int(answer[1])
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What a gateway replica is given to find the master."""
+        return {"GATEWAY_REDIS_SENTINELS": ",".join(f"127.0.0.1:{port}" for port in self.ports),
+                "GATEWAY_REDIS_MASTER": self.NAME}
+
+    def kill_sentinel(self, index: int) -> None:
+        process = self.processes[index]
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait(10)
+        self.processes[index] = None
+
+    def close(self) -> None:
+        for index in range(3):
+            self.kill_sentinel(index)
+        self.replica.kill()
+        self.master.kill()
 
 
 class Publisher:

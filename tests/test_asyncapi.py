@@ -17,15 +17,16 @@ import pytest
 from httpx_ws import connect_ws
 
 from app.http import asyncapi, schemas
+from app.http.sinks import OVERFLOW_NOTE
 from tests import frames
 from tests.support import EventStream, gateway, wait_for
 
 TOKEN = "asyncapi-token"
 EVERY_CHANNEL = ["orderbook:BTC_USD:0.01", "depth:BTC_USD", "kline:BTC_USD:1m", "trades:BTC_USD",
                  "assets", "orders", "fills"]
-# Messages this run does not drive, and where they are checked: the end of a
-# stream that fell too far behind (tests/test_streams.py's slow readers, whose
-# frames tests/frames.py checks too).
+# Messages this run does not drive: the comment that ends a stream that fell
+# too far behind (tests/test_streams.py's slow readers read it from a raw
+# socket; its text is checked below, against the bytes the sink writes).
 NOT_DRIVEN_HERE = {"sse_closed"}
 
 
@@ -40,12 +41,20 @@ def test_it_names_every_event_op_and_close_code() -> None:
     for name in schemas.STREAM_EVENTS:
         assert {f"sse_{name}", f"ws_{name}"} <= messages
     assert {"sse_retry", "sse_position", "sse_heartbeat", "sse_closed",
-            "ws_subscribe", "ws_unsubscribe", "ws_ack", "ws_error"} <= messages
+            "ws_subscribe", "ws_unsubscribe", "ws_subscribed", "ws_unsubscribed", "ws_error"} <= messages
     ws = document["channels"]["ws"]
-    assert set(ws["x-close-codes"]) == {"1008", "1009", "1011", "1012", "1013"}
+    assert set(ws["x-close-codes"]) == {"1007", "1008", "1009", "1011", "1012", "1013"}
     assert all(f"`{code}`" in ws["description"] for code in ws["x-close-codes"])
     assert "AsyncAPI has no binding for Server-Sent Events" in " ".join(
         document["channels"]["stream"]["description"].split())
+
+
+def test_the_closing_comment_is_the_documents() -> None:
+    frames.take_failures()
+    frames.check_sse({":": OVERFLOW_NOTE.decode().strip()})
+    assert frames.take_failures() == []
+    assert OVERFLOW_NOTE.decode().strip() in frames.document()["components"]["messages"]["sse_closed"][
+        "payload"]["examples"]
 
 
 def test_a_frame_unlike_the_document_is_caught() -> None:

@@ -91,12 +91,17 @@ class Cluster:
 
 @pytest.fixture
 def cluster(world: World, redis_server: RedisServer) -> Iterator[Cluster]:
-    group = Cluster(world, redis_server)
+    yield from running(Cluster(world, redis_server))
+
+
+def running(group: Cluster) -> Iterator[Cluster]:
+    """A fixture's group of replicas: stopped after the test, whose logs must
+    show no fault of the replicas' own."""
     try:
         yield group
     finally:
         group.stop_all()
-    for path in group.logs:  # no replica logged a fault of its own
+    for path in group.logs:
         text = path.read_text(errors="replace")
         assert "Traceback" not in text and " ERROR " not in text, f"{path}:\n{text[-3000:]}"
 

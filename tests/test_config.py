@@ -62,3 +62,54 @@ def test_the_program_exits_2_with_one_line() -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith("coinsuper-gateway: configuration error: GATEWAY_PORT: ")
+
+
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        ({"GATEWAY_REDIS_URL": "redis://:pw-in-url@h:6379/0", "GATEWAY_REDIS_SENTINELS": "h:26379",
+          "GATEWAY_REDIS_MASTER": "m"}, "GATEWAY_REDIS_URL and GATEWAY_REDIS_SENTINELS are both set"),
+        ({"GATEWAY_REDIS_SENTINELS": "h:26379"}, "needs GATEWAY_REDIS_MASTER"),
+        ({"GATEWAY_REDIS_MASTER": "m"}, "without GATEWAY_REDIS_SENTINELS"),
+        ({"GATEWAY_REDIS_SENTINELS": "h:26379,nohost", "GATEWAY_REDIS_MASTER": "m"}, "HOST:PORT"),
+        ({"GATEWAY_REDIS_SENTINELS": "h:0", "GATEWAY_REDIS_MASTER": "m"}, "HOST:PORT"),
+        ({"GATEWAY_REDIS_MIN_REPLICAS": "-1"}, "GATEWAY_REDIS_MIN_REPLICAS"),
+    ],
+)
+def test_the_redis_settings_are_one_redis_or_its_sentinels(
+        monkeypatch: pytest.MonkeyPatch, env: dict[str, str], words: str) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    message = str(info.value)
+    assert words in message and "\n" not in message and "pw-in-url" not in message
+
+
+def test_sentinels_wait_for_one_replica_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().redis_min_replicas == 0 and not load_settings().clustered
+    monkeypatch.setenv("GATEWAY_REDIS_SENTINELS", "10.0.0.1:26379, [::1]:26380")
+    monkeypatch.setenv("GATEWAY_REDIS_MASTER", "coinsuper")
+    monkeypatch.setenv("GATEWAY_REDIS_SENTINEL_PASSWORD", "sentinel-secret")
+    settings = load_settings()
+    assert settings.sentinels == [("10.0.0.1", 26379), ("::1", 26380)]
+    assert settings.redis_min_replicas == 1 and settings.gateway_redis_wait_ms == 200 and settings.clustered
+    assert "sentinel-secret" not in repr(settings) + str(settings)
+    monkeypatch.setenv("GATEWAY_REDIS_MIN_REPLICAS", "0")
+    assert load_settings().redis_min_replicas == 0
+
+
+@pytest.mark.processes
+def test_both_redis_settings_exit_2_with_one_line() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "app", "serve"],
+        cwd=REPO,
+        env={"PATH": "/usr/bin:/bin", "GATEWAY_REDIS_URL": "redis://:hunter2@127.0.0.1:1/0",
+             "GATEWAY_REDIS_SENTINELS": "127.0.0.1:2", "GATEWAY_REDIS_MASTER": "m"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "both set" in lines[0] and "hunter2" not in result.stderr

@@ -43,7 +43,7 @@ def test_the_websocket_endpoint_and_its_messages_are_described() -> None:
     assert "101" in ws["responses"] and "last_event_id" in ws["description"]
     schemas = spec["components"]["schemas"]
     assert schemas["WsSubscribe"]["properties"]["op"]["const"] == "subscribe"
-    assert {"WsUnsubscribe", "WsAck", "WsEvent", "WsError"} <= schemas.keys()
+    assert {"WsUnsubscribe", "WsSubscribed", "WsUnsubscribed", "WsEvent", "WsError"} <= schemas.keys()
 
 
 @pytest.fixture(scope="module")

@@ -32,12 +32,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import secrets
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
+
+log = logging.getLogger("coinsuper_gateway.cluster")
 
 # KEYS: lease, term. ARGV: holder, ttl_ms. The term held, or 0 if another holds it.
 _LEAD = """
@@ -115,9 +118,17 @@ def _text(value: Any) -> str:
 class RedisCluster:
     """One process's view of a cluster's shared parts in Redis."""
 
-    def __init__(self, client: Redis, cluster: str, node: str) -> None:
+    def __init__(
+        self, client: Redis, cluster: str, node: str, *, min_replicas: int = 0, wait_ms: int = 200
+    ) -> None:
         self.client = client
         self.node = node
+        # WAIT after each batch and each lease step: that many Redis replicas
+        # hold it before it is acted on, or wait_ms have passed (counted).
+        self.min_replicas = min_replicas
+        self.wait_ms = wait_ms
+        self.unreplicated = 0
+        self._unconfirmed = False  # in an episode of WAITs that timed out
         # Node and process: a restarted process is another holder.
         self.holder = f"{node}:{secrets.token_hex(4)}"
         prefix = f"{cluster}:"
@@ -160,10 +171,46 @@ class RedisCluster:
     async def lead(self, ttl_ms: int) -> int | None:
         """Take or renew the lease for ``ttl_ms``: the fencing term this
         process leads with, or None while another holds it."""
-        term = await self._lead(
-            keys=[self.keys["lease"], self.keys["term"]], args=[self.holder, ttl_ms]
-        )
-        return int(term) or None
+        keys = [self.keys["lease"], self.keys["term"]]
+        if not self.min_replicas:
+            term = await self._lead(keys=keys, args=[self.holder, ttl_ms])
+            return int(term) or None
+        # The term goes through the same check as the log, so that a replica
+        # promoted by a failover never holds an older term than one acted on.
+        for attempt in range(2):
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.evalsha(self._lead.sha, 2, *keys, self.holder, ttl_ms)
+                pipe.execute_command("WAIT", self.min_replicas, self.wait_ms)
+                result, acked = await pipe.execute(raise_on_error=False)
+            if attempt == 0 and isinstance(result, NoScriptError):
+                await self.client.script_load(_LEAD)
+                continue
+            break
+        if isinstance(result, Exception):
+            raise result
+        self._replicated(acked)
+        return int(result) or None
+
+    def _replicated(self, acked: object) -> None:
+        """What WAIT answered: fewer replicas than asked is counted, and logged
+        once per episode (the batch goes out all the same)."""
+        if isinstance(acked, Exception):
+            raise acked
+        if int(acked) >= self.min_replicas:  # type: ignore[call-overload]
+            if self._unconfirmed:
+                log.info("Redis replicas confirm the cluster's writes again")
+                self._unconfirmed = False
+            return
+        self.unreplicated += 1
+        if not self._unconfirmed:
+            log.warning(
+                "%s of %d Redis replicas confirmed a write within %d ms (GATEWAY_REDIS_WAIT_MS): "
+                "writes go on unconfirmed, counted, until they confirm again",
+                acked,
+                self.min_replicas,
+                self.wait_ms,
+            )
+            self._unconfirmed = True
 
     async def leader(self) -> str | None:
         """The node that holds the lease, if any."""
@@ -200,11 +247,16 @@ class RedisCluster:
             async with self.client.pipeline(transaction=False) as pipe:
                 for data in entries:
                     pipe.evalsha(sha, 3, *keys, term, maxlen, data, epoch, max_age_ms)
+                if self.min_replicas:  # on the same connection: it waits for these writes
+                    pipe.execute_command("WAIT", self.min_replicas, self.wait_ms)
                 results = await pipe.execute(raise_on_error=False)
+            acked = results.pop() if self.min_replicas else None
             if attempt == 0 and results and all(isinstance(r, NoScriptError) for r in results):
                 await self.client.script_load(_APPEND)  # a Redis that restarted forgot it
                 continue
             break
+        if acked is not None:
+            self._replicated(acked)
         ids = []
         for result in results:
             if isinstance(result, ResponseError):

@@ -50,6 +50,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from app.cluster.connect import RedisTarget
 from app.cluster.entries import Entry, apply_entry, checkpoint, entry, read_checkpoint, restore
 from app.cluster.redislog import Fenced, Lease, RedisCluster
 from app.domain.channels import Channel, parse_channel
@@ -312,7 +313,7 @@ class Replica:
         self,
         log: RedisLog,
         hub: Hub,
-        url: str,
+        target: RedisTarget,
         *,
         cluster: str,
         node: str,
@@ -324,8 +325,11 @@ class Replica:
         on_follow: Callable[[], Coroutine[Any, Any, None]],
         on_wanted: Callable[[list[str]], None],
         pinned: frozenset[str] = frozenset(),
+        min_replicas: int = 0,
+        wait_ms: int = 200,
     ) -> None:
         self.log = log
+        self.target = target
         self.hub = hub
         self.node = node
         self.log_entries = max(log_entries, 1000)
@@ -337,15 +341,13 @@ class Replica:
         self.on_follow = on_follow
         self.on_wanted = on_wanted
         timeout = max(ttl_ms / 1000, 1.0)
-        self.client: Redis = Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
+        self.client: Redis = target.client(timeout, timeout)
         # The blocking reads get a connection of their own, with a timeout
         # longer than the block.
-        self.reader: Redis = Redis.from_url(
-            url, socket_timeout=_READ_BLOCK_MS / 1000 + timeout, socket_connect_timeout=timeout
+        self.reader: Redis = target.client(_READ_BLOCK_MS / 1000 + timeout, timeout)
+        self.cluster = RedisCluster(
+            self.client, cluster, node, min_replicas=min_replicas, wait_ms=wait_ms
         )
-        self.cluster = RedisCluster(self.client, cluster, node)
         self.lease = Lease(self.cluster, ttl_ms, on_gained=self._gained, on_lost=self._lost)
         log.on_refused = self.lease.drop
         self.reachable = False
@@ -539,7 +541,13 @@ class Replica:
 
     def counts(self) -> ClusterCounts:
         log = self.log
-        return ClusterCounts(self.connected, log.refused_writes, log.dropped_changes, self.term)
+        return ClusterCounts(
+            self.connected,
+            log.refused_writes,
+            log.dropped_changes,
+            self.term,
+            self.cluster.unreplicated,
+        )
 
     def want(self, channel: Channel, cap: int) -> None:
         """A client of this replica wants ``channel``: the leader subscribes it
@@ -574,6 +582,11 @@ class Replica:
             "term": await self.cluster.current_term(),
             "epoch": self.log.epoch,
             "nodes": await self.cluster.nodes(now, _NODE_FORGET_MS),
+            "redis": {
+                **self.target.describe(),
+                "master": await self.target.master(),
+                "min_replicas": self.cluster.min_replicas,
+            },
         }
 
 

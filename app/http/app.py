@@ -151,7 +151,13 @@ def describe(app: FastAPI) -> dict[str, Any]:
         components["schemas"].pop(unused, None)
     # OpenAPI has no WebSocket operation: the upgrade is described as a GET,
     # and its messages as schemas.
-    for model in (schemas.WsSubscribe, schemas.WsUnsubscribe, schemas.WsAck, schemas.WsEvent):
+    for model in (
+        schemas.WsSubscribe,
+        schemas.WsUnsubscribe,
+        schemas.WsSubscribed,
+        schemas.WsUnsubscribed,
+        schemas.WsEvent,
+    ):
         components["schemas"][model.__name__] = model.model_json_schema()
     error = schemas.WsError.model_json_schema()
     components["schemas"]["WsError"] = error
@@ -177,7 +183,8 @@ def describe(app: FastAPI) -> dict[str, Any]:
                     {"$ref": "#/components/schemas/WsUnsubscribe"},
                 ],
                 "gateway": [
-                    {"$ref": "#/components/schemas/WsAck"},
+                    {"$ref": "#/components/schemas/WsSubscribed"},
+                    {"$ref": "#/components/schemas/WsUnsubscribed"},
                     {"$ref": "#/components/schemas/WsEvent"},
                     {"$ref": "#/components/schemas/WsError"},
                 ],

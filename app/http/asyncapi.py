@@ -25,6 +25,8 @@ from pydantic.json_schema import models_json_schema
 
 from app import __version__
 from app.http import schemas
+from app.http.sinks import HEARTBEAT, OVERFLOW_CODE, OVERFLOW_NOTE, SHUTDOWN_CODE, STALLED_CODE
+from app.http.ws import POLICY
 
 REF = "#/components/schemas/{model}"
 ID_PATTERN = "^.+-[0-9]+$"  # EPOCH-SEQ
@@ -34,14 +36,17 @@ NO_ID = (
     "is not in the cluster's log, so it has no place in the sequence"
 )
 CLOSE_CODES = {
-    1008: "refused at the upgrade (a missing or wrong token with GATEWAY_REQUIRE_TOKEN, a cap on "
-    "streams: the error frame before it says which), or a whole burst of ops past "
-    "GATEWAY_WS_OPS_PER_S",
+    1007: "a text frame that is not UTF-8",
+    POLICY: "refused at the upgrade (a missing or wrong token with GATEWAY_REQUIRE_TOKEN, a cap "
+    "on streams, a server that is not the gateway's own: the error frame before it says which), "
+    "or a whole burst of ops past GATEWAY_WS_OPS_PER_S",
     1009: "a message over GATEWAY_WS_MAX_MESSAGE_BYTES",
-    1011: "the client took nothing for GATEWAY_SEND_TIMEOUT_S: its socket is closed at once",
-    1012: "the gateway is stopping (resume with the last id, from another replica or later)",
-    1013: "the client fell more than GATEWAY_CLIENT_BUFFER trades, orders or fills behind while "
-    "its connection was full: resume with last_event_id (nothing is lost)",
+    STALLED_CODE: "not seen by the client: one that took nothing for GATEWAY_SEND_TIMEOUT_S has "
+    "its socket dropped at once, with no close frame (the client sees 1006)",
+    SHUTDOWN_CODE: "the gateway is stopping (resume with the last id, from another replica or "
+    "later)",
+    OVERFLOW_CODE: "the client fell more than GATEWAY_CLIENT_BUFFER trades, orders or fills "
+    "behind while its connection was full: resume with last_event_id (nothing is lost)",
 }
 EVENT_SUMMARIES = {
     "orderbook": "An order book's new state (the REST snapshot's envelope)",
@@ -93,7 +98,8 @@ def _schemas() -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
         **{f"event:{name}": model for name, model in schemas.STREAM_EVENTS.items()},
         "WsSubscribe": schemas.WsSubscribe,
         "WsUnsubscribe": schemas.WsUnsubscribe,
-        "WsAck": schemas.WsAck,
+        "WsSubscribed": schemas.WsSubscribed,
+        "WsUnsubscribed": schemas.WsUnsubscribed,
         "WsError": schemas.WsError,
     }
     keyed, top = models_json_schema(
@@ -155,7 +161,7 @@ def _ws_event(name: str, payload: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _client_op(title: str, message: str) -> dict[str, Any]:
+def _client_op(title: str, message: str, ack: str) -> dict[str, Any]:
     """A client's op on the WebSocket, answered by an acknowledgement or an error."""
     ws = {"$ref": "#/channels/ws"}
     return {
@@ -166,7 +172,7 @@ def _client_op(title: str, message: str) -> dict[str, Any]:
         "reply": {
             "channel": ws,
             "messages": [
-                {"$ref": "#/channels/ws/messages/ws_ack"},
+                {"$ref": f"#/channels/ws/messages/{ack}"},
                 {"$ref": "#/channels/ws/messages/ws_error"},
             ],
         },
@@ -193,23 +199,25 @@ def document() -> dict[str, Any]:
             "dropped before any live event resumes from it",
             "id: a1b2c3d4-57",
         ),
-        "sse_heartbeat": _text("A comment when nothing else was sent", ": heartbeat"),
+        "sse_heartbeat": _text("A comment when nothing else was sent", HEARTBEAT.decode().strip()),
         "sse_closed": _text(
             "The comment that ends a stream that fell too far behind: resume with Last-Event-ID",
-            ": closed: this stream fell too far behind; resume with Last-Event-ID",
+            OVERFLOW_NOTE.decode().strip(),
         ),
     }
     ws_events = {f"ws_{name}": _ws_event(name, ref) for name, ref in events.items()}
     ops = {
         "ws_subscribe": ("subscribe", "Follow channels (resuming after last_event_id)"),
         "ws_unsubscribe": ("unsubscribe", "Stop following channels"),
-        "ws_ack": ("subscribed / unsubscribed", "An op was done"),
+        "ws_subscribed": ("subscribed", "A subscribe was done"),
+        "ws_unsubscribed": ("unsubscribed", "An unsubscribe was done"),
         "ws_error": ("error", "An op was refused (the connection stays open)"),
     }
     models = {
         "ws_subscribe": "WsSubscribe",
         "ws_unsubscribe": "WsUnsubscribe",
-        "ws_ack": "WsAck",
+        "ws_subscribed": "WsSubscribed",
+        "ws_unsubscribed": "WsUnsubscribed",
         "ws_error": "WsError",
     }
     ws_ops = {
@@ -224,7 +232,7 @@ def document() -> dict[str, Any]:
     }
     messages = sse | ws_ops | ws_events
 
-    def refs_to(names: list[str], channel: str) -> dict[str, Any]:
+    def refs_to(names: list[str]) -> dict[str, Any]:
         return {name: {"$ref": f"#/components/messages/{name}"} for name in names}
 
     stream_query = {
@@ -281,7 +289,7 @@ def document() -> dict[str, Any]:
                 "title": "Server-Sent Events",
                 "description": SSE_DESCRIPTION,
                 "servers": [{"$ref": "#/servers/http"}],
-                "messages": refs_to(list(sse), "stream"),
+                "messages": refs_to(list(sse)),
                 "bindings": {
                     "http": {"bindingVersion": "0.3.0"},
                 },
@@ -291,7 +299,7 @@ def document() -> dict[str, Any]:
                 "title": "WebSocket",
                 "description": WS_DESCRIPTION,
                 "servers": [{"$ref": "#/servers/ws"}],
-                "messages": refs_to(list(ws_ops) + list(ws_events), "ws"),
+                "messages": refs_to(list(ws_ops) + list(ws_events)),
                 "bindings": {
                     "ws": {
                         "method": "GET",
@@ -321,8 +329,10 @@ def document() -> dict[str, Any]:
                     "http": {"method": "GET", "query": stream_query, "bindingVersion": "0.3.0"}
                 },
             },
-            "wsSubscribe": _client_op("A client subscribes", "ws_subscribe"),
-            "wsUnsubscribe": _client_op("A client unsubscribes", "ws_unsubscribe"),
+            "wsSubscribe": _client_op("A client subscribes", "ws_subscribe", "ws_subscribed"),
+            "wsUnsubscribe": _client_op(
+                "A client unsubscribes", "ws_unsubscribe", "ws_unsubscribed"
+            ),
             "wsEvents": {
                 "action": "send",
                 "title": "The gateway sends the events of the channels subscribed",

@@ -16,6 +16,10 @@ from app.http.problems import PROBLEM_MEDIA_TYPE
 Decimal = str
 Level = list[Decimal]  # [price, quantity]
 DataT = TypeVar("DataT")
+# The answers' and events' models forbid other fields, so that the tests
+# (schemathesis on REST, tests/frames.py on the streams) catch an answer that
+# grew a field the documents lack.
+STRICT = ConfigDict(extra="forbid")
 
 
 class Problem(BaseModel):
@@ -35,6 +39,8 @@ class Problem(BaseModel):
 class Envelope(BaseModel, Generic[DataT]):
     """Every snapshot answer."""
 
+    model_config = STRICT
+
     channel: str = Field(examples=["orderbook:BTC_USD:0.01"])
     symbol: str | None = Field(examples=["BTC/USD"])
     seq: int = Field(description="grows by one with every accepted update of the channel")
@@ -47,12 +53,14 @@ class Envelope(BaseModel, Generic[DataT]):
 
 
 class OrderBook(BaseModel):
+    model_config = STRICT
     step: Decimal
     bids: list[Level] = Field(description="[price, quantity], highest price first")
     asks: list[Level] = Field(description="[price, quantity], lowest price first")
 
 
 class Depth(BaseModel):
+    model_config = STRICT
     depth_percent: Decimal
     asks_min_price: Decimal
     bids_max_price: Decimal
@@ -61,6 +69,7 @@ class Depth(BaseModel):
 
 
 class Candle(BaseModel):
+    model_config = STRICT
     range: str = Field(examples=["1m"])
     range_ms: int
     open_ts: int
@@ -72,6 +81,7 @@ class Candle(BaseModel):
 
 
 class Trade(BaseModel):
+    model_config = STRICT
     price: Decimal
     quantity: Decimal
     side: Literal["buy", "sell"]
@@ -79,17 +89,20 @@ class Trade(BaseModel):
 
 
 class Balance(BaseModel):
+    model_config = STRICT
     total: Decimal
     available: Decimal
     updated_ts: int
 
 
 class Assets(BaseModel):
+    model_config = STRICT
     user_no: str | None
     balances: dict[str, Balance]
 
 
 class Order(BaseModel):
+    model_config = STRICT
     order_no: str
     symbol: str
     side: Literal["buy", "sell"]
@@ -106,6 +119,7 @@ class Order(BaseModel):
 
 
 class Fill(BaseModel):
+    model_config = STRICT
     deal_no: str
     order_no: str
     symbol: str
@@ -200,16 +214,23 @@ class WsUnsubscribe(BaseModel):
     channels: list[str]
 
 
-class WsAck(BaseModel):
-    """Gateway → client: an op was done. ``position`` (subscribe) is the id to
-    resume from if the connection drops before any event."""
+class WsSubscribed(BaseModel):
+    """Gateway → client: a subscribe was done. ``position`` is the id to resume
+    from if the connection drops before any event."""
 
-    op: Literal["subscribed", "unsubscribed"]
+    model_config = STRICT
+    op: Literal["subscribed"]
     channels: list[str]
-    reset: bool | None = Field(
-        None, description="subscribe: the given last_event_id could not be resumed"
-    )
-    position: str | None = None
+    reset: bool = Field(description="the given last_event_id could not be resumed")
+    position: str = Field(description="EPOCH-SEQ: where this connection's events start")
+
+
+class WsUnsubscribed(BaseModel):
+    """Gateway → client: an unsubscribe was done."""
+
+    model_config = STRICT
+    op: Literal["unsubscribed"]
+    channels: list[str]
 
 
 class WsEvent(BaseModel):
@@ -228,10 +249,7 @@ class WsError(Problem):
 
 # --- stream events (openapi/asyncapi.yaml, app/http/asyncapi.py) ------------
 # The data of each event of /v1/stream, which the WebSocket carries as the
-# ``data`` of its event frames. Strict (no other field), so that the frame
-# test in tests/ catches an event that grew a field the document lacks.
-
-STRICT = ConfigDict(extra="forbid")
+# ``data`` of its event frames.
 
 
 class SnapshotEvent(Envelope[DataT], Generic[DataT]):
@@ -292,8 +310,8 @@ STREAM_EVENTS: dict[str, Any] = {
 WS_DESCRIPTION = """A WebSocket (text frames of JSON) with the events, ids and guarantees of
 `/v1/stream`, on which the client adds and drops channels as it goes.
 
-Client → gateway: `WsSubscribe` and `WsUnsubscribe`. Gateway → client: `WsAck`
-for each op, or `WsError` (the problem fields of REST; the connection stays);
+Client → gateway: `WsSubscribe` and `WsUnsubscribe`. Gateway → client:
+`WsSubscribed` or `WsUnsubscribed` for each op, or `WsError` (the problem fields of REST; the connection stays);
 then `WsEvent` frames. Subscribing sends the current snapshots of the new
 channels, or with `last_event_id` every missed event once, in order (or an
 event `reset` first when it cannot). Heartbeats are WebSocket pings. A client

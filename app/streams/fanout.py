@@ -207,7 +207,8 @@ class Fanout:
         streams = self.streams
         streams.sent(written)
         if written and event.received_ts:
-            streams.lag.observe(time.time() - event.received_ts / 1000)
+            # Never below 0: the leader's clock may run ahead of this replica's.
+            streams.lag.observe(max(0.0, time.time() - event.received_ts / 1000))
         for subscription in overflowing:
             self.end(subscription, Ending.OVERFLOW)
 

@@ -46,7 +46,8 @@ async def test_market_snapshots(base_url: str) -> None:
         trades = await gateway.trades("BTC_USD", limit=3, wait_ms=5000)
         assert len(trades["data"]) <= 3 and {t["side"] for t in trades["data"]} <= {"buy", "sell"}
         assert (await gateway.channels())["channels"]
-        assert isinstance(await gateway.ready(), bool)
+        answered = (await gateway.http.get(base_url + "/readyz")).status_code
+        assert await gateway.ready() == (answered == 200)
 
 
 async def test_a_bad_parameter_is_a_problem_naming_it(base_url: str) -> None:

@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import httpx
 
-from coinsuper_gateway_client._problems import GatewayError
+from coinsuper_gateway_client._problems import refused
 from coinsuper_gateway_client._stream import GatewayStream
 
 T = TypeVar("T")
@@ -113,8 +113,9 @@ class GatewayClient:
 
         async with GatewayClient("http://gateway:8000", token="…") as gateway:
             book = await gateway.orderbook("BTC_USD", step="0.01")
-            async for event in gateway.stream(["trades:BTC_USD"]):
-                ...
+            async with gateway.stream(["trades:BTC_USD"]) as stream:
+                async for event in stream:
+                    ...
 
     A refused request raises :class:`GatewayError` with the gateway's problem
     (``status`` 400 for a bad parameter, naming it and what is allowed; 401
@@ -134,9 +135,10 @@ class GatewayClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        # On every request, so that a client of the caller's own (``http``) sends it too.
+        self._auth = {"Authorization": f"Bearer {token}"} if token else {}
         self._own = http is None
-        self.http = http or httpx.AsyncClient(headers=headers, timeout=timeout)
+        self.http = http or httpx.AsyncClient(timeout=timeout)
 
     async def __aenter__(self) -> GatewayClient:
         return self
@@ -172,9 +174,9 @@ class GatewayClient:
     async def get(self, path: str, params: Mapping[str, str | int | None] | None = None) -> Any:
         """The JSON answer of ``GET path`` (a problem raises :class:`GatewayError`)."""
         query = {k: str(v) for k, v in (params or {}).items() if v is not None}
-        response = await self.http.get(self.base_url + path, params=query)
+        response = await self.http.get(self.base_url + path, params=query, headers=self._auth)
         if response.status_code >= 400:
-            raise _refused(response)
+            raise refused(response)
         return response.json()
 
     # --- market data --------------------------------------------------------
@@ -270,16 +272,5 @@ class GatewayClient:
 
     async def ready(self) -> bool:
         """Whether ``/readyz`` answers 200 (every configured channel live)."""
-        response = await self.http.get(self.base_url + "/readyz")
+        response = await self.http.get(self.base_url + "/readyz", headers=self._auth)
         return response.status_code == 200
-
-
-def _refused(response: httpx.Response) -> GatewayError:
-    try:
-        problem = response.json()
-    except ValueError:
-        problem = None
-    if not isinstance(problem, dict):
-        problem = {"status": response.status_code, "title": response.reason_phrase, "detail": ""}
-    retry = response.headers.get("retry-after")
-    return GatewayError(problem, float(retry) if retry and retry.isdigit() else None)

@@ -28,7 +28,7 @@ from urllib.parse import quote
 import httpx
 from httpx_ws import AsyncWebSocketSession, HTTPXWSException, WebSocketDisconnect, aconnect_ws
 
-from coinsuper_gateway_client._problems import GatewayError
+from coinsuper_gateway_client._problems import GatewayError, refused
 
 APPEND_ONLY = frozenset({"trade", "order", "fill"})
 # What a dropped link raises; the stream resumes after any of them.
@@ -102,8 +102,11 @@ class GatewayStream:
         self.max_delay = max_delay
         self.reconnects = 0
         self._events: AsyncGenerator[StreamEvent, None] | None = None
+        self._closed = False
 
     def __aiter__(self) -> AsyncIterator[StreamEvent]:
+        if self._closed:
+            raise RuntimeError("this stream is closed: make a new GatewayStream")
         if self._events is None:
             self._events = self._follow()
         return self._events
@@ -112,8 +115,11 @@ class GatewayStream:
         """Close the connection. A caller that stops iterating before the
         stream ends (a ``break``, a ``return``) closes it, or uses
         ``async with``: an abandoned connection is closed only when it is
-        collected, outside the task that opened it."""
-        if self._events is not None:
+        collected, outside the task that opened it. It is called from the
+        task that iterates; to stop a stream from another task, cancel that
+        task (the connection closes as the cancellation passes through)."""
+        self._closed = True
+        if self._events is not None and not getattr(self._events, "ag_running", False):
             await self._events.aclose()
 
     async def __aenter__(self) -> GatewayStream:
@@ -137,10 +143,10 @@ class GatewayStream:
                 except DROPS:
                     pass  # the link dropped: resume below
                 except BaseExceptionGroup as group:  # httpx-ws raises from its task group
-                    refused = group.subgroup(StreamRefused)
-                    if refused is not None:
-                        raise refused.exceptions[0] from None
-                    if group.subgroup(DROPS) != group and group.split(DROPS)[1] is not None:
+                    refusal = group.subgroup(StreamRefused)
+                    if refusal is not None:
+                        raise refusal.exceptions[0] from None
+                    if group.split(DROPS)[1] is not None:  # something other than a drop
                         raise
                 finally:
                     await _close(session)
@@ -169,7 +175,8 @@ class GatewayStream:
         async with http.stream("GET", url, headers=headers) as response:
             if 400 <= response.status_code < 500:
                 await response.aread()
-                raise StreamRefused(response.json())
+                problem = refused(response)
+                raise StreamRefused(problem.problem, problem.retry_after)
             response.raise_for_status()
             async for fields in sse_blocks(response.aiter_lines()):
                 if "data" in fields:
