@@ -7,7 +7,9 @@ for. Through Sentinel a client's connections ask the Sentinels for the master
 whenever they connect, and drop a connection to a master that was demoted
 (``READONLY``: redis-py's ``SentinelManagedConnection``), so the blocking
 reader, the writer, the lease and the housekeeping all follow a failover by
-themselves, at their next command. Nothing here logs an address with its
+themselves, at their next command. A follower reads the log from a replica
+where there is one, so that it hands out only what a replica holds, as the
+leader does after its ``WAIT``. Nothing here logs an address with its
 password: :meth:`describe` names hosts and ports only.
 """
 
@@ -30,6 +32,12 @@ class RedisTarget(Protocol):
         """A client of the Redis that takes writes (the master)."""
         ...
 
+    def reader(self, socket_timeout: float, connect_timeout: float) -> Redis:
+        """A client to follow the log with: where there are Redis replicas, one
+        of them, so that a follower hands out only entries a replica holds
+        (what the leader waits for before it hands them out itself)."""
+        ...
+
     async def master(self) -> str:
         """``HOST:PORT`` of the Redis followed now (Sentinel: asked afresh)."""
         ...
@@ -47,6 +55,9 @@ class SingleRedis:
         return Redis.from_url(
             self.url, socket_timeout=socket_timeout, socket_connect_timeout=connect_timeout
         )
+
+    def reader(self, socket_timeout: float, connect_timeout: float) -> Redis:
+        return self.client(socket_timeout, connect_timeout)
 
     async def master(self) -> str:
         parts = urlsplit(self.url)
@@ -84,6 +95,14 @@ class SentinelRedis:
 
     def client(self, socket_timeout: float, connect_timeout: float) -> Redis:
         client: Redis = self.sentinel.master_for(
+            self.name, socket_timeout=socket_timeout, socket_connect_timeout=connect_timeout
+        )
+        return client
+
+    def reader(self, socket_timeout: float, connect_timeout: float) -> Redis:
+        # A replica, the master when none answers (redis-py's slave pool
+        # falls back to it).
+        client: Redis = self.sentinel.slave_for(
             self.name, socket_timeout=socket_timeout, socket_connect_timeout=connect_timeout
         )
         return client

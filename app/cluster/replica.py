@@ -344,7 +344,8 @@ class Replica:
         self.client: Redis = target.client(timeout, timeout)
         # The blocking reads get a connection of their own, with a timeout
         # longer than the block.
-        self.reader: Redis = target.client(_READ_BLOCK_MS / 1000 + timeout, timeout)
+        read = target.reader if min_replicas else target.client
+        self.reader: Redis = read(_READ_BLOCK_MS / 1000 + timeout, timeout)
         self.cluster = RedisCluster(
             self.client, cluster, node, min_replicas=min_replicas, wait_ms=wait_ms
         )
