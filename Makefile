@@ -48,14 +48,16 @@ $(STAMP): $(APP_STAMP) $(TEST_LOCK)
 	@rm -f $(VENV)/.installed-test-*
 	@touch $@
 
-$(LOWEST_STAMP): pyproject.toml $(LOWEST_LOCK)
+# After the gateway's own venv (order only): two editable installs of one tree
+# at once would race on its egg-info.
+$(LOWEST_STAMP): pyproject.toml $(LOWEST_LOCK) | $(STAMP)
 	@test -x $(LOWEST)/bin/python || $(PYTHON) -m venv $(LOWEST)
 	$(LOWEST)/bin/python -m pip install --quiet --require-hashes -r $(LOWEST_LOCK)
 	$(LOWEST)/bin/python -m pip install --quiet --no-deps -e . -e clients/python
 	@rm -f $(LOWEST)/.installed-*
 	@touch $@
 
-$(CLIENT_STAMP): clients/python/pyproject.toml $(CLIENT_LOCK)
+$(CLIENT_STAMP): clients/python/pyproject.toml $(CLIENT_LOCK) | $(STAMP)
 	@test -x $(CLIENT)/bin/python || $(PYTHON) -m venv $(CLIENT)
 	$(CLIENT)/bin/python -m pip install --quiet --require-hashes -r $(CLIENT_LOCK)
 	$(CLIENT)/bin/python -m pip install --quiet --no-deps --force-reinstall ./clients/python
@@ -113,7 +115,11 @@ format: $(STAMP)
 	$(BIN)/ruff format app clients/python/src
 	$(BIN)/ruff check --fix app tests bench clients/python deploy
 
-test: system-deps $(STAMP) $(CLIENT_STAMP) lint asyncapi-validate test-lowest  ## install what the tests need, then run them
+# The installs (the gateway's venv, the client's, the lowest versions', the
+# npm tools) mostly wait on downloads, so they run at once, and the checks
+# start as soon as what each needs is there (each target's output kept together).
+test: system-deps  ## install what the tests need, then run them
+	@$(MAKE) --no-print-directory -j4 --output-sync=target $(CLIENT_STAMP) lint asyncapi-validate test-lowest
 	$(BIN)/pytest -q -n 2 --dist loadfile --ignore tests/test_openapi.py
 	$(BIN)/pytest -q tests/test_openapi.py  # alone: under xdist schemathesis' operations share one id, and one would run
 

@@ -221,20 +221,27 @@ class Sentinels:
 
     NAME = "gateway"
 
-    def __init__(self, workdir: Path, *, down_after_ms: int = 1000) -> None:
+    def __init__(self, workdir: Path, *, down_after_ms: int = 1000, password: str = "") -> None:
         binary = shutil.which("redis-sentinel")
         if binary is None:
             pytest.fail("redis-sentinel is not installed; `make test` installs it (Debian package redis-sentinel)")
         self.binary = binary
         self.workdir = workdir
         self.down_after_ms = down_after_ms
-        self.master = RedisServer(workdir)
+        self.password = password  # the sentinels' own (requirepass, and to each other)
+        # A replica syncs at once (Redis waits 5 s for more replicas by default).
+        self.master = RedisServer(workdir, extra=["--repl-diskless-sync-delay", "0"])
         self.master.start()
-        self.replica = RedisServer(workdir, extra=["--replicaof", "127.0.0.1", str(self.master.port)])
+        self.replica = RedisServer(workdir, extra=["--replicaof", "127.0.0.1", str(self.master.port),
+                                                   "--repl-diskless-sync-delay", "0"])
         self.replica.start()
         wait_for(lambda: "master_link_status:up" in self.replica.cli("info", "replication"), 10,
                  "the replica to sync")
         self.ports = [free_port() for _ in range(3)]
+        # Each sentinel is told its own id and the others' (and the replica),
+        # as Sentinel writes them once it has found them: no waiting seconds
+        # for their hellos before a test may begin.
+        self.ids = [os.urandom(20).hex() for _ in range(3)]
         self.processes: list[subprocess.Popen[bytes] | None] = [None, None, None]
         for index in range(3):
             self.start_sentinel(index)
@@ -250,13 +257,20 @@ class Sentinels:
                 f"sentinel monitor {self.NAME} 127.0.0.1 {self.master.port} 2\n"
                 f"sentinel down-after-milliseconds {self.NAME} {self.down_after_ms}\n"
                 f"sentinel failover-timeout {self.NAME} 5000\n"
-                f"sentinel parallel-syncs {self.NAME} 1\n")
+                f"sentinel parallel-syncs {self.NAME} 1\n"
+                f"sentinel myid {self.ids[index]}\n"
+                f"sentinel known-replica {self.NAME} 127.0.0.1 {self.replica.port}\n"
+                + "".join(f"sentinel known-sentinel {self.NAME} 127.0.0.1 {port} {self.ids[other]}\n"
+                          for other, port in enumerate(self.ports) if other != index)
+                + (f"requirepass {self.password}\nsentinel sentinel-pass {self.password}\n"
+                   if self.password else ""))
         log = (self.workdir / f"sentinel-{index}.log").open("ab")
         self.processes[index] = subprocess.Popen([self.binary, str(config)], stdout=log, stderr=subprocess.STDOUT)
         wait_for(lambda: self.sentinel_cli(index, "ping") == "PONG", 10, "redis-sentinel to answer")
 
     def sentinel_cli(self, index: int, *args: str) -> str:
-        done = subprocess.run(["redis-cli", "-p", str(self.ports[index]), *args], capture_output=True,
+        auth = ["-a", self.password, "--no-auth-warning"] if self.password else []
+        done = subprocess.run(["redis-cli", "-p", str(self.ports[index]), *auth, *args], capture_output=True,
                               text=True, timeout=10)
         return done.stdout.strip()
 
@@ -273,8 +287,11 @@ class Sentinels:
     @property
     def env(self) -> dict[str, str]:
         """What a gateway replica is given to find the master."""
-        return {"GATEWAY_REDIS_SENTINELS": ",".join(f"127.0.0.1:{port}" for port in self.ports),
-                "GATEWAY_REDIS_MASTER": self.NAME}
+        env = {"GATEWAY_REDIS_SENTINELS": ",".join(f"127.0.0.1:{port}" for port in self.ports),
+               "GATEWAY_REDIS_MASTER": self.NAME}
+        if self.password:
+            env["GATEWAY_REDIS_SENTINEL_PASSWORD"] = self.password
+        return env
 
     def kill_sentinel(self, index: int) -> None:
         process = self.processes[index]
