@@ -521,7 +521,11 @@ class CuttingProxy:
 
 
 def examples(full: int) -> int:
-    """How many examples a slow property test draws: ``full`` in ``make test``,
-    a tenth (at least 20) in the quick run, ``make test-unit``, which sets
-    TESTS_QUICK=1."""
-    return max(20, full // 10) if os.environ.get("TESTS_QUICK") == "1" else full
+    """How many examples a slow property test draws: three fifths of ``full``
+    in ``make test`` (whose whole run must stay under ten minutes on two
+    cores), all of them with TESTS_DEEP=1 (``TESTS_DEEP=1 make test``), a
+    tenth (at least 20) in the quick runs, ``make test-unit`` and
+    ``make test-lowest``, which set TESTS_QUICK=1."""
+    if os.environ.get("TESTS_QUICK") == "1":
+        return max(20, full // 10)
+    return full if os.environ.get("TESTS_DEEP") == "1" else full * 3 // 5
