@@ -238,10 +238,7 @@ class Settings(BaseSettings):
     @field_validator("gateway_redis_sentinels")
     @classmethod
     def _check_sentinels(cls, value: str) -> str:
-        for part in filter(None, (p.strip() for p in value.split(","))):
-            host, _, port = part.rpartition(":")
-            if not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise ValueError(f"'{part[:60]}' is not a Sentinel's address; allowed: HOST:PORT,…")
+        _addresses(value)
         return value
 
     @model_validator(mode="after")
@@ -263,11 +260,7 @@ class Settings(BaseSettings):
     @property
     def sentinels(self) -> list[tuple[str, int]]:
         """The Sentinels' addresses (GATEWAY_REDIS_SENTINELS)."""
-        out = []
-        for part in filter(None, (p.strip() for p in self.gateway_redis_sentinels.split(","))):
-            host, _, port = part.rpartition(":")
-            out.append((host.strip("[]"), int(port)))
-        return out
+        return _addresses(self.gateway_redis_sentinels)
 
     @property
     def clustered(self) -> bool:
@@ -380,6 +373,18 @@ def _readable(path: str) -> str:
         except OSError as exc:
             raise ValueError(f"cannot read '{path[:200]}': {exc.strerror}") from None
     return path
+
+
+def _addresses(text: str) -> list[tuple[str, int]]:
+    """``HOST:PORT,…`` (an IPv6 host in brackets) as (host, port) pairs, or
+    ValueError naming the first that is not one."""
+    out = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        host, _, port = part.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"'{part[:60]}' is not a Sentinel's address; allowed: HOST:PORT,…")
+        out.append((host.strip("[]"), int(port)))
+    return out
 
 
 def load_settings(**overrides: Any) -> Settings:

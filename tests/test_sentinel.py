@@ -28,6 +28,7 @@ from tests.test_cluster import (
     log_trades,
     running,
     stream,
+    until_delivered,
     wait_serving,
 )
 from tests.world import World, trades_of
@@ -89,12 +90,8 @@ def pushing_until(world: World, streams: list[EventStream], start: int, timeout:
 
 def every_trade_once(world: World, streams: list[EventStream], start: int) -> list[dict[str, Any]]:
     expected = world.tape.as_events(start)
-
-    def served() -> bool:
-        world.tape.push()
-        return all(trades_of(s) == expected for s in streams)
-
-    wait_for(served, 15, "every trade on every stream", interval=0.3)
+    until_delivered(world, lambda: all(trades_of(s) == expected for s in streams), 15,
+                    "every trade on every stream")
     return expected
 
 

@@ -172,24 +172,35 @@ class RedisCluster:
         """Take or renew the lease for ``ttl_ms``: the fencing term this
         process leads with, or None while another holds it."""
         keys = [self.keys["lease"], self.keys["term"]]
-        if not self.min_replicas:
-            term = await self._lead(keys=keys, args=[self.holder, ttl_ms])
-            return int(term) or None
         # The term goes through the same check as the log, so that a replica
         # promoted by a failover never holds an older term than one acted on.
-        for attempt in range(2):
-            async with self.client.pipeline(transaction=False) as pipe:
-                pipe.evalsha(self._lead.sha, 2, *keys, self.holder, ttl_ms)
-                pipe.execute_command("WAIT", self.min_replicas, self.wait_ms)
-                result, acked = await pipe.execute(raise_on_error=False)
-            if attempt == 0 and isinstance(result, NoScriptError):
-                await self.client.script_load(_LEAD)
-                continue
-            break
+        (result,) = await self._scripted(_LEAD, self._lead.sha, [[2, *keys, self.holder, ttl_ms]])
         if isinstance(result, Exception):
             raise result
-        self._replicated(acked)
         return int(result) or None
+
+    async def _scripted(self, source: str, sha: str, calls: list[list[Any]]) -> list[Any]:
+        """EVALSHA once per call, in order, in one round trip (errors returned,
+        not raised), then, with ``min_replicas``, a WAIT on the same connection
+        for those writes. A Redis that restarted forgot the script: it is
+        loaded and the calls sent again. EVALSHA straight away: a script run
+        through a pipeline would ask Redis whether it knows the script first, a
+        round trip per batch."""
+        for attempt in range(2):
+            async with self.client.pipeline(transaction=False) as pipe:
+                for args in calls:
+                    pipe.evalsha(sha, *args)
+                if self.min_replicas:
+                    pipe.execute_command("WAIT", self.min_replicas, self.wait_ms)
+                results = await pipe.execute(raise_on_error=False)
+            acked = results.pop() if self.min_replicas else None
+            if attempt == 0 and results and all(isinstance(r, NoScriptError) for r in results):
+                await self.client.script_load(source)
+                continue
+            break
+        if acked is not None:
+            self._replicated(acked)
+        return results
 
     def _replicated(self, acked: object) -> None:
         """What WAIT answered: fewer replicas than asked is counted, and logged
@@ -240,23 +251,8 @@ class RedisCluster:
         script that writes it: their ids. Raises :class:`Fenced` (after the
         ones before it were written) when an append is refused."""
         keys = [self.keys["term"], self.keys["log"], self.keys["epoch"]]
-        sha = self._append.sha
-        for attempt in range(2):
-            # EVALSHA straight away: a script run through a pipeline would ask
-            # Redis whether it knows the script first, a round trip per batch.
-            async with self.client.pipeline(transaction=False) as pipe:
-                for data in entries:
-                    pipe.evalsha(sha, 3, *keys, term, maxlen, data, epoch, max_age_ms)
-                if self.min_replicas:  # on the same connection: it waits for these writes
-                    pipe.execute_command("WAIT", self.min_replicas, self.wait_ms)
-                results = await pipe.execute(raise_on_error=False)
-            acked = results.pop() if self.min_replicas else None
-            if attempt == 0 and results and all(isinstance(r, NoScriptError) for r in results):
-                await self.client.script_load(_APPEND)  # a Redis that restarted forgot it
-                continue
-            break
-        if acked is not None:
-            self._replicated(acked)
+        calls = [[3, *keys, term, maxlen, data, epoch, max_age_ms] for data in entries]
+        results = await self._scripted(_APPEND, self._append.sha, calls)
         ids = []
         for result in results:
             if isinstance(result, ResponseError):

@@ -92,15 +92,26 @@ Close codes: """
 )
 
 
+# The WebSocket's ops and their answers: message, title, summary, model.
+WS_OPS: dict[str, tuple[str, str, type[BaseModel]]] = {
+    "ws_subscribe": (
+        "subscribe",
+        "Follow channels (resuming after last_event_id)",
+        schemas.WsSubscribe,
+    ),
+    "ws_unsubscribe": ("unsubscribe", "Stop following channels", schemas.WsUnsubscribe),
+    "ws_subscribed": ("subscribed", "A subscribe was done", schemas.WsSubscribed),
+    "ws_unsubscribed": ("unsubscribed", "An unsubscribe was done", schemas.WsUnsubscribed),
+    "ws_error": ("error", "An op was refused (the connection stays open)", schemas.WsError),
+}
+
+
 def _schemas() -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """The components' schemas, and each model's reference by name."""
+    """The components' schemas, and each model's reference: by event name, and
+    by the WebSocket op's message."""
     models: dict[str, type[BaseModel]] = {
-        **{f"event:{name}": model for name, model in schemas.STREAM_EVENTS.items()},
-        "WsSubscribe": schemas.WsSubscribe,
-        "WsUnsubscribe": schemas.WsUnsubscribe,
-        "WsSubscribed": schemas.WsSubscribed,
-        "WsUnsubscribed": schemas.WsUnsubscribed,
-        "WsError": schemas.WsError,
+        **schemas.STREAM_EVENTS,
+        **{key: model for key, (_, _, model) in WS_OPS.items()},
     }
     keyed, top = models_json_schema(
         [(model, "serialization") for model in models.values()], ref_template=REF
@@ -190,7 +201,7 @@ def _text(summary: str, example: str) -> dict[str, Any]:
 def document() -> dict[str, Any]:
     """The whole AsyncAPI document, as a mapping (written as YAML)."""
     components, refs = _schemas()
-    events = {name: refs[f"event:{name}"] for name in schemas.STREAM_EVENTS}
+    events = {name: refs[name] for name in schemas.STREAM_EVENTS}
     sse = {f"sse_{name}": _sse_message(name, ref) for name, ref in events.items()}
     sse |= {
         "sse_retry": _text("The first block: the reconnection delay (ms)", "retry: 2000"),
@@ -206,29 +217,15 @@ def document() -> dict[str, Any]:
         ),
     }
     ws_events = {f"ws_{name}": _ws_event(name, ref) for name, ref in events.items()}
-    ops = {
-        "ws_subscribe": ("subscribe", "Follow channels (resuming after last_event_id)"),
-        "ws_unsubscribe": ("unsubscribe", "Stop following channels"),
-        "ws_subscribed": ("subscribed", "A subscribe was done"),
-        "ws_unsubscribed": ("unsubscribed", "An unsubscribe was done"),
-        "ws_error": ("error", "An op was refused (the connection stays open)"),
-    }
-    models = {
-        "ws_subscribe": "WsSubscribe",
-        "ws_unsubscribe": "WsUnsubscribe",
-        "ws_subscribed": "WsSubscribed",
-        "ws_unsubscribed": "WsUnsubscribed",
-        "ws_error": "WsError",
-    }
     ws_ops = {
         key: {
             "name": key.removeprefix("ws_"),
             "title": title,
             "summary": summary,
             "contentType": "application/json",
-            "payload": refs[models[key]],
+            "payload": refs[key],
         }
-        for key, (title, summary) in ops.items()
+        for key, (title, summary, _) in WS_OPS.items()
     }
     messages = sse | ws_ops | ws_events
 
