@@ -10,6 +10,8 @@ TEST_LOCK := requirements/test.lock
 # unit tests run on them too, in a venv of their own, so that the lower bounds
 # stay true.
 LOWEST_LOCK := requirements/lowest.lock
+# pip itself, first in every venv (requirements/pip.lock says why).
+PIP_LOCK := requirements/pip.lock
 LOWEST := .venv-lowest
 # The client package (clients/python) in a venv of its own, with only what it
 # needs (requirements/client.lock), as a service that installs it would have.
@@ -17,7 +19,7 @@ CLIENT_LOCK := requirements/client.lock
 CLIENT := .venv-client
 # The npm tools of the tests (the AsyncAPI CLI), from their lock file.
 NPM_TOOLS := requirements/npm
-SUM := $(shell cat pyproject.toml clients/python/pyproject.toml $(APP_LOCK) $(TEST_LOCK) $(LOWEST_LOCK) $(CLIENT_LOCK) | cksum | cut -d' ' -f1)
+SUM := $(shell cat pyproject.toml clients/python/pyproject.toml $(PIP_LOCK) $(APP_LOCK) $(TEST_LOCK) $(LOWEST_LOCK) $(CLIENT_LOCK) | cksum | cut -d' ' -f1)
 # What the gateway needs (make demo), and that plus the test tooling (make test).
 APP_STAMP := $(VENV)/.installed-app-$(SUM)
 STAMP := $(VENV)/.installed-test-$(SUM)
@@ -37,6 +39,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(APP_STAMP): pyproject.toml $(APP_LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(PIP_LOCK)
 	$(BIN)/python -m pip install --quiet --require-hashes -r $(APP_LOCK)
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	@rm -f $(VENV)/.installed-app-*
@@ -53,12 +56,14 @@ $(STAMP): $(APP_STAMP) $(TEST_LOCK)
 # runs beside the gateway's own, with no second build of the tree's egg-info.
 $(LOWEST_STAMP): pyproject.toml $(LOWEST_LOCK)
 	@test -x $(LOWEST)/bin/python || $(PYTHON) -m venv $(LOWEST)
+	$(LOWEST)/bin/python -m pip install --quiet --require-hashes -r $(PIP_LOCK)
 	$(LOWEST)/bin/python -m pip install --quiet --require-hashes -r $(LOWEST_LOCK)
 	@rm -f $(LOWEST)/.installed-*
 	@touch $@
 
 $(CLIENT_STAMP): clients/python/pyproject.toml $(CLIENT_LOCK) | $(STAMP)
 	@test -x $(CLIENT)/bin/python || $(PYTHON) -m venv $(CLIENT)
+	$(CLIENT)/bin/python -m pip install --quiet --require-hashes -r $(PIP_LOCK)
 	$(CLIENT)/bin/python -m pip install --quiet --require-hashes -r $(CLIENT_LOCK)
 	$(CLIENT)/bin/python -m pip install --quiet --no-deps --force-reinstall ./clients/python
 	@rm -f $(CLIENT)/.installed-*
