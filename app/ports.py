@@ -84,15 +84,29 @@ class Feed(Protocol):
     def epoch(self) -> str: ...
     def position(self) -> str: ...
     def open(
-        self, client: str, channels: Iterable[Channel], last_event_id: str | None, capacity: int
+        self,
+        client: str,
+        channels: Iterable[Channel],
+        last_event_id: str | None,
+        capacity: int,
+        *,
+        diffs: bool = False,
+        resync: frozenset[str] = frozenset(),
     ) -> Opening:
         """Register a stream (parked until :meth:`attach`) and say what it
-        starts with, in one synchronous step: no event falls between."""
+        starts with, in one synchronous step: no event falls between. With
+        ``diffs`` its order books and depth charts come as diffs; those of
+        ``resync`` (the client could not prove its copy) whole first."""
         ...
 
     def attach(self, stream: Stream, sink: Sink, opening: bytes) -> None: ...
     def extend(
-        self, stream: Stream, channels: Iterable[Channel], last_event_id: str | None
+        self,
+        stream: Stream,
+        channels: Iterable[Channel],
+        last_event_id: str | None,
+        *,
+        diffs: bool = False,
     ) -> tuple[list[Event], bool]:
         """Add channels to a running stream: what to send for them first
         (missed events, else snapshots whose ids are the current position, so

@@ -1,9 +1,12 @@
 """The cluster's cost: N SSE clients over C order books, first on one gateway
 process, then, in the same run, split evenly between two replicas that share
 a Redis (one of them the leader, the other following the log), then the same
-two replicas on a replicated Redis found through three Sentinels, the leader
-handing each batch out once a Redis replica holds it
-(GATEWAY_REDIS_MIN_REPLICAS=1: a WAIT per batch); the figures side by side.
+two replicas on a replicated Redis found through three Sentinels, first with
+no WAIT (GATEWAY_REDIS_MIN_REPLICAS=0), then with the leader handing each batch
+out once a Redis replica holds it (GATEWAY_REDIS_MIN_REPLICAS=1: a WAIT per
+batch, the followers reading the replica); the figures side by side, so that
+the WAIT's own cost is told apart from that of the replicated Redis's extra
+processes on the same cores.
 
     .venv/bin/python bench/cluster.py --clients 10000 --channels 20 --interval 0.5
 
@@ -193,25 +196,28 @@ def main() -> int:
         redis.terminate()
         servers, sentinel_env = start_sentinels()
         processes.extend(servers)
+        no_wait = pair(broker_port, channels, processes, args, "Sentinel, no WAIT",
+                       **{**sentinel_env, "GATEWAY_REDIS_MIN_REPLICAS": "0"})
         sentinel = pair(broker_port, channels, processes, args, "Sentinel, WAIT 1 replica", **sentinel_env)
         print(f"machine: {machine()}")
         print(f"cluster: {args.clients} SSE clients over {args.channels} order books pushed every "
               f"{args.interval} s; measured {args.seconds} s; one process, then two replicas on one Redis "
               f"with half the clients each, then two replicas on a master and a replica found through "
-              f"three Sentinels (GATEWAY_REDIS_MIN_REPLICAS=1)")
-        everything = {**alone, **one_redis, **sentinel}
+              f"three Sentinels, first with GATEWAY_REDIS_MIN_REPLICAS=0, then 1")
+        everything = {**alone, **one_redis, **no_wait, **sentinel}
         for name, result in everything.items():
             print(line(name, result))
         base_p50 = alone["one process"]["fanout_lag_ms"]["p50"]
-        for name, result in {**one_redis, **sentinel}.items():
+        for name, result in {**one_redis, **no_wait, **sentinel}.items():
             print(f"  {name}: the median fan-out lag is {result['fanout_lag_ms']['p50'] - base_p50:+.1f} ms "
                   f"beside the one process's")
-        plain, waited = by_role(one_redis), by_role(sentinel)
-        for which in ("leader", "follower"):
-            print(f"  the WAIT, on the {which}: median "
-                  f"{waited[which]['fanout_lag_ms']['p50'] - plain[which]['fanout_lag_ms']['p50']:+.1f} ms, "
-                  f"p99 {waited[which]['fanout_lag_ms']['p99'] - plain[which]['fanout_lag_ms']['p99']:+.1f} ms "
-                  "beside one Redis")
+        waited = by_role(sentinel)
+        for beside, plain in (("one Redis", by_role(one_redis)), ("Sentinel with no WAIT", by_role(no_wait))):
+            for which in ("leader", "follower"):
+                print(f"  Sentinel and the WAIT, on the {which}: median "
+                      f"{waited[which]['fanout_lag_ms']['p50'] - plain[which]['fanout_lag_ms']['p50']:+.1f} ms, "
+                      f"p99 {waited[which]['fanout_lag_ms']['p99'] - plain[which]['fanout_lag_ms']['p99']:+.1f} ms "
+                      f"beside {beside}")
         print(json.dumps(everything))
     finally:
         stop_all(processes)

@@ -18,14 +18,15 @@ from app.cluster.replica import RedisLog
 from app.config import load_settings
 from app.domain.channels import parse_channel
 from app.domain.decode import Trade, TradeWindow, decode
-from app.domain.values import Snapshot
+from app.domain import books
+from app.domain.values import OrderBook, Snapshot
 from app.gateway import Gateway
 from app.ports import Opening
 from app.state.store import Store
 from app.streams.admission import Streams
 from app.streams.eventlog import LocalLog, RecentEvents
 from app.streams.hub import Hub
-from tests.sinks import Recorder
+from tests.sinks import Recorder, follow, line_form
 from tests.support import RedisServer, sample
 
 BOOK = parse_channel("orderbook:BTC_USD:0.01")
@@ -115,7 +116,9 @@ async def test_a_new_stream_starts_with_the_snapshots_and_its_position(hubs: Hub
     opening = open_stream(local, [BOOK, TRADES], None)
     assert [e.name for e in opening.backlog] == ["orderbook"]  # trades are a log: none replayed
     assert not opening.reset and opening.position == "ep-2"
-    await trades(hubs, local, T0, T0 + 1)  # published before the sink is there: written with the opening
+    await trades(
+        hubs, local, T0, T0 + 1
+    )  # published before the sink is there: written with the opening
     sink = Recorder()
     local.attach(opening.stream, sink, b"")
     assert sink.seqs() == [3]
@@ -128,7 +131,11 @@ async def test_resuming_gets_what_was_missed_once_and_a_foreign_id_resets(hubs: 
     await trades(hubs, local, T0, T0 + 1, T0 + 2)
     await book(hubs, local, T0)
     opening = open_stream(local, [TRADES, BOOK], position)
-    assert [(e.name, e.seq) for e in opening.backlog] == [("trade", 2), ("trade", 3), ("orderbook", 4)]
+    assert [(e.name, e.seq) for e in opening.backlog] == [
+        ("trade", 2),
+        ("trade", 3),
+        ("orderbook", 4),
+    ]
     assert open_stream(local, [TRADES], "other-5").reset
     if not local.behind("ep-999"):
         assert open_stream(local, [TRADES], "ep-999").reset  # ahead of this process
@@ -251,3 +258,105 @@ async def test_the_state_view_reads_answers_and_says_why_there_is_none() -> None
     assert body["channel"] == BOOK.name and body["stale"] is True  # the clock says 2018: long stale
     assert reading.etag.endswith('-1"') and reading.etag.startswith('"')
     assert gateway.membership.leads  # one process: it holds the upstream
+
+
+# --- book diffs ----------------------------------------------------------------
+
+
+def _levels(base: int, sizes: list[int], sign: int) -> list[list[str]]:
+    return [[f"{base + sign * n}.00", f"{size}.0000"] for n, size in enumerate(sizes) if size]
+
+
+async def push_book(hubs: Hubs, local: Hub, step: int) -> dict[str, object]:
+    """Book number ``step`` of a walk in which a level or two changes each time."""
+    bids = _levels(6600, [(n * 7 + step * (n % 8 == step % 8)) % 9 + 1 for n in range(15)], -1)
+    asks = _levels(6601, [(n * 5 + step * (n % 8 == step % 8)) % 7 + 1 for n in range(15)], 1)
+    local.apply(BOOK, OrderBook("0.01", bids, asks, T0 + step), T0 + step)
+    await hubs.settle(local)
+    return {"step": "0.01", "bids": bids, "asks": asks}
+
+
+def rebuilt(sink: Recorder) -> tuple[dict[int, object], list[str]]:
+    """The books a diff-mode client rebuilds from what it was written, by the
+    channel's seq (each checked against its checksum), and the event names."""
+    held: dict[str, object] | None = None
+    seq = 0
+    books_by_seq: dict[int, object] = {}
+    names = []
+    for written in sink.events():
+        body = json.loads(written["data"])
+        names.append(written["name"])
+        if written["name"] == "orderbook":
+            held, seq = body["data"], body["seq"]
+        elif written["name"] == "orderbook_diff":
+            assert held is not None and body["prev_seq"] == seq
+            held, seq = books.apply(held, body["data"]), body["seq"]  # type: ignore[arg-type]
+            assert books.checksum(held["bids"], held["asks"]) == body["checksum"]  # type: ignore[index]
+        else:
+            continue
+        books_by_seq[seq] = held
+    return books_by_seq, names
+
+
+async def test_a_diff_mode_stream_rebuilds_every_book(hubs: Hubs) -> None:
+    local = await hubs.make()
+    expected = {1: await push_book(hubs, local, 1)}
+    opening = local.open("address:a", [BOOK, TRADES], None, 10, diffs=True)
+    assert [e.name for e in opening.backlog] == ["orderbook"]
+    sink = Recorder()
+    local.attach(opening.stream, sink, b"".join(e.wire(line_form) for e in opening.backlog))
+    full = follow(local, BOOK)  # the default stays whole books
+    for step in range(2, 8):
+        expected[step] = await push_book(hubs, local, step)
+    got, names = rebuilt(sink)
+    assert got == expected
+    assert names == ["orderbook"] + ["orderbook_diff"] * 6
+    assert {e["name"] for e in full.events()} == {"orderbook"}
+    # Diffs are smaller than the whole events they stand for.
+    assert len(sink.data) < len(full.data)
+
+
+async def test_a_paused_diff_stream_gets_one_diff_for_what_it_missed(hubs: Hubs) -> None:
+    local = await hubs.make()
+    expected = {1: await push_book(hubs, local, 1)}
+    opening = local.open("address:a", [BOOK], None, 10, diffs=True)
+    sink = Recorder()
+    local.attach(opening.stream, sink, b"".join(e.wire(line_form) for e in opening.backlog))
+    opening.stream.pause()
+    for step in range(2, 6):
+        expected[step] = await push_book(hubs, local, step)
+    opening.stream.resume()
+    got, names = rebuilt(sink)
+    assert names == ["orderbook", "orderbook_diff"] and got == {1: expected[1], 5: expected[5]}
+    expected[6] = await push_book(hubs, local, 6)
+    assert rebuilt(sink)[0][6] == expected[6]
+
+
+async def test_resuming_in_diff_mode_replays_every_diff_or_sends_the_whole_book(hubs: Hubs) -> None:
+    local = await hubs.make()
+    expected = {1: await push_book(hubs, local, 1)}
+    position = local.position()
+    for step in range(2, 5):
+        expected[step] = await push_book(hubs, local, step)
+    opening = local.open("address:a", [BOOK], position, 10, diffs=True)
+    assert [e.name for e in opening.backlog] == ["orderbook_diff"] * 3
+    sink = Recorder()
+    sink.write(
+        json.dumps(
+            {"seq": 1, "name": "orderbook", "data": json.dumps({"seq": 1, "data": expected[1]})}
+        ).encode()
+        + b"\n"
+    )
+    local.attach(opening.stream, sink, b"".join(e.wire(line_form) for e in opening.backlog))
+    assert rebuilt(sink)[0] == expected
+    # A client that could not prove its copy asks for it again: the whole book.
+    again = local.open("address:a", [BOOK], position, 10, diffs=True, resync=frozenset({BOOK.name}))
+    assert [e.name for e in again.backlog] == ["orderbook"]
+    # Past the replay buffer: a reset, and the whole book.
+    short = await hubs.make(replay=2)
+    await push_book(hubs, short, 1)
+    mark = short.position()
+    for step in range(2, 6):
+        await push_book(hubs, short, step)
+    late = short.open("address:a", [BOOK], mark, 10, diffs=True)
+    assert [e.name for e in late.backlog] == ["orderbook"]

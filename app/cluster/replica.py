@@ -226,8 +226,10 @@ class RedisLog:
     # (On the leader the store runs ahead of the log: its changes wait to be
     # written.)
 
-    def since(self, seq: int, channels: frozenset[str]) -> list[Event] | None:
-        return self.replay.since(seq, channels)
+    def since(
+        self, seq: int, channels: frozenset[str], books: frozenset[str] = frozenset()
+    ) -> list[Event] | None:
+        return self.replay.since(seq, channels, books)
 
     def latest(self, channels: Iterable[str]) -> list[Event]:
         """The newest snapshot handed out of each channel the store holds."""

@@ -16,7 +16,8 @@ from fastapi import APIRouter, Query, Request, Response
 from starlette.requests import HTTPConnection
 from starlette.types import Receive, Scope, Send
 
-from app.domain.channels import Channel, parse_channel_list
+from app.domain.channels import Channel, Kind, parse_channel_list
+from app.domain.errors import InvalidInput
 from app.http import schemas
 from app.http.auth import presented_token
 from app.http.rest import PortsDep, private_access, tokens_of
@@ -38,7 +39,43 @@ may be missing between them); `reset` (`{reason, epoch, channels}`: the given
 The stream opens with `retry:`, the current snapshots (or, resuming, every
 missed event once, in order) and a block holding only an `id:`, the newest
 event's id (a client dropped before any live event resumes from it); a
-`: heartbeat` comment is sent when idle."""
+`: heartbeat` comment is sent when idle.
+
+With `books=diff`, order book and depth channels send their whole event first
+and then `orderbook_diff` / `depth_diff` events (`{channel, symbol, seq,
+prev_seq, exchange_ts, received_ts, data: {bids, asks}, checksum}`): each level
+pair sets that price's quantity, `"0"` removes it, and `checksum` is the CRC32
+of the resulting top 10 asks and bids (docs/api.md, "Book diffs"). `resync`
+names channels whose whole event a resuming client wants first (it could not
+prove its copy)."""
+
+BOOK_MODES = "full, diff"
+
+
+def diff_mode(value: object) -> bool:
+    """``books``: whether order books and depth charts come as diffs."""
+    if value is None or value == "full":
+        return False
+    if value == "diff":
+        return True
+    shown = repr(value) if isinstance(value, str) and len(value) <= 40 else "that value"
+    raise InvalidInput("books", f"{shown} is not a book mode", BOOK_MODES)
+
+
+def resync_channels(text: str | None, wanted: list[Channel], cap: int) -> frozenset[str]:
+    """``resync``: book channels of the stream whose whole event comes first."""
+    if not text:
+        return frozenset()
+    names = {channel.name for channel in wanted if channel.kind in (Kind.ORDERBOOK, Kind.DEPTH)}
+    asked = parse_channel_list(text, cap=cap)
+    stray = [channel.name for channel in asked if channel.name not in names]
+    if stray:
+        raise InvalidInput(
+            "resync",
+            f"{stray[0]!r} is not an order book or depth channel of this stream",
+            "order book and depth channels named in channels",
+        )
+    return frozenset(channel.name for channel in asked)
 
 
 class StreamResponse(Response):
@@ -92,10 +129,22 @@ async def stream(
     access_token: Annotated[
         str | None, Query(description="bearer token, for clients that cannot set headers")
     ] = None,
+    books: Annotated[
+        str | None,
+        Query(description="full (the default) or diff: order books and depth charts as diffs"),
+    ] = None,
+    resync: Annotated[
+        str | None,
+        Query(
+            description="with books=diff: channels whose whole event comes first (comma-separated)"
+        ),
+    ] = None,
 ) -> StreamResponse:
     """Follow channels as Server-Sent Events (docs/api.md: events and ids)."""
     settings = ports.settings
     wanted = parse_channel_list(channels or "", cap=settings.gateway_max_channels_per_stream)
+    diffs = diff_mode(books)
+    fresh = resync_channels(resync, wanted, settings.gateway_max_channels_per_stream)
     if any(channel.is_private for channel in wanted):
         private_access(request, allow_query=True)
     elif settings.gateway_require_token:
@@ -112,7 +161,9 @@ async def stream(
         await feed.reach(resume_from, settings.gateway_wait_default_ms / 1000)
     # Registered now, in the step that computes its backlog: nothing published
     # from here on is lost before the response takes the connection over.
-    opening = feed.open(client, wanted, resume_from, settings.gateway_client_buffer)
+    opening = feed.open(
+        client, wanted, resume_from, settings.gateway_client_buffer, diffs=diffs, resync=fresh
+    )
     return StreamResponse(
         feed,
         opening,

@@ -37,7 +37,7 @@ from app.domain.errors import GatewayError, InvalidInput, TooMany
 from app.http.problems import problem_body
 from app.http.rest import private_access, tokens_of
 from app.http.sinks import WebSocketSink, bound, ws_frame, ws_text
-from app.http.stream import client_key
+from app.http.stream import client_key, diff_mode
 from app.ports import Ending, Ports, Stream
 from app.protocols.http import TRANSPORT
 from app.protocols.websocket import GuardedWebSocketProtocol
@@ -129,6 +129,7 @@ class Connection:
         settings = ports.settings
         feed = ports.feed
         channels = _channel_names(message)
+        diffs = diff_mode(message.get("books"))
         last_event_id = message.get("last_event_id")
         if last_event_id is not None and not isinstance(last_event_id, str):
             raise InvalidInput("last_event_id", "not a string", "an event id such as 'a1b2c3d4-42'")
@@ -152,7 +153,7 @@ class Connection:
             if not channel.is_private:
                 ports.demand.demand(channel)
         # One synchronous step: the reply, then the backlog, then live events.
-        backlog, reset = feed.extend(self.stream, channels, last_event_id)
+        backlog, reset = feed.extend(self.stream, channels, last_event_id, diffs=diffs)
         first = [ws_frame(feed.reset_event(c.name for c in channels))] if reset else []
         first.extend(event.wire(ws_frame) for event in backlog)
         answer = {

@@ -32,7 +32,9 @@ from app.domain.values import (
     TradeWindow,
     Update,
 )
-from app.state.events import Event, dumps
+from app.state.events import Event, dumps, with_book
+
+BOOK_KINDS = frozenset({Kind.ORDERBOOK, Kind.DEPTH})
 
 
 @dataclass(slots=True)
@@ -52,6 +54,8 @@ class ChannelState:
     tail: bytes = b""
     # The last snapshot event, for streams that connect later.
     last_event: Event | None = None
+    # An order book's or depth chart's last data, which its next diff starts from.
+    book: Mapping[str, Json] | None = None
     trades: TradeLog | None = None
     trade_items: deque[tuple[int, bytes]] = field(default_factory=deque)
     candles: OrderedDict[int, bytes] = field(default_factory=OrderedDict)
@@ -198,7 +202,8 @@ class Store:
         return dumps(head)[:-1] + b',"stale":'
 
     def _apply_snapshot(self, state: ChannelState, update: Snapshot, received_ts: int) -> Event:
-        data = dumps(update.wire())  # once, for the answer, the event and the history
+        wire = update.wire()
+        data = dumps(wire)  # once, for the answer, the event and the history
         if isinstance(update, Candle):
             self._keep_candle(state, update.open_ts, data)
         state.seq += 1
@@ -213,6 +218,10 @@ class Store:
             conflatable=True,
             received_ts=received_ts,
         )
+        if state.channel.kind in BOOK_KINDS:
+            symbol = state.channel.display_symbol
+            with_book(event, state.seq, symbol, state.exchange_ts, wire, state.book)
+            state.book = wire
         state.last_event = event
         return event
 

@@ -68,9 +68,12 @@ class EventLog(Protocol):
         ...
 
     def record(self, change: Change, events: list[Event]) -> None: ...
-    def since(self, seq: int, channels: frozenset[str]) -> list[Event] | None:
+    def since(
+        self, seq: int, channels: frozenset[str], books: frozenset[str] = frozenset()
+    ) -> list[Event] | None:
         """Events handed out after ``seq`` on ``channels`` (snapshots
-        conflated); None when the log no longer holds all of them."""
+        conflated, but for the books of ``books``: every one, for their
+        diffs); None when the log no longer holds all of them."""
         ...
 
     def latest(self, channels: Iterable[str]) -> list[Event]:
@@ -111,9 +114,12 @@ class RecentEvents:
         ):
             self.evicted_upto = self.events.popleft().seq
 
-    def since(self, seq: int, channels: frozenset[str]) -> list[Event] | None:
-        """Events after ``seq`` on ``channels``, snapshots conflated; None when
-        the buffer no longer holds everything after ``seq``."""
+    def since(
+        self, seq: int, channels: frozenset[str], books: frozenset[str] = frozenset()
+    ) -> list[Event] | None:
+        """Events after ``seq`` on ``channels``, snapshots conflated but for
+        the book events of ``books`` (each is a diff); None when the buffer
+        no longer holds everything after ``seq``."""
         if seq < self.evicted_upto:
             return None
         missed: OrderedDict[tuple[str, str] | int, Event] = OrderedDict()
@@ -126,7 +132,7 @@ class RecentEvents:
             event = self.events[index]
             if event.channel not in channels:
                 continue
-            if event.conflatable:
+            if event.conflatable and not (event.book is not None and event.channel in books):
                 missed.pop(event.key, None)
                 missed[event.key] = event
             else:
@@ -164,8 +170,10 @@ class LocalLog:
         if change.op == "apply":
             outlet.arrived(change.channel.name)  # a trade window can bring data with no event
 
-    def since(self, seq: int, channels: frozenset[str]) -> list[Event] | None:
-        return self.replay.since(seq, channels)
+    def since(
+        self, seq: int, channels: frozenset[str], books: frozenset[str] = frozenset()
+    ) -> list[Event] | None:
+        return self.replay.since(seq, channels, books)
 
     def latest(self, channels: Iterable[str]) -> list[Event]:
         """The current snapshot events of channels, oldest first."""

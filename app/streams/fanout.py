@@ -29,6 +29,15 @@ step that computes its backlog, so that no event falls between the backlog
 and the live stream; :meth:`Fanout.attach` writes the opening and whatever
 came meanwhile when the sink is ready.
 
+Book diffs. A subscription may follow some order book and depth channels in
+diff mode (``books``: each such channel and the channel ``seq`` of the book
+its client holds, 0 for none). For those, publish writes the event's diff
+(made once per event, :class:`app.state.events.Book`) when the client
+holds the book the diff starts from, else the whole event, and notes the
+book the client now holds. What a paused subscription missed of such a book
+collapses into one diff from the book it holds (or the whole event); a
+stream resuming with an id gets every missed diff, in order.
+
 The event log keeps the newest events by count and age. A stream that resumes
 from an id of this epoch that the log still covers gets every missed event
 once, in order (for snapshot channels only the latest state); otherwise it is
@@ -37,15 +46,18 @@ told to reset.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 
+from app.domain import books as levels
 from app.ports import Ending, Form, Sink
-from app.state.events import Event
+from app.state.events import Event, diff_event
 from app.streams.admission import Streams
 from app.streams.eventlog import EventLog
 
 log = logging.getLogger("coinsuper_gateway.stream")
+NONE_HELD = -1  # a book channel in diff mode whose client holds no book
 
 
 class Subscription:
@@ -53,6 +65,7 @@ class Subscription:
     follows, its sink, and whether (since when, from where) it is paused."""
 
     __slots__ = (
+        "books",
         "capacity",
         "channels",
         "client",
@@ -77,6 +90,8 @@ class Subscription:
         self.missed = 0
         self.last_write = now
         self.ended: Ending | None = None
+        # Channels followed in diff mode → the channel seq of the book the client holds.
+        self.books: dict[str, int] | None = None
 
     # What the sink calls.
     def pause(self) -> None:
@@ -125,6 +140,75 @@ class Fanout:
         for name in channels - held:
             self.by_channel.setdefault(name, set()).add(subscription)
         subscription.channels = channels
+        books = subscription.books
+        if books is not None:
+            for name in held - channels:
+                books.pop(name, None)
+            if not books:
+                subscription.books = None
+
+    def follow_books(
+        self, subscription: Subscription, names: frozenset[str], resync: frozenset[str]
+    ) -> None:
+        """Follow the books of ``names`` (order book and depth channels) in diff
+        mode, before their backlog is computed: a resumed id stands for the
+        book the client holds, but for those of ``resync`` (it holds none)."""
+        if names:
+            books = subscription.books = subscription.books or {}
+            for name in names:
+                books.setdefault(name, NONE_HELD if name in resync else 0)
+
+    def view(self, subscription: Subscription, events: list[Event], *, replay: bool) -> list[Event]:
+        """What to send a subscription of ``events`` (in order), its books in
+        diff mode as diffs where it holds the book a diff starts from. With
+        ``replay`` (a resumed id) the client holds each book as it stood at its
+        id, and every diff comes; else a book's events collapse into one diff
+        from the book it holds, or its newest whole event."""
+        books = subscription.books
+        if not books:
+            return events
+        last = {
+            event.channel: index for index, event in enumerate(events) if event.book is not None
+        }
+        out: list[Event] = []
+        start: dict[str, int] = {}  # the book a collapsed run starts from
+        for index, event in enumerate(events):
+            book = event.book
+            name = event.channel
+            if book is None or name not in books:
+                out.append(event)
+                continue
+            if replay:
+                held = books[name] or book.seq - 1  # 0: the book as it stood at the id
+                diff = book.diff if held == book.seq - 1 else None
+                out.append(diff or event)
+                books[name] = book.seq
+                continue
+            start.setdefault(name, books[name])
+            if last[name] == index:
+                out.append(self._collapsed(events, name, start[name], event))
+                books[name] = book.seq
+        return out
+
+    @staticmethod
+    def _collapsed(events: list[Event], name: str, held: int, newest: Event) -> Event:
+        """One event taking a client from the book of seq ``held`` to
+        ``newest``'s: a merged diff when every step is at hand, else ``newest``."""
+        book = newest.book
+        assert book is not None
+        run = [
+            e.book for e in events if e.channel == name and e.book is not None and e.book.seq > held
+        ]
+        if held <= 0 or not run or run[0].seq != held + 1 or any(b.diff is None for b in run):
+            return newest
+        if any(b.seq != a.seq + 1 for a, b in itertools.pairwise(run)):
+            return newest
+        if len(run) == 1:
+            return book.diff or newest
+        changes = run[0].changes()
+        for step in run[1:]:
+            changes = levels.merge(changes, step.changes())
+        return diff_event(newest, book, held, changes) or newest
 
     def subscribers(self, channel: str) -> int:
         return len(self.by_channel.get(channel, ()))
@@ -183,6 +267,7 @@ class Fanout:
         if not followers:
             return
         counts_as_missed = not event.conflatable
+        book = event.book
         now = time.monotonic()
         form: Form | None = None
         data = b""
@@ -198,12 +283,20 @@ class Fanout:
                 continue
             sink = subscription.sink
             assert sink is not None  # only a parked subscription has none, and it is paused
+            subscription.last_write = now
+            written += 1
+            if book is not None and subscription.books is not None:
+                held = subscription.books.get(event.channel)
+                if held is not None:
+                    subscription.books[event.channel] = book.seq
+                    diff = book.diff if held == book.seq - 1 else None
+                    if diff is not None:
+                        sink.write(diff.wire(sink.form))
+                        continue
             if sink.form is not form:
                 form = sink.form
                 data = event.wire(form)
-            subscription.last_write = now
             sink.write(data)
-            written += 1
         streams = self.streams
         streams.sent(written)
         if written and event.received_ts:
@@ -255,14 +348,20 @@ class Fanout:
     def _missed(self, subscription: Subscription) -> list[Event] | None:
         """What a paused subscription must be sent to stand at the head; None
         when log events it missed are no longer in the log."""
-        missed = self.events.since(subscription.position, subscription.channels)
+        books = subscription.books
+        if books:
+            missed = self.events.since(
+                subscription.position, subscription.channels, frozenset(books)
+            )
+        else:
+            missed = self.events.since(subscription.position, subscription.channels)
         if missed is None:
             if subscription.missed:
                 return None
             # Only snapshots were missed: the current ones are as good.
             position = subscription.position
             missed = [e for e in self.events.latest(subscription.channels) if e.seq > position]
-        return missed
+        return self.view(subscription, missed, replay=False) if books else missed
 
     def _encode(self, sink: Sink, events: list[Event]) -> bytes:
         """Events in the sink's wire form, in one piece, counted as sent."""

@@ -19,7 +19,7 @@ from app.domain.channels import Channel
 from app.domain.values import Json, Update
 from app.ports import Ending, Opening, Sink, Stream
 from app.state.events import Event, dumps, restamped
-from app.state.store import ChannelState, Store
+from app.state.store import BOOK_KINDS, ChannelState, Store
 from app.streams.admission import Streams, reset_payload
 from app.streams.eventlog import Change, Cursor, EventLog
 from app.streams.fanout import Fanout, Subscription
@@ -169,24 +169,40 @@ class Hub:
         return f"{self.epoch}-{self.fanout.head}"
 
     def open(
-        self, client: str, channels: Iterable[Channel], last_event_id: str | None, capacity: int
+        self,
+        client: str,
+        channels: Iterable[Channel],
+        last_event_id: str | None,
+        capacity: int,
+        *,
+        diffs: bool = False,
+        resync: frozenset[str] = frozenset(),
     ) -> Opening:
         subscription = self.fanout.subscribe(client, capacity)
-        backlog, reset = self._extend(subscription, channels, last_event_id, restamp=False)
+        backlog, reset = self._extend(
+            subscription, channels, last_event_id, restamp=False, diffs=diffs, resync=resync
+        )
         return Opening(subscription, backlog, reset, self.position())
 
     def attach(self, stream: Stream, sink: Sink, opening: bytes) -> None:
         self.fanout.attach(_subscription(stream), sink, opening)
 
     def extend(
-        self, stream: Stream, channels: Iterable[Channel], last_event_id: str | None
+        self,
+        stream: Stream,
+        channels: Iterable[Channel],
+        last_event_id: str | None,
+        *,
+        diffs: bool = False,
     ) -> tuple[list[Event], bool]:
         subscription = _subscription(stream)
         # A paused stream is first given what it missed, so that its position
         # can stand for its new channels too.
         if not self.fanout.catch_up(subscription):
             return [], False
-        return self._extend(subscription, channels, last_event_id, restamp=last_event_id is None)
+        return self._extend(
+            subscription, channels, last_event_id, restamp=last_event_id is None, diffs=diffs
+        )
 
     def _extend(
         self,
@@ -195,25 +211,39 @@ class Hub:
         last_event_id: str | None,
         *,
         restamp: bool,
+        diffs: bool,
+        resync: frozenset[str] = frozenset(),
     ) -> tuple[list[Event], bool]:
         """Add channels to a subscription; returns what to send first for them
         (the missed events after ``last_event_id``, else their current
         snapshots) and whether the id could not be resumed. With ``restamp``
         the snapshots carry the current sequence number as their id, so that
-        ids on a stream that already runs never go back."""
+        ids on a stream that already runs never go back. With ``diffs`` the
+        new order book and depth channels are followed as diffs, those of
+        ``resync`` from no book held (their whole event first, even resuming)."""
+        fanout = self.fanout
         channel_list = [c for c in channels if c.name not in subscription.channels]
         names = frozenset(channel.name for channel in channel_list)
+        books = (
+            frozenset(c.name for c in channel_list if c.kind in BOOK_KINDS)
+            if diffs
+            else frozenset()
+        )
+        fanout.follow_books(subscription, books, resync)
         cursor = Cursor.parse(last_event_id) if last_event_id else None
         backlog: list[Event] | None = None
-        head = self.fanout.head
+        head = fanout.head
         if cursor is not None and cursor.epoch == self.epoch and cursor.seq <= head:
-            backlog = self.log.since(cursor.seq, names)
+            backlog = self.log.since(cursor.seq, names, books - resync)
+            if backlog is not None:
+                backlog = fanout.view(subscription, backlog, replay=True)
         reset = last_event_id is not None and backlog is None
         if backlog is None:
             backlog = self.log.latest(names)
             if restamp:
                 backlog = [restamped(event, self.epoch, head) for event in backlog]
-        self.fanout.retarget(subscription, subscription.channels | names)
+            backlog = fanout.view(subscription, backlog, replay=False)
+        fanout.retarget(subscription, subscription.channels | names)
         return backlog, reset
 
     def shrink(self, stream: Stream, channels: Iterable[Channel]) -> None:
