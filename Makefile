@@ -61,7 +61,7 @@ $(LOWEST_STAMP): pyproject.toml $(LOWEST_LOCK)
 	@rm -f $(LOWEST)/.installed-*
 	@touch $@
 
-$(CLIENT_STAMP): clients/python/pyproject.toml $(CLIENT_LOCK) | $(STAMP)
+$(CLIENT_STAMP): clients/python/pyproject.toml $(wildcard clients/python/src/coinsuper_gateway_client/*) $(CLIENT_LOCK) | $(STAMP)
 	@test -x $(CLIENT)/bin/python || $(PYTHON) -m venv $(CLIENT)
 	$(CLIENT)/bin/python -m pip install --quiet --require-hashes -r $(PIP_LOCK)
 	$(CLIENT)/bin/python -m pip install --quiet --require-hashes -r $(CLIENT_LOCK)

@@ -39,6 +39,12 @@ from app.protocols.server import GatewayServer
 from app.protocols.websocket import GuardedWebSocketProtocol
 from app.simulator import Simulator
 from app.simulator.broker import BrokerPorts, DemoAccount
+from app.simulator.market import Activity
+
+ACTIVITY_HELP = (
+    "the simulated market's orders arriving and cancelled, times the default (about a fifth of "
+    "a book's top levels changes between two pushes; 10: most of them)"
+)
 
 log = logging.getLogger("coinsuper_gateway")
 
@@ -129,6 +135,7 @@ async def _simulate(args: argparse.Namespace) -> None:
         recorder=recorder,
         extra_symbols=args.extra_symbols,
         book_interval=args.book_interval,
+        activity=Activity().scaled(args.activity),
     )
     await simulator.start()
     account = simulator.account
@@ -151,7 +158,7 @@ async def _simulate(args: argparse.Namespace) -> None:
             recorder.close()
 
 
-async def _demo(overrides: dict[str, Any], seed: int | None) -> None:
+async def _demo(overrides: dict[str, Any], seed: int | None, activity: float = 1.0) -> None:
     account = DemoAccount()
     ports = BrokerPorts(tcp=free_port(), ws=free_port())
     defaults: dict[str, Any] = {
@@ -165,7 +172,7 @@ async def _demo(overrides: dict[str, Any], seed: int | None) -> None:
         defaults["gateway_tokens"] = "demo-" + secrets.token_urlsafe(12)
     settings = load_settings(**{**defaults, **overrides})
     _logging(settings, account.secret_key)
-    simulator = Simulator(ports, account=account, seed=seed)
+    simulator = Simulator(ports, account=account, seed=seed, activity=Activity().scaled(activity))
     await simulator.start()
     asyncio.get_running_loop().add_signal_handler(
         signal.SIGUSR1, lambda: asyncio.ensure_future(_toggle_exchange(simulator))
@@ -291,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="run the gateway against the built-in simulated exchange"
     )
     demo.add_argument("--seed", type=int, help="seed of the simulated market")
+    demo.add_argument("--activity", type=float, default=1.0, help=ACTIVITY_HELP)
     replay = commands.add_parser(
         "replay", help="serve a gateway fed from recordings instead of a broker"
     )
@@ -352,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument(
         "--book-interval", type=float, help="push order books every this many seconds exactly"
     )
+    simulate.add_argument("--activity", type=float, default=1.0, help=ACTIVITY_HELP)
     return parser
 
 
@@ -405,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _logging(settings)
                 _run(_replay(settings, args.files, args.speed))
             else:
-                _run(_demo(overrides, args.seed))
+                _run(_demo(overrides, args.seed, args.activity))
     except ConfigError as exc:
         print(f"coinsuper-gateway: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -92,12 +92,15 @@ def wait_until(check: object, timeout: float, what: str) -> None:
     raise SystemExit(f"timed out waiting for {what}")
 
 
-def start_simulator(extra_symbols: int = 0, book_interval: float | None = None) -> tuple[subprocess.Popen[bytes], int]:
+def start_simulator(extra_symbols: int = 0, book_interval: float | None = None,
+                    activity: float | None = None) -> tuple[subprocess.Popen[bytes], int]:
     tcp, ws = free_port(), free_port()
     args = [sys.executable, "-m", "app", "simulate", "--tcp-port", str(tcp), "--ws-port", str(ws), "--seed", "1",
             "--extra-symbols", str(extra_symbols)]
     if book_interval:
         args += ["--book-interval", str(book_interval)]
+    if activity:
+        args += ["--activity", str(activity)]
     process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return process, tcp
 

@@ -6,6 +6,12 @@ nginx + nchan fed the same events; the figures side by side, with ratios.
     .venv/bin/python bench/fanout.py --transport ws ...          # WebSocket clients
     .venv/bin/python bench/fanout.py --interval 0.1667 ...       # the burst: 6 pushes/s
     .venv/bin/python bench/fanout.py --target gateway ...        # one side only
+    .venv/bin/python bench/fanout.py --books diff ...            # the gateway's diffs beside its full books
+
+With ``--books diff`` the gateway is measured twice in the run, whole books
+then diffs (``books=diff``), with the simulator's market busy enough that each
+push changes about as much of a book as the default market does between two
+of the exchange's pushes (1–2 s apart); bytes per client per second side by side.
 
 The simulator publishes the books (stamped with the publish time), the gateway
 follows them, and bench/loadgen.py (a process of its own) opens the clients and
@@ -140,10 +146,11 @@ def gc_counts(base: str) -> dict[str, float]:
 
 
 def run_loadgen(base: str, path: str, channels: list[str], args: argparse.Namespace,
-                server: ProcessStats, *, ws: bool, subscribe: bool, gc_of: str | None = None) -> dict[str, Any]:
+                server: ProcessStats, *, ws: bool, subscribe: bool, gc_of: str | None = None,
+                books: str = "full") -> dict[str, Any]:
     command = [sys.executable, str(REPO / "bench" / "loadgen.py"), "--url", base, "--path", path,
                "--channels", ",".join(channels), "--clients", str(args.clients),
-               "--seconds", str(args.seconds), "--warmup", str(args.warmup)]
+               "--seconds", str(args.seconds), "--warmup", str(args.warmup), "--books", books]
     command += ["--ws"] if ws else []
     command += ["--subscribe"] if subscribe else []
     rss_before = server.rss_kib()
@@ -180,7 +187,8 @@ def report(name: str, result: dict[str, Any], final: dict[str, int]) -> None:
     print(f"  {name}: connected {result['connected_at_start']} (in {result['connect_seconds']} s), "
           f"ended early {result['ended_early']}; {result['kib_per_client']} KiB per client "
           f"({result['rss_before_kib']} → {result['rss_connected_kib']} KiB)")
-    print(f"    deliveries {result['events_per_second']}/s at {result['server_cpu_share']} of a core: "
+    print(f"    {result['bytes_per_client_per_second']} bytes per client per second; "
+          f"deliveries {result['events_per_second']}/s at {result['server_cpu_share']} of a core: "
           f"{result['deliveries_per_core_second']} per core-second (load generator at "
           f"{result['loadgen_cpu_share']} of a core)")
     print(f"    fan-out lag (server's receipt → client): p50 {result['fanout_lag_ms']['p50']} ms, "
@@ -199,10 +207,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", choices=["both", "gateway", "nchan"], default="both")
     parser.add_argument("--transport", choices=["sse", "ws"], default="sse")
+    parser.add_argument("--books", choices=["full", "diff"], default="full",
+                        help="diff: the gateway twice, whole books then diffs, in the same run")
     parser.add_argument("--server", choices=["uvicorn", "granian"], default="uvicorn",
                         help="what serves the gateway: its own (uvicorn and its protocols) or granian (pip install granian)")
     args, channels = book_load(parser)
-    simulator, broker_port = start_simulator(extra_symbols=args.channels, book_interval=args.interval)
+    # Diffs are measured at the default market's churn between two of the
+    # exchange's pushes (1–2 s): with pushes every I s, I/1.5 as long between them.
+    activity = 1.5 / args.interval if args.books == "diff" else None
+    simulator, broker_port = start_simulator(extra_symbols=args.channels, book_interval=args.interval,
+                                             activity=activity)
     processes: list[subprocess.Popen[bytes]] = [simulator]
     stop = threading.Event()
     ws = args.transport == "ws"
@@ -219,6 +233,10 @@ def main() -> int:
                                              subscribe=ws, gc_of=base)
             report_of = httpx.get(base + "/v1/channels", timeout=60).json()
             final = {c["channel"]: c["seq"] for c in report_of["channels"]}
+            if args.books == "diff":
+                diff_path = path if ws else path + "&books=diff"
+                results["gateway, diffs"] = run_loadgen(base, diff_path, channels, args, ProcessStats(serving),
+                                                        ws=ws, subscribe=ws, gc_of=base, books="diff")
         if args.target in ("both", "nchan"):
             workdir = Path(tempfile.mkdtemp(prefix="nchan-"))
             nginx, nchan_base = start_nchan(workdir)
@@ -231,14 +249,24 @@ def main() -> int:
         print(f"machine: {machine()}")
         print(f"fan-out, {args.transport.upper()}: {args.clients} clients over {args.channels} order books "
               f"pushed every {args.interval} s; measured {args.seconds} s each")
-        if "gateway" in results:
-            report(f"coinsuper-gateway ({args.server})", results["gateway"], final)
-            collected = results["gateway"]["gc_in_window"]
+        for name in ("gateway", "gateway, diffs"):
+            if name not in results:
+                continue
+            books = ", books=diff" if name.endswith("diffs") else ""
+            report(f"coinsuper-gateway ({args.server}{books})", results[name], final if not books else {})
+            collected = results[name]["gc_in_window"]
             print("    garbage collections in the measured window (generation: count, seconds): " + ", ".join(
                 f"{g}: {collected.get(g, 0):.0f}, {collected.get(g + '_s', 0):.3f}" for g in ("0", "1", "2")))
+        if "gateway, diffs" in results:
+            full, diffs = results["gateway"], results["gateway, diffs"]
+            print(f"  diffs / full books: bytes per client per second "
+                  f"{ratio(diffs['bytes_per_client_per_second'], full['bytes_per_client_per_second'])}, "
+                  f"deliveries per core-second "
+                  f"{ratio(diffs['deliveries_per_core_second'], full['deliveries_per_core_second'])}, "
+                  f"p99 fan-out lag {ratio(diffs['fanout_lag_ms']['p99'], full['fanout_lag_ms']['p99'])}")
         if "nchan" in results:
             report("nginx + nchan (1 worker)", results["nchan"], {})
-        if len(results) == 2:
+        if "gateway" in results and "nchan" in results:
             ours, theirs = results["gateway"], results["nchan"]
             print(f"  gateway / nchan: p99 fan-out lag "
                   f"{ratio(ours['fanout_lag_ms']['p99'], theirs['fanout_lag_ms']['p99'])}, "

@@ -28,7 +28,8 @@ from urllib.parse import urlsplit
 
 from websockets.frames import Frame, Opcode
 
-EVENT = re.compile(rb'"seq":(\d+),"exchange_ts":(\d+),"received_ts":(\d+)')
+# A whole event's head, or a book diff's (which has a prev_seq).
+EVENT = re.compile(rb'"seq":(\d+),(?:"prev_seq":\d+,)?"exchange_ts":(\d+),"received_ts":(\d+)')
 
 
 class Client:
@@ -47,6 +48,7 @@ class Stats:
         self.lags: list[int] = []  # from the exchange's stamp (the simulator's publish)
         self.fanout_lags: list[int] = []  # from the server's receipt of the message
         self.measure = False
+        self.bytes = 0  # read in the measured window, all clients together
 
 
 def source_address(index: int) -> str:
@@ -89,7 +91,7 @@ def count(client: Client, stats: Stats, payload: bytes, now: int) -> None:
 
 
 async def run_client(host: str, port: int, path: str, client: Client, stats: Stats, stop: asyncio.Event,
-                     index: int, ws: bool, subscribe: bool) -> None:
+                     index: int, ws: bool, subscribe: bool, books: dict[str, str]) -> None:
     try:
         reader, writer = await asyncio.open_connection(host, port, local_addr=(source_address(index), 0))
     except OSError:
@@ -107,7 +109,7 @@ async def run_client(host: str, port: int, path: str, client: Client, stats: Sta
             return
         client.connected = True
         if ws and subscribe:
-            op = json.dumps({"op": "subscribe", "channels": [client.channel]}).encode()
+            op = json.dumps({"op": "subscribe", "channels": [client.channel], **books}).encode()
             writer.write(masked(Opcode.TEXT, op))
         carry = b""
         while not stop.is_set():
@@ -116,6 +118,8 @@ async def run_client(host: str, port: int, path: str, client: Client, stats: Sta
                 client.ended = not stop.is_set()
                 return
             now = time.time_ns() // 1_000_000
+            if stats.measure:
+                stats.bytes += len(chunk)
             if not ws:
                 data = carry + chunk
                 cut = data.rfind(b"\n\n")
@@ -151,12 +155,13 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
     clients = [Client(channels[i % len(channels)]) for i in range(args.clients)]
     stats = Stats()
     stop = asyncio.Event()
+    books = {"books": "diff"} if args.books == "diff" else {}
     tasks = []
     started = time.monotonic()
     for index, client in enumerate(clients):
         path = args.path.format(channel=client.channel)
         tasks.append(asyncio.create_task(
-            run_client(host, port, path, client, stats, stop, index, args.ws, args.subscribe)))
+            run_client(host, port, path, client, stats, stop, index, args.ws, args.subscribe, books)))
         if index % args.batch == args.batch - 1:
             await asyncio.sleep(args.batch_pause)  # the listen backlog is finite
     deadline = time.monotonic() + 60
@@ -193,6 +198,7 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         "measured_seconds": round(measured, 1),
         "events": events,
         "events_per_second": round(events / measured),
+        "bytes_per_client_per_second": round(stats.bytes / measured / max(1, len(clients))),
         "lag_ms": {
             "p50": percentile(stats.lags, 0.5),
             "p99": percentile(stats.lags, 0.99),
@@ -217,6 +223,8 @@ if __name__ == "__main__":
     parser.add_argument("--warmup", type=float, default=5, help="seconds after connecting, not measured")
     parser.add_argument("--ws", action="store_true", help="WebSocket clients (default: SSE)")
     parser.add_argument("--subscribe", action="store_true", help="a WebSocket client subscribes with an op")
+    parser.add_argument("--books", choices=["full", "diff"], default="full",
+                        help="the subscribe op's books (SSE: put books=diff in --path)")
     parser.add_argument("--batch", type=int, default=250, help="connections opened at once")
     parser.add_argument("--batch-pause", type=float, default=0.05)
     arguments = parser.parse_args()

@@ -87,12 +87,15 @@ def test_one_gateway_run_gives_every_message_of_the_document_valid(tmp_path: Pat
         wait_for(lambda: gw.http.get("/v1/orderbook/BTC_USD?step=0.01").status_code == 200, 15, "a book")
         sse = EventStream(f"{gw.base}/v1/stream?channels={','.join(EVERY_CHANNEL)}", auth)
         resumed = EventStream(f"{gw.base}/v1/stream?channels=trades:BTC_USD&last_event_id=0000-1")
+        diffs = EventStream(f"{gw.base}/v1/stream?channels=orderbook:BTC_USD:0.01,depth:BTC_USD&books=diff")
         with httpx.Client(headers=auth) as http, connect_ws(gw.base + "/v1/ws", http) as ws:
             ws.send_text(json.dumps({"op": "subscribe", "channels": EVERY_CHANNEL}))
             received: list[Any] = [ws.receive_json()]
             ws.send_text(json.dumps({"op": "dance"}))
             ws.send_text(json.dumps({"op": "unsubscribe", "channels": ["depth:BTC_USD"]}))
             ws.send_text(json.dumps({"op": "subscribe", "channels": ["trades:ETH_USD"], "last_event_id": "0000-1"}))
+            ws.send_text(json.dumps({"op": "subscribe", "channels": ["orderbook:ETH_USD:0.01", "depth:ETH_USD"],
+                                     "books": "diff"}))
 
             def every_event_came() -> bool:
                 for _ in range(100):  # what has come, not all that will: events never stop
@@ -102,8 +105,9 @@ def test_one_gateway_run_gives_every_message_of_the_document_valid(tmp_path: Pat
                         break
                 names = {f.get("event") or f.get("op") for f in received}
                 missing = {"orderbook", "depth", "kline", "trade", "assets", "order", "fill", "reset",
-                           "subscribed", "unsubscribed", "error"} - names
+                           "subscribed", "unsubscribed", "error", "orderbook_diff", "depth_diff"} - names
                 missing_sse = {"order", "fill", "trade", "kline"} - {e.get("event") for e in sse.events}
+                missing_sse |= {"orderbook_diff", "depth_diff"} - {e.get("event") for e in diffs.events}
                 if missing or missing_sse:  # wait_for's message names the last one
                     raise AssertionError(f"not yet: {sorted(missing)} on the WebSocket, "
                                          f"{sorted(missing_sse)} on SSE")
@@ -117,6 +121,7 @@ def test_one_gateway_run_gives_every_message_of_the_document_valid(tmp_path: Pat
         wait_for(lambda: any(c == ": heartbeat" for c in resumed.comments), 10, "a heartbeat")
         sse.close()
         resumed.close()
+        diffs.close()
     missing = set(frames.document()["components"]["messages"]) - set(frames.SEEN) - NOT_DRIVEN_HERE
     missing -= {"ws_subscribe", "ws_unsubscribe"}  # what clients send: the gateway parses those
     assert missing == set(), f"not received in this run: {sorted(missing)}"

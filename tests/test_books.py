@@ -3,6 +3,7 @@ makes of consecutive books (app/state/events.py). Pure."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import zlib
 from decimal import Decimal
@@ -62,7 +63,7 @@ def test_the_checksum_takes_the_top_ten_of_each_side_asks_first() -> None:
     )
     assert books.checksum(bids, asks) == zlib.crc32(text.encode())
     # A level past the tenth changes nothing.
-    assert books.checksum(bids, asks[:10] + [["9.9", "9"]]) == books.checksum(bids, asks)
+    assert books.checksum(bids, [*asks[:10], ["9.9", "9"]]) == books.checksum(bids, asks)
 
 
 # --- any sequence of books, as diffs ------------------------------------------
@@ -112,7 +113,7 @@ def test_diffs_applied_in_order_rebuild_every_book(
     sequence: list[dict[str, list[list[str]]]],
 ) -> None:
     held: dict[str, object] = dict(sequence[0])
-    for old, new in zip(sequence, sequence[1:], strict=False):
+    for old, new in itertools.pairwise(sequence):
         data = books.book_changes(old, new)
         held = books.apply(held, data)  # type: ignore[arg-type]
         assert held == new
@@ -125,7 +126,7 @@ def test_diffs_applied_in_order_rebuild_every_book(
 @given(walk())
 def test_merged_diffs_do_what_the_steps_do(sequence: list[dict[str, list[list[str]]]]) -> None:
     merged = books.book_changes(sequence[0], sequence[1])
-    for old, new in zip(sequence[1:], sequence[2:], strict=False):
+    for old, new in itertools.pairwise(sequence):
         merged = books.merge(merged, books.book_changes(old, new))
     assert books.apply(sequence[0], merged) == sequence[-1]
 
@@ -209,3 +210,16 @@ def test_a_depth_charts_diff_carries_its_changed_fields() -> None:
     assert diff is not None and diff.name == "depth_diff"
     body = json.loads(diff.data)
     assert body["data"] == {"bids": [], "asks": [["6601.00", "0"]], "asks_min_price": "6602.00"}
+
+
+@settings(max_examples=examples(100))
+@given(walk())
+def test_the_client_packages_own_copy_proves_the_same_books(sequence: list[dict[str, list[list[str]]]]) -> None:
+    """The client package cannot import the gateway: its apply and checksum
+    are its own, and agree with the gateway's on any sequence of books."""
+    from coinsuper_gateway_client._stream import apply_diff, book_checksum
+
+    held: dict[str, object] = dict(sequence[0])
+    for old, new in zip(sequence, sequence[1:], strict=False):
+        held = apply_diff(held, books.book_changes(old, new))
+        assert held == new and book_checksum(held) == books.checksum(new["bids"], new["asks"])

@@ -16,9 +16,9 @@ from redis.asyncio import Redis
 from app.cluster.redislog import RedisCluster
 from app.cluster.replica import RedisLog
 from app.config import load_settings
+from app.domain import books
 from app.domain.channels import parse_channel
 from app.domain.decode import Trade, TradeWindow, decode
-from app.domain import books
 from app.domain.values import OrderBook, Snapshot
 from app.gateway import Gateway
 from app.ports import Opening

@@ -8,9 +8,11 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
@@ -123,3 +125,35 @@ def test_the_page_shows_the_whole_market_at_a_desktop_and_a_phone_width(
             assert errors == []
         finally:
             browser.close()
+
+
+@pytest.mark.timeout(150)
+def test_the_page_follows_its_books_as_diffs_and_proves_every_one(page: Page, tmp_path: Path) -> None:
+    """For a minute the page follows the order book and the depth chart as
+    diffs: every diff is proven (prev_seq and checksum), the ladder is the
+    book, and the book the page holds is the REST snapshot of the same seq."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    channel = "orderbook:BTC_USD:0.01"
+    with gateway(tmp_path, {}, command="demo") as gw:
+        page.goto(gw.base + "/")
+        page.wait_for_selector("#bids tr", timeout=10_000)
+        matched = 0
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            held = page.evaluate(f"() => books['{channel}']")
+            answer = httpx.get(gw.base + "/v1/orderbook/BTC_USD?step=0.01", timeout=10).json()
+            if held is not None and held["seq"] == answer["seq"]:
+                assert held["data"] == answer["data"]
+                best_bid = page.inner_text("#bids tr:first-child td:first-child")
+                if page.evaluate(f"() => books['{channel}'].seq") == held["seq"]:
+                    assert best_bid == held["data"]["bids"][0][0]
+                matched += 1
+            time.sleep(0.7)
+        counts = page.inner_text("#book-check")
+        page.screenshot(path=str(SHOTS / "5-diffs.png"))
+    diffs, mismatches = (int(part.split()[0]) for part in counts.split("·"))
+    print(f"the page over a minute: {counts}; {matched} times the REST snapshot of the same seq")
+    assert mismatches == 0 and diffs >= 40 and matched >= 10
+    assert errors == []

@@ -56,6 +56,8 @@ EVENT_SUMMARIES = {
     "trade": "One new distinct trade",
     "order": "An order's new state (private)",
     "fill": "One new fill (private)",
+    "orderbook_diff": "An order book's update as level diffs and a checksum (books=diff)",
+    "depth_diff": "A depth chart's update as level diffs and a checksum (books=diff)",
     "status": "A channel's status changed, or trades may be missing (reason gap)",
     "reset": "The id given cannot be resumed: fresh snapshots follow",
 }
@@ -75,7 +77,13 @@ that has data (or, resuming with `Last-Event-ID` or `?last_event_id=`, every
 missed event once, in order; a `reset` first when it cannot), then `position`.
 Then events as they come. Ids: one sequence for the whole gateway, so one id
 resumes a stream over any set of channels (a replica's `status` about its own
-link to the cluster's Redis has none: it is not in the log). A refused stream is a 4xx problem
+link to the cluster's Redis has none: it is not in the log). With `books=diff`
+an order book or depth channel sends its whole event first (at open, after a
+`reset`, when a diff cannot continue the client's copy) and then
+`orderbook_diff` / `depth_diff`: level pairs that set a price's quantity (`"0"`
+removes it), `prev_seq` the book it applies to, `checksum` the CRC32 of the
+result's top 10 asks and bids; resuming replays every missed diff, a slow
+client's collapse into one. A refused stream is a 4xx problem
 (`application/problem+json`, in openapi/openapi.json), never a stream."""
 WS_DESCRIPTION = (
     """A WebSocket, `GET /v1/ws`: text frames of JSON, the same events, ids and
@@ -241,6 +249,17 @@ def document() -> dict[str, Any]:
                 "examples": ["orderbook:BTC_USD:0.01,trades:BTC_USD"],
             },
             "last_event_id": {"type": "string", "description": "as the Last-Event-ID header"},
+            "books": {
+                "type": "string",
+                "enum": ["full", "diff"],
+                "description": "diff: order books and depth charts as their whole event, then "
+                "orderbook_diff / depth_diff events",
+            },
+            "resync": {
+                "type": "string",
+                "description": "with books=diff: channels whose whole event comes first, "
+                "even resuming (the client could not prove its copy)",
+            },
         },
         "required": ["channels"],
     }

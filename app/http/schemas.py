@@ -205,6 +205,9 @@ class WsSubscribe(BaseModel):
     op: Literal["subscribe"]
     channels: list[str] = Field(examples=[["orderbook:BTC_USD:0.01", "trades:BTC_USD"]])
     last_event_id: str | None = None
+    books: Literal["full", "diff"] = Field(
+        "full", description="diff: these order book and depth channels as diffs (docs/api.md)"
+    )
 
 
 class WsUnsubscribe(BaseModel):
@@ -270,6 +273,48 @@ class ItemEvent(BaseModel, Generic[DataT]):
     data: DataT
 
 
+class OrderBookDiff(BaseModel):
+    """The levels that changed: each ``[price, quantity]`` sets that level's
+    quantity, a quantity of ``"0"`` removes it."""
+
+    model_config = STRICT
+    bids: list[Level] = Field(description='[price, new quantity or "0"]')
+    asks: list[Level] = Field(description='[price, new quantity or "0"]')
+
+
+class DepthDiff(OrderBookDiff):
+    """The levels that changed (cumulative quantities), and those of the
+    depth chart's other fields that changed (absent: unchanged)."""
+
+    depth_percent: Decimal | None = None
+    asks_min_price: Decimal | None = None
+    bids_max_price: Decimal | None = None
+
+
+class DiffEvent(BaseModel, Generic[DataT]):
+    """An order book's or depth chart's update as a diff (``books=diff``):
+    applied to the book of ``prev_seq`` it gives exactly the book of ``seq``,
+    whose CRC32 checksum is ``checksum``."""
+
+    model_config = STRICT
+    channel: str = Field(examples=["orderbook:BTC_USD:0.01"])
+    symbol: str | None = Field(examples=["BTC/USD"])
+    seq: int = Field(
+        description="the channel's seq of the book this diff makes (as REST answers it)"
+    )
+    prev_seq: int = Field(description="the seq of the book this diff applies to")
+    exchange_ts: int | None
+    received_ts: int | None
+    data: DataT
+    checksum: int = Field(
+        ge=0,
+        le=2**32 - 1,
+        description="CRC32 of the top 10 asks (lowest first) then the top 10 bids (highest "
+        "first), each price then quantity with the decimal point and then the leading zeros "
+        "removed, no separators (Kraken's recipe)",
+    )
+
+
 class StatusEvent(BaseModel):
     """A channel's status changed (or, with reason ``gap``, a trade push shared
     nothing with the previous window: trades may be missing)."""
@@ -302,6 +347,8 @@ STREAM_EVENTS: dict[str, Any] = {
     "trade": ItemEvent[Trade],
     "order": ItemEvent[Order],
     "fill": ItemEvent[Fill],
+    "orderbook_diff": DiffEvent[OrderBookDiff],
+    "depth_diff": DiffEvent[DepthDiff],
     "status": StatusEvent,
     "reset": ResetEvent,
 }
@@ -314,7 +361,9 @@ Client → gateway: `WsSubscribe` and `WsUnsubscribe`. Gateway → client:
 `WsSubscribed` or `WsUnsubscribed` for each op, or `WsError` (the problem fields of REST; the connection stays);
 then `WsEvent` frames. Subscribing sends the current snapshots of the new
 channels, or with `last_event_id` every missed event once, in order (or an
-event `reset` first when it cannot). Heartbeats are WebSocket pings. A client
+event `reset` first when it cannot); with `books: "diff"` its order book and
+depth channels come as `orderbook_diff` / `depth_diff` after their whole
+event (to ask for a channel whole again, unsubscribe and subscribe it). Heartbeats are WebSocket pings. A client
 whose buffer overflows is closed with code 1013 and resumes with its last id.
 A binary frame, JSON that is not an op (or nested past Python's limit) and an
 op past `GATEWAY_WS_OPS_PER_S` each get an error frame; a whole burst of ops

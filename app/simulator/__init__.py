@@ -19,7 +19,7 @@ from app.domain.channels import KLINE_RANGES, TopicTemplates
 from app.ingest.recording import Recorder
 from app.simulator.account import DemoTrader, PrivateFaults
 from app.simulator.broker import BrokerPorts, DemoAccount, make_broker
-from app.simulator.market import DEFAULT_SYMBOLS, Market, SymbolSpec
+from app.simulator.market import DEFAULT_SYMBOLS, Activity, Market, SymbolSpec
 
 log = logging.getLogger("coinsuper_gateway.simulator")
 
@@ -58,6 +58,7 @@ class Simulator:
         recorder: Recorder | None = None,
         extra_symbols: int = 0,
         book_interval: float | None = None,
+        activity: Activity | None = None,
     ) -> None:
         self.ports = ports or BrokerPorts()
         self.account = account or DemoAccount()
@@ -66,7 +67,7 @@ class Simulator:
         extra = tuple(
             SymbolSpec(f"SIM{i:02d}_USD", Decimal(100 + 10 * i), 2) for i in range(extra_symbols)
         )
-        self.market = Market(DEFAULT_SYMBOLS + extra, seed=seed)
+        self.market = Market(DEFAULT_SYMBOLS + extra, seed=seed, activity=activity)
         # Order books pushed every this many seconds exactly (benchmarks), else every 1–2 s.
         self.book_interval = book_interval
         self.trade_rate = trade_rate

@@ -1,6 +1,7 @@
-"""The simulated exchange's demo account: orders placed, cancelled and filled
-against the simulated market, pushed on the private topics as the exchange
-would (docs/upstream.md), including its warned-of faults on demand.
+"""The simulated exchange's demo account: orders placed in and cancelled from
+the simulated market's book, and filled when the market's matching hits them
+(or, market orders, when they take the book), pushed on the private topics as
+the exchange would (docs/upstream.md), including its warned-of faults on demand.
 
 The order topic pushes only creation (``NEW``) and cancellation (``CANCEL``);
 balances are JSON numbers with 30 decimals; fills carry ``utcDeal`` as a string.
@@ -16,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from decimal import Context, Decimal
 
-from app.simulator.market import Market
+from app.simulator.market import Market, OwnFill
 
 PLACES = Decimal(1).scaleb(-30)
 WIDE = Context(prec=80)  # 30 decimals of a five-digit balance need more than 28 digits
@@ -63,12 +64,9 @@ class DemoTrader:
     def step(self, now_ms: int, dt_s: float) -> list[tuple[str, bytes]]:
         """Advance by ``dt_s`` seconds; returns (kind, payload) pushes with kind
         one of ``assets``, ``orders``, ``fills``."""
-        pushes: list[tuple[str, bytes]] = []
+        pushes: list[tuple[str, bytes]] = self._hits(now_ms)
         if self.rng.random() < 0.5 * dt_s:
             pushes += self._place(now_ms, market_order=self.rng.random() < 0.3)
-        open_orders = [o for o in self.orders.values() if o.state == "NEW" and o.remaining > 0]
-        if open_orders and self.rng.random() < 0.3 * dt_s:
-            pushes += self._fill(self.rng.choice(open_orders), now_ms, taker=False)
         open_orders = [o for o in self.orders.values() if o.state == "NEW" and o.remaining > 0]
         if open_orders and self.rng.random() < 0.15 * dt_s:
             pushes += self._cancel(self.rng.choice(open_orders), now_ms)
@@ -81,8 +79,13 @@ class DemoTrader:
         state = self.market.symbols[symbol]
         places = state.spec.price_places
         buy = self.rng.random() < 0.5
-        offset = Decimal(self.rng.uniform(0.0005, 0.003)) * (-1 if buy else 1)
-        price = (state.mid * (1 + offset)).quantize(Decimal(1).scaleb(-places))
+        # A market order is reserved at a price well past the touch; a limit
+        # order joins (or improves) the best price of its side.
+        if market_order:
+            price = (state.mid * Decimal("1.01" if buy else "0.99")).quantize(state.tick)
+        else:
+            price = self.market.touch(symbol, buy)
+        price = price.quantize(Decimal(1).scaleb(-places))
         quantity = Decimal(self.rng.uniform(0.001, 0.2)).quantize(Decimal("0.0001"))
         if quantity == 0:
             quantity = Decimal("0.0001")
@@ -105,37 +108,52 @@ class DemoTrader:
         self.orders[order.order_no] = order
         self._reserve(order, order.quantity)
         pushes = [("orders", self._order_payload(order)), ("assets", self._assets_payload(now_ms))]
+        self.market.now_ms = now_ms
         if market_order:
-            pushes += self._fill(order, now_ms, taker=True)
+            self.market.take(symbol, buy, quantity, order.order_no)
+        else:
+            tick = int(price / state.tick)
+            self.market.place(
+                state, "bids" if buy else "asks", tick, int(quantity / state.lot), order.order_no
+            )
+        pushes += self._hits(now_ms)
+        if market_order and order.remaining > 0:
+            pushes += self._cancel(order, now_ms)  # what the book could not fill
         while len(self.orders) > 500:
-            self.orders.pop(next(iter(self.orders)))
+            oldest = self.orders.pop(next(iter(self.orders)))
+            self.market.cancel_own(oldest.symbol, oldest.order_no)
+        return pushes
+
+    def _hits(self, now_ms: int) -> list[tuple[str, bytes]]:
+        """Fills of the account's orders that the market's matching made."""
+        fills, self.market.own_fills = self.market.own_fills, []
+        pushes: list[tuple[str, bytes]] = []
+        for fill in fills:
+            order = self.orders.get(fill.order_no)
+            if order is not None and order.state == "NEW" and order.remaining > 0:
+                pushes += self._fill(order, fill, now_ms)
         return pushes
 
     def _cancel(self, order: Order, now_ms: int) -> list[tuple[str, bytes]]:
+        self.market.cancel_own(order.symbol, order.order_no)
         order.state = "CANCEL"
         order.updated_ts = now_ms
         self._reserve(order, -order.remaining)
         return [("orders", self._order_payload(order)), ("assets", self._assets_payload(now_ms))]
 
-    def _fill(self, order: Order, now_ms: int, *, taker: bool) -> list[tuple[str, bytes]]:
-        quantity = (
-            order.remaining
-            if taker or self.rng.random() < 0.5
-            else (order.remaining / 2).quantize(Decimal("0.0001"))
-        )
-        if quantity <= 0:
-            quantity = order.remaining
+    def _fill(self, order: Order, fill: OwnFill, now_ms: int) -> list[tuple[str, bytes]]:
+        quantity = min(fill.quantity, order.remaining)
         order.remaining -= quantity
-        order.filled_amount += quantity * order.price
-        self._settle(order, quantity)
+        order.filled_amount += quantity * fill.price
+        self._settle(order, quantity, fill.price)
         self.next_deal += 1
         deal = {
             "action": order.action,
             "dealNo": str(self.next_deal),
-            "matchType": "TAKER" if taker else "MAKER",
+            "matchType": "TAKER" if fill.taker else "MAKER",
             "orderNo": order.order_no,
             "orderType": order.order_type,
-            "price": format(order.price, "f"),
+            "price": format(fill.price.quantize(order.price), "f"),
             "quantity": format(quantity, "f"),
             "symbol": order.symbol.replace("_", "/"),
             "utcDeal": str(now_ms),
@@ -156,10 +174,12 @@ class DemoTrader:
         else:
             self.balances[base][1] -= quantity
 
-    def _settle(self, order: Order, quantity: Decimal) -> None:
+    def _settle(self, order: Order, quantity: Decimal, price: Decimal) -> None:
         base, quote = self._currencies(order)
-        cost = quantity * order.price
+        cost = quantity * price
         if order.action == "BUY":
+            # Reserved at the order's price; what it did not cost is available again.
+            self.balances[quote][1] += quantity * (order.price - price)
             self.balances[quote][0] -= cost
             self.balances[base][0] += quantity
             self.balances[base][1] += quantity

@@ -1,26 +1,42 @@
-"""A small simulated market that speaks the exchange's payloads. Pure but for
-its random generator: time is passed in.
+"""A small simulated exchange that keeps a real order book per symbol and
+speaks the exchange's payloads. Pure but for its random generator: time is
+passed in.
 
-Each symbol has a mid price that trades move: a buy takes the best ask and
-nudges the mid up, a sell takes the best bid and nudges it down. Books are built
-around the mid at each step (bids below asks), depth charts are cumulative, and
-candles of every range are built from the trades. Payloads have the field names
-and types of docs/upstream.md and ``tests/samples``.
+Each symbol's book holds resting limit orders by price (in ticks of the
+symbol's price precision, quantities in lots of its quantity precision, so
+that all of it is integer arithmetic). Limit orders arrive around the mid at
+distances spread from one tick to a few per cent of the price (log-uniform:
+dense at the touch, thin far out), rest, and are cancelled; market orders take
+the best levels, and a limit order that crosses trades at once. The trades
+(the trades topic) are those matches, and the mid is the middle of the best
+bid and ask, so it follows them. A pushed order book is the book aggregated
+to the step's grid (top 15 levels a side), the depth chart its cumulative
+form (50 levels), the candles the trades'. The demo account's orders rest in
+the same book, and its fills are the matches that hit them
+(:mod:`app.simulator.account`).
+
+:class:`Activity` holds the rates. The default makes about a fifth of the top
+15 levels of a side change between two pushes of a book, as on a quiet
+exchange (``tests/test_simulator.py`` measures it; the README states it);
+``Activity.busy`` is the busier setting. Payloads have the field names and
+types of docs/upstream.md and ``tests/samples``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections import deque
 from dataclasses import dataclass, field
-from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from decimal import ROUND_FLOOR, Decimal
 
 from app.domain.channels import KLINE_RANGES, steps_for
 
 TRADE_WINDOW = 50
 BOOK_LEVELS = 15
 DEPTH_LEVELS = 50
+BIDS, ASKS = "bids", "asks"
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +52,29 @@ DEFAULT_SYMBOLS = (
     SymbolSpec("ETH_USD", Decimal("210.00"), 2),
     SymbolSpec("ETH_BTC", Decimal("0.03150000"), 8),
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Activity:
+    """How busy the market is, per symbol: limit orders arriving per second
+    on each side, the share of resting orders cancelled per second, and how
+    far out orders rest (a fraction of the price)."""
+
+    arrivals_per_s: float = 3.0
+    cancel_share_per_s: float = 1 / 120
+    reach: float = 0.08
+    resting: int = 360  # orders per side when the market opens (the steady state)
+
+    def scaled(self, factor: float) -> Activity:
+        """``factor`` times the arrivals and cancels (the same resting book)."""
+        return Activity(
+            self.arrivals_per_s * factor, self.cancel_share_per_s * factor, self.reach, self.resting
+        )
+
+    @classmethod
+    def busy(cls) -> Activity:
+        """Ten times the arrivals and cancels: most of the top levels change between pushes."""
+        return cls().scaled(10)
 
 
 @dataclass(slots=True)
@@ -56,14 +95,50 @@ class Candle:
     volume: Decimal
 
 
+@dataclass(slots=True)
+class OwnFill:
+    """A match that hit (or was made by) an order of the demo account."""
+
+    order_no: str
+    price: Decimal
+    quantity: Decimal
+    taker: bool
+    ts: int
+
+
 @dataclass
 class SymbolState:
     spec: SymbolSpec
-    mid: Decimal
+    bids: dict[int, int] = field(default_factory=dict)  # price tick → lots resting
+    asks: dict[int, int] = field(default_factory=dict)
+    # The demo account's resting orders at each tick of each side: order no → lots.
+    own: dict[str, dict[int, dict[str, int]]] = field(default_factory=lambda: {BIDS: {}, ASKS: {}})
     trades: deque[SimTrade] = field(default_factory=lambda: deque(maxlen=TRADE_WINDOW))
     # Every trade, when the market is asked to keep them (for soak tests).
     history: list[SimTrade] | None = None
     candles: dict[int, Candle] = field(default_factory=dict)
+
+    @property
+    def tick(self) -> Decimal:
+        return Decimal(1).scaleb(-self.spec.price_places)
+
+    @property
+    def lot(self) -> Decimal:
+        return Decimal(1).scaleb(-self.spec.qty_places)
+
+    def best(self, side: str) -> int | None:
+        levels = self.bids if side == BIDS else self.asks
+        if not levels:
+            return None
+        return max(levels) if side == BIDS else min(levels)
+
+    @property
+    def mid(self) -> Decimal:
+        """The middle of the best bid and ask (the start price on an empty side)."""
+        bid, ask = self.best(BIDS), self.best(ASKS)
+        if bid is None or ask is None:
+            return self.spec.start_price
+        return (Decimal(bid + ask) / 2) * self.tick
 
 
 def _q(value: Decimal, places: int, rounding: str = ROUND_FLOOR) -> Decimal:
@@ -75,50 +150,204 @@ def _dumps(value: object) -> bytes:
 
 
 class Market:
-    """Prices, trades, books and candles for a few symbols."""
+    """Order books, trades and candles for a few symbols."""
 
     def __init__(
-        self, specs: tuple[SymbolSpec, ...] = DEFAULT_SYMBOLS, seed: int | None = None
+        self,
+        specs: tuple[SymbolSpec, ...] = DEFAULT_SYMBOLS,
+        seed: int | None = None,
+        activity: Activity | None = None,
     ) -> None:
         self.rng = random.Random(seed)
-        self.symbols = {spec.symbol: SymbolState(spec, spec.start_price) for spec in specs}
+        self.activity = activity or Activity()
+        self.symbols = {spec.symbol: SymbolState(spec) for spec in specs}
+        self.own_fills: list[OwnFill] = []  # for the demo account, drained by it
+        self.now_ms = 0
+        for state in self.symbols.values():
+            self._open(state)
 
     # --- evolution ---------------------------------------------------------
 
+    def _open(self, state: SymbolState) -> None:
+        """Fill an empty book to its steady state around the start price."""
+        centre = int(state.spec.start_price / state.tick)
+        for side, sign in ((BIDS, -1), (ASKS, 1)):
+            levels = state.bids if side == BIDS else state.asks
+            for _ in range(self.activity.resting):
+                tick = centre + sign * self._distance(state)
+                levels[tick] = levels.get(tick, 0) + self._lots(state)
+
+    def _distance(self, state: SymbolState) -> int:
+        """Ticks from the mid: log-uniform from 1 to ``reach`` of the price."""
+        far = max(2.0, float(state.mid / state.tick) * self.activity.reach)
+        return max(1, int(math.exp(self.rng.uniform(0.0, math.log(far)))))
+
+    def _lots(self, state: SymbolState) -> int:
+        return max(1, int(self.rng.uniform(0.001, 1.0) / float(state.lot)))
+
+    def _count(self, expected: float) -> int:
+        whole = int(expected)
+        return whole + (1 if self.rng.random() < expected - whole else 0)
+
     def tick(self, now_ms: int, trade_rate: float, dt_s: float) -> int:
-        """Advance by ``dt_s`` seconds with about ``trade_rate`` trades per
-        second per symbol; returns how many trades happened."""
+        """Advance by ``dt_s`` seconds: limit orders arrive and are
+        cancelled, and about ``trade_rate`` market orders per second per
+        symbol take the book; returns how many trades happened."""
+        self.now_ms = now_ms
         count = 0
+        activity = self.activity
         for state in self.symbols.values():
-            expected = trade_rate * dt_s
-            n = int(expected) + (1 if self.rng.random() < expected - int(expected) else 0)
-            for _ in range(n):
-                self._trade(state, now_ms)
-                count += 1
-            # A little drift with no trade keeps books moving.
-            state.mid *= Decimal(1 + self.rng.gauss(0, 0.00005))
+            for side in (BIDS, ASKS):
+                for _ in range(self._count(activity.arrivals_per_s * dt_s)):
+                    count += self._arrive(state, side)
+                levels = state.bids if side == BIDS else state.asks
+                for _ in range(self._count(len(levels) * activity.cancel_share_per_s * dt_s)):
+                    self._cancel_some(state, side)
+            for _ in range(self._count(trade_rate * dt_s)):
+                taker = ASKS if self.rng.random() < 0.5 else BIDS  # a buy takes asks
+                count += self._take(state, taker, self._lots(state), None, None)
         return count
 
-    def _trade(self, state: SymbolState, now_ms: int) -> None:
-        spec = state.spec
-        bid, ask = self._best(state, Decimal(1).scaleb(-spec.price_places))
-        buy = self.rng.random() < 0.5
-        price = ask if buy else bid
-        quantity = _q(Decimal(self.rng.uniform(0.001, 1.0)), spec.qty_places)
-        if quantity == 0:
-            quantity = Decimal(1).scaleb(-spec.qty_places)
-        # Repeat the last trade exactly now and then: the gateway must keep
-        # equal trades apart.
-        if state.trades and self.rng.random() < 0.05:
-            last = state.trades[-1]
-            trade = SimTrade(last.price, last.quantity, last.action, last.ts)
+    def _arrive(self, state: SymbolState, side: str) -> int:
+        """A limit order on ``side`` around the mid; one that crosses trades."""
+        mid = int(state.mid / state.tick)
+        distance = self._distance(state)
+        tick = mid - distance if side == BIDS else mid + distance
+        if tick <= 0:
+            return 0
+        return self.place(state, side, tick, self._lots(state), None)
+
+    def _cancel_some(self, state: SymbolState, side: str) -> None:
+        """Part or all of the others' quantity at a random level leaves."""
+        levels = state.bids if side == BIDS else state.asks
+        if not levels:
+            return
+        tick = self.rng.choice(list(levels))
+        own = sum(state.own[side].get(tick, {}).values())
+        others = levels[tick] - own
+        if others <= 0:
+            return
+        gone = others if self.rng.random() < 0.6 else max(1, int(others * self.rng.random()))
+        self._reduce(levels, tick, gone)
+
+    @staticmethod
+    def _reduce(levels: dict[int, int], tick: int, lots: int) -> None:
+        left = levels[tick] - lots
+        if left > 0:
+            levels[tick] = left
         else:
-            trade = SimTrade(price, quantity, "BUY" if buy else "SELL", now_ms)
+            del levels[tick]
+
+    def place(self, state: SymbolState, side: str, tick: int, lots: int, owner: str | None) -> int:
+        """A limit order: what crosses the other side trades at once (as a
+        taker), the rest rests (an account's order under ``owner``). Returns
+        how many trades it made."""
+        other = ASKS if side == BIDS else BIDS
+        best = state.best(other)
+        trades = 0
+        if best is not None and (tick >= best if side == BIDS else tick <= best):
+            trades, lots = self._match(state, other, lots, owner, tick)
+        if lots > 0:
+            levels = state.bids if side == BIDS else state.asks
+            levels[tick] = levels.get(tick, 0) + lots
+            if owner is not None:
+                resting = state.own[side].setdefault(tick, {})
+                resting[owner] = resting.get(owner, 0) + lots
+        return trades
+
+    def take(self, symbol: str, buy: bool, quantity: Decimal, owner: str) -> int:
+        """A market order of the account's: returns how many trades it made."""
+        state = self.symbols[symbol]
+        lots = int(quantity / state.lot)
+        return self._take(state, ASKS if buy else BIDS, lots, owner, None)
+
+    def _take(
+        self, state: SymbolState, side: str, lots: int, owner: str | None, limit: int | None
+    ) -> int:
+        return self._match(state, side, lots, owner, limit)[0]
+
+    def _match(
+        self, state: SymbolState, side: str, lots: int, owner: str | None, limit: int | None
+    ) -> tuple[int, int]:
+        """Take up to ``lots`` from the best levels of ``side`` (not past
+        ``limit``): the trades, and the lots left untaken."""
+        levels = state.bids if side == BIDS else state.asks
+        action = "BUY" if side == ASKS else "SELL"
+        trades = 0
+        while lots > 0 and levels:
+            best = max(levels) if side == BIDS else min(levels)
+            if limit is not None and (best > limit if side == ASKS else best < limit):
+                break
+            taken = min(lots, levels[best])
+            # The others' orders at a level came first; the account's last.
+            own = state.own[side].get(best, {})
+            others = levels[best] - sum(own.values())
+            price = Decimal(best) * state.tick
+            from_others = min(taken, others)
+            if from_others:
+                # Now and then two resting orders of one size: two equal trades.
+                if from_others % 2 == 0 and self.rng.random() < 0.05:
+                    half = Decimal(from_others // 2) * state.lot
+                    self._trade(state, price, half, action)
+                    self._trade(state, price, half, action)
+                    trades += 2
+                else:
+                    self._trade(state, price, Decimal(from_others) * state.lot, action)
+                    trades += 1
+            rest = taken - from_others
+            for order_no in list(own):
+                if rest <= 0:
+                    break
+                hit = min(rest, own[order_no])
+                rest -= hit
+                quantity = Decimal(hit) * state.lot
+                self._trade(state, price, quantity, action)
+                trades += 1
+                self.own_fills.append(OwnFill(order_no, price, quantity, False, self.now_ms))
+                own[order_no] -= hit
+                if not own[order_no]:
+                    del own[order_no]
+            if not own:
+                state.own[side].pop(best, None)
+            if owner is not None:
+                self.own_fills.append(
+                    OwnFill(owner, price, Decimal(taken) * state.lot, True, self.now_ms)
+                )
+            self._reduce(levels, best, taken)
+            lots -= taken
+        return trades, lots
+
+    def cancel_own(self, symbol: str, order_no: str) -> None:
+        """The account's order leaves the book."""
+        state = self.symbols[symbol]
+        for side in (BIDS, ASKS):
+            levels = state.bids if side == BIDS else state.asks
+            for tick, resting in list(state.own[side].items()):
+                lots = resting.pop(order_no, 0)
+                if lots:
+                    self._reduce(levels, tick, lots)
+                if not resting:
+                    del state.own[side][tick]
+
+    def touch(self, symbol: str, buy: bool) -> Decimal:
+        """A price for the account's limit order: at the best of its side, or
+        one tick better where the spread leaves room (it is hit first)."""
+        state = self.symbols[symbol]
+        side = BIDS if buy else ASKS
+        best, other = state.best(side), state.best(ASKS if buy else BIDS)
+        if best is None or other is None:
+            return _q(state.mid, state.spec.price_places)
+        better = best + 1 if buy else best - 1
+        tick = better if (buy and better < other) or (not buy and better > other) else best
+        if self.rng.random() < 0.5:
+            tick = best
+        return Decimal(tick) * state.tick
+
+    def _trade(self, state: SymbolState, price: Decimal, quantity: Decimal, action: str) -> None:
+        trade = SimTrade(price, quantity, action, self.now_ms)
         state.trades.append(trade)
         if state.history is not None:
             state.history.append(trade)
-        impact = Decimal(self.rng.uniform(0.00002, 0.0002))
-        state.mid *= (1 + impact) if trade.action == "BUY" else (1 - impact)
         for range_ms in KLINE_RANGES.values():
             self._add_to_candle(state, range_ms, trade)
 
@@ -135,32 +364,36 @@ class Market:
         candle.last = trade.price
         candle.volume += trade.quantity
 
-    def _best(self, state: SymbolState, step: Decimal) -> tuple[Decimal, Decimal]:
-        """Best bid and ask at a step: on the step grid, bid strictly below ask."""
-        half_spread = state.mid * Decimal("0.0002")
-        bid = ((state.mid - half_spread) / step).to_integral_value(ROUND_FLOOR) * step
-        ask = ((state.mid + half_spread) / step).to_integral_value(ROUND_CEILING) * step
-        if ask <= bid:
-            ask = bid + step
-        return bid, ask
-
     # --- payloads ----------------------------------------------------------
 
     def _price(self, state: SymbolState, value: Decimal) -> str:
         return format(_q(value, state.spec.price_places), "f")
 
+    def levels(self, symbol: str, side: str, step_ticks: int, count: int) -> list[tuple[int, int]]:
+        """The book's ``side`` aggregated to a grid of ``step_ticks``: bids
+        down to their bucket, asks up to theirs; the best ``count``, best first."""
+        state = self.symbols[symbol]
+        levels = state.bids if side == BIDS else state.asks
+        out: list[tuple[int, int]] = []
+        for tick in sorted(levels, reverse=side == BIDS):
+            bucket = (tick // step_ticks if side == BIDS else -(-tick // step_ticks)) * step_ticks
+            if out and out[-1][0] == bucket:
+                out[-1] = (bucket, out[-1][1] + levels[tick])
+            elif len(out) == count:
+                break
+            else:
+                out.append((bucket, levels[tick]))
+        return out
+
     def orderbook(self, symbol: str, step_text: str, now_ms: int) -> bytes:
         state = self.symbols[symbol]
-        step = Decimal(step_text)
-        places = state.spec.price_places
-        bid, ask = self._best(state, max(step, Decimal(1).scaleb(-places)))
-        sides: dict[str, list[dict[str, str]]] = {"asks": [], "bids": []}
-        for side, start, sign in (("asks", ask, 1), ("bids", bid, -1)):
-            price = start
-            for _ in range(BOOK_LEVELS):
-                if price <= 0:
-                    break
-                quantity = _q(Decimal(self.rng.uniform(0.01, 1.0)), state.spec.qty_places)
+        step_ticks = max(1, int(Decimal(step_text) / state.tick))
+        sides: dict[str, list[dict[str, str]]] = {}
+        for side in (ASKS, BIDS):
+            sides[side] = []
+            for tick, lots in self.levels(symbol, side, step_ticks, BOOK_LEVELS):
+                price = Decimal(tick) * state.tick
+                quantity = Decimal(lots) * state.lot
                 sides[side].append(
                     {
                         "amount": format(_q(price * quantity, 2), "f"),
@@ -168,11 +401,10 @@ class Market:
                         "quantity": format(quantity, "f"),
                     }
                 )
-                price += sign * step * self.rng.randint(1, 3)
         return _dumps(
             {
-                "asks": sides["asks"],
-                "bids": sides["bids"],
+                "asks": sides[ASKS],
+                "bids": sides[BIDS],
                 "limitSize": BOOK_LEVELS,
                 "step": step_text,
                 "symbol": symbol.replace("_", "/"),
@@ -181,35 +413,42 @@ class Market:
         )
 
     def depth(self, symbol: str) -> bytes:
+        """Cumulative quantities in 50 bins a side, a thousandth of the price wide."""
         state = self.symbols[symbol]
-        places = state.spec.price_places
-        tick = Decimal(1).scaleb(-places)
-        bid, ask = self._best(state, tick)
-        gap = max(_q(state.mid * Decimal("0.001"), places), tick)
-        levels: dict[str, list[dict[str, str | None]]] = {"asks": [], "bids": []}
-        for side, start, sign in (("asks", ask, 1), ("bids", bid, -1)):
-            cumulative = Decimal(0)
-            for index in range(DEPTH_LEVELS):
-                price = start + sign * gap * index
-                if price <= 0:
+        gap = max(int(state.mid * Decimal("0.001") / state.tick), 1)
+        out: dict[str, list[dict[str, str | None]]] = {ASKS: [], BIDS: []}
+        for side, sign in ((ASKS, 1), (BIDS, -1)):
+            levels = state.bids if side == BIDS else state.asks
+            start = state.best(side)
+            if start is None:
+                continue
+            ordered = sorted(levels, reverse=side == BIDS)
+            cumulative, index = 0, 0
+            for n in range(DEPTH_LEVELS):
+                edge = start + sign * gap * n
+                if edge <= 0:
                     break
-                if index or side == "asks":
-                    cumulative += _q(Decimal(self.rng.uniform(0.1, 3.0)), 4)
-                levels[side].append(
+                while index < len(ordered) and (
+                    ordered[index] <= edge if sign > 0 else ordered[index] >= edge
+                ):
+                    cumulative += levels[ordered[index]]
+                    index += 1
+                out[side].append(
                     {
-                        "price": self._price(state, price),
-                        "quantity": format(_q(cumulative, 4), "f"),
+                        "price": self._price(state, Decimal(edge) * state.tick),
+                        "quantity": format(Decimal(cumulative) * state.lot, "f"),
                         "stepValue": None,
                     }
                 )
+        bid, ask = state.best(BIDS) or 0, state.best(ASKS) or 0
         return _dumps(
             {
                 "symbol": symbol.replace("_", "/"),
-                "asks": levels["asks"],
-                "bids": levels["bids"],
+                "asks": out[ASKS],
+                "bids": out[BIDS],
                 "depthPercent": "0.01",
-                "asksMinPrice": self._price(state, ask),
-                "bidsMaxPrice": self._price(state, bid),
+                "asksMinPrice": self._price(state, Decimal(ask) * state.tick),
+                "bidsMaxPrice": self._price(state, Decimal(bid) * state.tick),
             }
         )
 

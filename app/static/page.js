@@ -86,6 +86,91 @@ async function getJSON(url, headers) {
   return { status: response.status, body: response.status === 304 ? null : await response.json() };
 }
 
+// --- book diffs ---------------------------------------------------------------
+// The market stream asks for books=diff: an order book or depth chart comes
+// whole first, then as level diffs with a CRC32 checksum (docs/api.md, "Book
+// diffs"). Each diff is applied to the book held, and shown only once its
+// prev_seq and checksum prove it; otherwise the channel is asked for again.
+
+const books = {};       // channel name → the envelope of its newest proven book
+const bookChecks = { diffs: 0, mismatches: 0 };
+let lastEventId = "";   // the market stream's newest id (a new EventSource resumes from it)
+
+const CRC_TABLE = Array.from({ length: 256 }, (_, n) => {
+  let c = n;
+  for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+  return c >>> 0;
+});
+
+function crc32(text) {
+  let crc = 0xffffffff;
+  for (let i = 0; i < text.length; i++) crc = CRC_TABLE[(crc ^ text.charCodeAt(i)) & 0xff] ^ (crc >>> 8);
+  return (crc ^ 0xffffffff) >>> 0;
+}
+
+function checksum(book) {
+  const digits = (text) => text.replace(".", "").replace(/^0+/, "");
+  const levels = [...book.asks.slice(0, 10), ...book.bids.slice(0, 10)];
+  return crc32(levels.map(([p, q]) => digits(p) + digits(q)).join(""));
+}
+
+// Exact comparison of two non-negative decimal strings (no floats).
+function compareDecimals(a, b) {
+  const [ai, af = ""] = a.split(".");
+  const [bi, bf = ""] = b.split(".");
+  const ia = ai.replace(/^0+/, ""), ib = bi.replace(/^0+/, "");
+  if (ia.length !== ib.length) return ia.length - ib.length;
+  if (ia !== ib) return ia < ib ? -1 : 1;
+  const width = Math.max(af.length, bf.length);
+  const fa = af.padEnd(width, "0"), fb = bf.padEnd(width, "0");
+  return fa === fb ? 0 : fa < fb ? -1 : 1;
+}
+
+function applyDiff(book, data) {
+  const result = { ...book };
+  for (const [key, value] of Object.entries(data)) if (key !== "bids" && key !== "asks") result[key] = value;
+  for (const side of ["bids", "asks"]) {
+    const levels = new Map(book[side]);
+    for (const [price, quantity] of data[side] || []) {
+      if (quantity === "0") levels.delete(price); else levels.set(price, quantity);
+    }
+    const order = side === "bids" ? -1 : 1;
+    result[side] = [...levels.entries()].sort((x, y) => order * compareDecimals(x[0], y[0]));
+  }
+  return result;
+}
+
+function renderChecks() {
+  $("book-check").textContent = `${bookChecks.diffs} diffs · ${bookChecks.mismatches} mismatches`;
+  $("book-check").dataset.mismatches = String(bookChecks.mismatches);
+}
+
+// A whole book (an event "orderbook"/"depth") or a diff: the envelope to show, or null.
+function proveBook(name, event) {
+  const body = JSON.parse(event.data);
+  if (!name.endsWith("_diff")) {
+    books[body.channel] = body;
+    return body;
+  }
+  const held = books[body.channel];
+  bookChecks.diffs += 1;
+  if (held && held.seq === body.prev_seq) {
+    const data = applyDiff(held.data, body.data);
+    if (checksum(data) === body.checksum) {
+      const envelope = { channel: body.channel, symbol: body.symbol, seq: body.seq,
+        exchange_ts: body.exchange_ts, received_ts: body.received_ts, stale: false, data };
+      books[body.channel] = envelope;
+      renderChecks();
+      return envelope;
+    }
+  }
+  bookChecks.mismatches += 1;
+  delete books[body.channel];
+  renderChecks();
+  openMarket([body.channel]);  // ask for it again, whole
+  return null;
+}
+
 // --- status -----------------------------------------------------------------
 
 function setStatus(channel, status, reason) {
@@ -194,21 +279,45 @@ function follow() {
   $("bids").replaceChildren();
   bidsDepth.setData([]);
   asksDepth.setData([]);
+  for (const key of Object.keys(books)) delete books[key];
+  lastEventId = "";
+  marketHistory = () => loadHistory(symbol, range);
+  openMarket([]);
+}
+
+let marketHistory = () => {};
+
+// The market stream, in diff mode; ``resync``: channels to be sent whole
+// first (their copy could not be proven), resuming from the newest id seen.
+function openMarket(resync) {
   if (market) market.close();
-  market = new EventSource(`/v1/stream?channels=${Object.keys(panels).join(",")}`);
-  market.onopen = () => { setConnection("live"); loadHistory(symbol, range); };
+  let url = `/v1/stream?channels=${Object.keys(panels).join(",")}&books=diff`;
+  if (resync.length) url += `&resync=${resync.join(",")}&last_event_id=${encodeURIComponent(lastEventId)}`;
+  market = new EventSource(url);
+  const fresh = !resync.length;
+  market.onopen = () => { setConnection("live"); if (fresh) marketHistory(); };
   market.onerror = () => setConnection("disconnected");
-  market.addEventListener("orderbook", (e) => renderBook(JSON.parse(e.data)));
-  market.addEventListener("depth", (e) => renderDepth(JSON.parse(e.data)));
-  market.addEventListener("trade", (e) => addTrade(JSON.parse(e.data).data, true));
+  const seen = (e) => { if (e.lastEventId) lastEventId = e.lastEventId; };
+  for (const name of ["orderbook", "orderbook_diff"]) {
+    market.addEventListener(name, (e) => { seen(e); const book = proveBook(name, e); if (book) renderBook(book); });
+  }
+  for (const name of ["depth", "depth_diff"]) {
+    market.addEventListener(name, (e) => { seen(e); const book = proveBook(name, e); if (book) renderDepth(book); });
+  }
+  market.addEventListener("trade", (e) => { seen(e); addTrade(JSON.parse(e.data).data, true); });
   market.addEventListener("kline", (e) => {
+    seen(e);
     try { candles.update(candle(JSON.parse(e.data).data)); } catch (err) { /* an older candle */ }
   });
   market.addEventListener("status", (e) => {
+    seen(e);
     const s = JSON.parse(e.data);
     setStatus(s.channel, s.status, s.reason);
   });
-  market.addEventListener("reset", () => loadHistory(symbol, range));
+  market.addEventListener("reset", () => {
+    for (const key of Object.keys(books)) delete books[key];
+    marketHistory();
+  });
 }
 
 // --- account ----------------------------------------------------------------

@@ -137,3 +137,39 @@ async def test_a_token_opens_private_channels(base_url: str, token: str, transpo
     async with GatewayClient(base_url, token=token) as gateway:
         events = await _collect(gateway.stream(["assets"], transport=transport), {"assets"})
     assert events[-1].data["channel"] == "assets" and events[-1].data["data"]["balances"]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_in_diff_mode_the_stream_hands_out_whole_proven_books(base_url: str, transport: Transport) -> None:
+    stream = GatewayStream(base_url, ["orderbook:BTC_USD:0.01"], transport=transport, books="diff")
+    books: list[StreamEvent] = []
+    async with stream:
+        async for event in stream:
+            assert event.event in ("orderbook", "status")  # diffs are applied, never handed out
+            if event.event == "orderbook":
+                books.append(event)
+            if len(books) == 3:
+                break
+    assert [b.data["seq"] for b in books] == list(range(books[0].data["seq"], books[0].data["seq"] + 3))
+    assert stream.mismatches == 0 and len(books[-1].data["data"]["bids"]) == 15
+    async with GatewayClient(base_url) as gateway:
+        now = await gateway.orderbook("BTC_USD", "0.01")
+    if now["seq"] == books[-1].data["seq"]:
+        assert now["data"] == books[-1].data["data"]
+
+
+async def test_a_diff_it_cannot_prove_is_counted_never_handed_out_and_asked_for_again() -> None:
+    stream = GatewayStream("http://127.0.0.1:9", ["orderbook:X_USD:0.01"], books="diff")
+    book = {"step": "0.01", "bids": [["1.00", "2"]], "asks": [["1.10", "3"]]}
+    head = {"channel": "orderbook:X_USD:0.01", "symbol": "X/USD", "exchange_ts": 1, "received_ts": 2}
+    whole = StreamEvent("e-1", "orderbook", {**head, "seq": 1, "stale": False, "data": book})
+    assert await stream._book(whole) is whole
+    change = {"bids": [["1.00", "0"], ["1.01", "5"]], "asks": []}
+    good = {**head, "seq": 2, "prev_seq": 1, "data": change, "checksum": 1018715730}
+    proven = await stream._book(StreamEvent("e-2", "orderbook_diff", good))
+    assert proven is not None and proven.event == "orderbook" and proven.data["data"]["bids"] == [["1.01", "5"]]
+    # A wrong checksum, then a diff that does not follow the book held.
+    for bad in ({**good, "seq": 3, "prev_seq": 2, "checksum": 1}, {**good, "seq": 5, "prev_seq": 4}):
+        assert await stream._book(StreamEvent("e-3", "orderbook_diff", bad)) is None
+    assert stream.mismatches == 1  # the second came before the channel, asked for again, came whole
+    assert "orderbook:X_USD:0.01" not in stream.held and stream._resync == {"orderbook:X_USD:0.01"}

@@ -13,6 +13,13 @@ with no code of its own. When the gateway cannot resume (it restarted, or its
 buffer passed the id), the caller gets an event named ``reset`` followed by
 fresh snapshots. A refused request (bad channel, missing token, a cap) is
 raised as :class:`StreamRefused`: retrying would not mend it.
+
+With ``books="diff"`` the gateway sends order books and depth charts as level
+diffs with a CRC32 checksum; the stream keeps each book, applies each diff,
+checks its ``prev_seq`` and its checksum, and hands the caller whole books
+(events ``orderbook`` / ``depth``, as in the default mode). A diff it cannot
+prove is never handed out: it is counted (``mismatches``) and the channel is
+asked for again, whole.
 """
 
 from __future__ import annotations
@@ -20,8 +27,10 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -31,6 +40,8 @@ from httpx_ws import AsyncWebSocketSession, HTTPXWSException, WebSocketDisconnec
 from coinsuper_gateway_client._problems import GatewayError, refused
 
 APPEND_ONLY = frozenset({"trade", "order", "fill"})
+DIFFS = {"orderbook_diff": "orderbook", "depth_diff": "depth"}
+SIDES = ("bids", "asks")
 # What a dropped link raises; the stream resumes after any of them.
 DROPS = (httpx.HTTPError, HTTPXWSException, WebSocketDisconnect, OSError)
 
@@ -63,6 +74,35 @@ async def sse_blocks(lines: AsyncIterator[str]) -> AsyncGenerator[dict[str, str]
         fields = {}
 
 
+def book_checksum(book: dict[str, Any]) -> int:
+    """The gateway's (Kraken's) CRC32 of a book: the top 10 asks then the top
+    10 bids, each price then quantity with the point and leading zeros removed."""
+
+    def digits(text: str) -> str:
+        return text.replace(".", "").lstrip("0")
+
+    levels = [*book["asks"][:10], *book["bids"][:10]]
+    return zlib.crc32("".join(digits(p) + digits(q) for p, q in levels).encode("ascii"))
+
+
+def apply_diff(book: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    """The book a diff's ``data`` makes of ``book``: each pair sets a level's
+    quantity, ``"0"`` removes it; other fields are set; levels best first."""
+    result = {**book, **{k: v for k, v in data.items() if k not in SIDES}}
+    for side in SIDES:
+        levels = {price: quantity for price, quantity in book[side]}
+        for price, quantity in data.get(side, ()):
+            if quantity == "0":
+                levels.pop(price, None)
+            else:
+                levels[price] = quantity
+        ordered = sorted(
+            levels.items(), key=lambda level: Decimal(level[0]), reverse=side == "bids"
+        )
+        result[side] = [[price, quantity] for price, quantity in ordered]
+    return result
+
+
 def _position(event_id: str) -> tuple[str, int]:
     epoch, _, seq = event_id.rpartition("-")
     return epoch, int(seq) if seq.isascii() and seq.isdigit() else -1
@@ -90,10 +130,20 @@ class GatewayStream:
         transport: Literal["sse", "websocket"] = "sse",
         token: str | None = None,
         last_event_id: str | None = None,
+        books: Literal["full", "diff"] = "full",
         first_delay: float = 0.2,
         max_delay: float = 5.0,
     ) -> None:
+        if books not in ("full", "diff"):
+            raise ValueError("books: 'full' or 'diff'")
         self.base_url = base_url.rstrip("/")
+        self.books = books
+        # Diff mode: each book channel's newest proven book, its seq and envelope.
+        self.held: dict[str, dict[str, Any]] = {}
+        self.mismatches = 0  # diffs that could not be proven (the channel was asked for again)
+        self._resync: set[str] = set()  # channels to ask for whole at the next connection
+        self._asked: set[str] = set()  # asked for whole, not come yet
+        self._ws: AsyncWebSocketSession | None = None
         self.channels = list(channels)
         self.transport = transport
         self.token = token
@@ -139,6 +189,13 @@ class GatewayStream:
                         failures = 0
                         if self._seen(event):
                             continue
+                        if self.books == "diff":
+                            book = await self._book(event)
+                            if book is None:
+                                if self._resync and self.transport == "sse":
+                                    break  # ask again: a new connection, at once
+                                continue
+                            event = book
                         yield event
                 except DROPS:
                     pass  # the link dropped: resume below
@@ -150,6 +207,8 @@ class GatewayStream:
                         raise
                 finally:
                     await _close(session)
+                if self._resync and self.transport == "sse":
+                    continue  # not a drop: no wait
                 delay = min(self.max_delay, self.first_delay * 2**failures) * random.uniform(0.5, 1)
                 failures += 1
                 self.reconnects += 1
@@ -169,8 +228,57 @@ class GatewayStream:
             return False
         return event.event in APPEND_ONLY and seq <= last_seq
 
+    async def _book(self, event: StreamEvent) -> StreamEvent | None:
+        """Diff mode: keep whole books, prove and apply diffs; the event to hand
+        out, a whole book for a diff, or None for a diff that cannot be proven."""
+        name = DIFFS.get(event.event)
+        if event.event == "reset":
+            self.held.clear()
+        if event.event in ("orderbook", "depth"):
+            self.held[event.data["channel"]] = event.data
+            self._asked.discard(event.data["channel"])
+            return event
+        if name is None:
+            return event
+        diff = event.data
+        channel = diff["channel"]
+        if channel in self._asked:
+            return None  # asked for whole already: what comes before it is moot
+        held = self.held.get(channel)
+        if held is not None and held["seq"] == diff["prev_seq"]:
+            book = apply_diff(held["data"], diff["data"])
+            if book_checksum(book) == diff["checksum"]:
+                whole = {
+                    key: diff[key]
+                    for key in ("channel", "symbol", "seq", "exchange_ts", "received_ts")
+                }
+                whole.update(stale=False, data=book)
+                self.held[channel] = whole
+                return StreamEvent(event.id, name, whole)
+        self.mismatches += 1
+        self.held.pop(channel, None)
+        self._asked.add(channel)
+        await self._ask_again(channel)
+        return None
+
+    async def _ask_again(self, channel: str) -> None:
+        """Ask for a channel whose copy could not be proven, whole."""
+        if self.transport == "sse":
+            self._resync.add(channel)
+            return
+        if self._ws is not None:
+            await self._ws.send_text(json.dumps({"op": "unsubscribe", "channels": [channel]}))
+            await self._ws.send_text(
+                json.dumps({"op": "subscribe", "channels": [channel], "books": "diff"})
+            )
+
     async def _sse(self, http: httpx.AsyncClient) -> AsyncGenerator[StreamEvent, None]:
         url = f"{self.base_url}/v1/stream?channels={quote(','.join(self.channels), safe=':,')}"
+        if self.books == "diff":
+            url += "&books=diff"
+            if self._resync:
+                url += "&resync=" + quote(",".join(sorted(self._resync)), safe=":,")
+                self._resync.clear()
         headers = {"Last-Event-ID": self.last_event_id} if self.last_event_id else {}
         async with http.stream("GET", url, headers=headers) as response:
             if 400 <= response.status_code < 500:
@@ -190,7 +298,10 @@ class GatewayStream:
         url = f"{self.base_url}/v1/ws"
         ws: AsyncWebSocketSession
         async with aconnect_ws(url, http) as ws:
+            self._ws = ws
             subscribe: dict[str, Any] = {"op": "subscribe", "channels": self.channels}
+            if self.books == "diff":
+                subscribe["books"] = "diff"
             if self.last_event_id:
                 subscribe["last_event_id"] = self.last_event_id
             await ws.send_text(json.dumps(subscribe))
