@@ -220,6 +220,6 @@ def test_the_client_packages_own_copy_proves_the_same_books(sequence: list[dict[
     from coinsuper_gateway_client._stream import apply_diff, book_checksum
 
     held: dict[str, object] = dict(sequence[0])
-    for old, new in zip(sequence, sequence[1:], strict=False):
+    for old, new in itertools.pairwise(sequence):
         held = apply_diff(held, books.book_changes(old, new))
         assert held == new and book_checksum(held) == books.checksum(new["bids"], new["asks"])
