@@ -161,6 +161,7 @@ bench: bench-deps $(STAMP)  ## every benchmark, with the figures of the README's
 	cd bench && ../$(BIN)/python fanout.py --clients 10000 --channels 20 --interval 0.5
 	cd bench && ../$(BIN)/python fanout.py --transport ws --clients 10000 --channels 20 --interval 0.5
 	cd bench && ../$(BIN)/python fanout.py --clients 10000 --channels 20 --interval 0.1667
+	cd bench && ../$(BIN)/python fanout.py --books diff --target gateway --clients 10000 --channels 20 --interval 0.5
 	cd bench && ../$(BIN)/python fanout.py --server granian --target gateway --clients 10000 --channels 20 --interval 0.5
 	cd bench && ../$(BIN)/python cluster.py --clients 10000 --channels 20 --interval 0.5
 

@@ -9,7 +9,8 @@ nginx + nchan fed the same events; the figures side by side, with ratios.
     .venv/bin/python bench/fanout.py --books diff ...            # the gateway's diffs beside its full books
 
 With ``--books diff`` the gateway is measured twice in the run, whole books
-then diffs (``books=diff``), with the simulator's market busy enough that each
+then diffs (``books=diff``), then whole books again (each on a gateway
+process of its own; diffs are set beside the mean of the two whole-book runs), with the simulator's market busy enough that each
 push changes about as much of a book as the default market does between two
 of the exchange's pushes (1–2 s apart); bytes per client per second side by side.
 
@@ -234,9 +235,26 @@ def main() -> int:
             report_of = httpx.get(base + "/v1/channels", timeout=60).json()
             final = {c["channel"]: c["seq"] for c in report_of["channels"]}
             if args.books == "diff":
+                # A gateway of its own, as fresh as the first one was: a process
+                # that already served 10,000 clients has a slower tail.
+                gateway.terminate()
+                gateway.wait(30)
+                gateway, base = start_gateway(broker_port, channels, server=args.server)
+                processes.append(gateway)
+                serving = nchan_worker(gateway) if args.server == "granian" else gateway.pid
                 diff_path = path if ws else path + "&books=diff"
                 results["gateway, diffs"] = run_loadgen(base, diff_path, channels, args, ProcessStats(serving),
                                                         ws=ws, subscribe=ws, gc_of=base, books="diff")
+                # And whole books once more, on a third fresh process: a run
+                # later in the same hour is slower (the simulator's broker has
+                # served more), so diffs are set beside the mean of both.
+                gateway.terminate()
+                gateway.wait(30)
+                gateway, base = start_gateway(broker_port, channels, server=args.server)
+                processes.append(gateway)
+                serving = nchan_worker(gateway) if args.server == "granian" else gateway.pid
+                results["gateway, full again"] = run_loadgen(base, path, channels, args, ProcessStats(serving),
+                                                             ws=ws, subscribe=ws, gc_of=base)
         if args.target in ("both", "nchan"):
             workdir = Path(tempfile.mkdtemp(prefix="nchan-"))
             nginx, nchan_base = start_nchan(workdir)
@@ -249,21 +267,27 @@ def main() -> int:
         print(f"machine: {machine()}")
         print(f"fan-out, {args.transport.upper()}: {args.clients} clients over {args.channels} order books "
               f"pushed every {args.interval} s; measured {args.seconds} s each")
-        for name in ("gateway", "gateway, diffs"):
+        for name in ("gateway", "gateway, diffs", "gateway, full again"):
             if name not in results:
                 continue
-            books = ", books=diff" if name.endswith("diffs") else ""
+            books = {"gateway, diffs": ", books=diff", "gateway, full again": ", whole books again"}.get(name, "")
             report(f"coinsuper-gateway ({args.server}{books})", results[name], final if not books else {})
             collected = results[name]["gc_in_window"]
             print("    garbage collections in the measured window (generation: count, seconds): " + ", ".join(
                 f"{g}: {collected.get(g, 0):.0f}, {collected.get(g + '_s', 0):.3f}" for g in ("0", "1", "2")))
         if "gateway, diffs" in results:
-            full, diffs = results["gateway"], results["gateway, diffs"]
-            print(f"  diffs / full books: bytes per client per second "
-                  f"{ratio(diffs['bytes_per_client_per_second'], full['bytes_per_client_per_second'])}, "
+            diffs, runs = results["gateway, diffs"], (results["gateway"], results["gateway, full again"])
+
+            def mean(pick: Any) -> float:
+                return sum(pick(run) for run in runs) / len(runs)
+
+            print(f"  diffs / whole books (the mean of the runs before and after): bytes per client per second "
+                  f"{ratio(diffs['bytes_per_client_per_second'], mean(lambda r: r['bytes_per_client_per_second']))}, "
                   f"deliveries per core-second "
-                  f"{ratio(diffs['deliveries_per_core_second'], full['deliveries_per_core_second'])}, "
-                  f"p99 fan-out lag {ratio(diffs['fanout_lag_ms']['p99'], full['fanout_lag_ms']['p99'])}")
+                  f"{ratio(diffs['deliveries_per_core_second'], mean(lambda r: r['deliveries_per_core_second']))}, "
+                  f"p99 fan-out lag "
+                  f"{ratio(diffs['fanout_lag_ms']['p99'], mean(lambda r: r['fanout_lag_ms']['p99']))}, "
+                  f"p99 end to end {ratio(diffs['lag_ms']['p99'], mean(lambda r: r['lag_ms']['p99']))}")
         if "nchan" in results:
             report("nginx + nchan (1 worker)", results["nchan"], {})
         if "gateway" in results and "nchan" in results:

@@ -206,3 +206,65 @@ async def test_subscriptions_churned_during_broadcasts(simulator: Simulator, cap
         await asyncio.sleep(0.5)
     assert "dictionary changed size" not in caplog.text
     assert "Task failed" not in caplog.text
+
+
+def _churn(activity: object, interval_s: float = 1.5, pushes: int = 120) -> float:
+    """The mean share of the top 15 levels of a side (BTC_USD at 0.01) that are
+    new or changed between two pushes ``interval_s`` apart."""
+    import json as _json
+
+    from app.simulator.market import Activity, Market
+
+    assert isinstance(activity, Activity)
+    market = Market(seed=5, activity=activity)
+    now, previous, shares = 1_800_000_000_000, None, []
+    for _ in range(pushes):
+        for _ in range(int(interval_s / 0.1)):
+            now += 100
+            market.tick(now, 2.0, 0.1)
+        book = _json.loads(market.orderbook("BTC_USD", "0.01", now))
+        sides = {side: {(lv["limitPrice"], lv["quantity"]) for lv in book[side]} for side in ("bids", "asks")}
+        assert all(len(levels) == 15 for levels in sides.values())
+        if previous is not None:
+            shares += [len(sides[side] - previous[side]) / 15 for side in sides]
+        previous = sides
+    return sum(shares) / len(shares)
+
+
+def test_the_market_keeps_a_book_whose_top_changes_by_about_a_fifth_between_pushes() -> None:
+    from app.simulator.market import Activity
+
+    quiet, busy = _churn(Activity()), _churn(Activity.busy())
+    print(f"top-15 levels changed between pushes 1.5 s apart: {quiet:.0%} by default, {busy:.0%} busy")
+    assert 0.12 <= quiet <= 0.3
+    assert busy >= 0.45
+
+
+def test_the_market_is_seeded_and_the_accounts_fills_are_its_matches() -> None:
+    import random
+
+    from app.simulator.account import DemoTrader
+    from app.simulator.market import Market
+
+    def run(seed: int) -> tuple[list[bytes], list[tuple[str, bytes]], Market]:
+        market = Market(seed=seed)
+        market.symbols["BTC_USD"].history = []
+        trader = DemoTrader(market, ACCOUNT.email, ACCOUNT.user_no, random.Random(seed))
+        now, books, pushes = 1_800_000_000_000, [], []
+        for step in range(2000):
+            now += 100
+            market.tick(now, 2.0, 0.1)
+            pushes += trader.step(now, 0.1)
+            if step % 10 == 0:
+                books.append(market.orderbook("BTC_USD", "0.01", now))
+        return books, pushes, market
+
+    books, pushes, market = run(3)
+    assert run(3)[:2] == (books, pushes)  # the same seed, the same market
+    history = {(format(t.price, "f"), format(t.quantity, "f"), t.ts) for t in market.symbols["BTC_USD"].history or []}
+    fills = [json.loads(payload) for kind, payload in pushes if kind == "fills"]
+    btc = [f for f in fills if f["symbol"] == "BTC/USD"]
+    assert len(btc) >= 5 and {f["matchType"] for f in btc} == {"MAKER", "TAKER"}
+    for fill in btc:
+        if fill["matchType"] == "MAKER":  # a resting order of the account was hit by a trade
+            assert (fill["price"], fill["quantity"], int(fill["utcDeal"])) in history

@@ -60,8 +60,8 @@ class Activity:
     on each side, the share of resting orders cancelled per second, and how
     far out orders rest (a fraction of the price)."""
 
-    arrivals_per_s: float = 3.0
-    cancel_share_per_s: float = 1 / 120
+    arrivals_per_s: float = 4.0
+    cancel_share_per_s: float = 1 / 90
     reach: float = 0.08
     resting: int = 360  # orders per side when the market opens (the steady state)
 

@@ -268,9 +268,13 @@ class Fanout:
             return
         counts_as_missed = not event.conflatable
         book = event.book
+        channel = event.channel
+        diff = book.diff if book is not None else None
+        prev = book.seq - 1 if book is not None else 0
         now = time.monotonic()
         form: Form | None = None
-        data = b""
+        diff_form: Form | None = None
+        data = diff_data = b""
         written = 0
         overflowing: list[Subscription] = []
         # A copy: a write may end a stream (and so change the set).
@@ -285,13 +289,16 @@ class Fanout:
             assert sink is not None  # only a parked subscription has none, and it is paused
             subscription.last_write = now
             written += 1
-            if book is not None and subscription.books is not None:
-                held = subscription.books.get(event.channel)
+            books = subscription.books
+            if books is not None and book is not None:
+                held = books.get(channel)
                 if held is not None:
-                    subscription.books[event.channel] = book.seq
-                    diff = book.diff if held == book.seq - 1 else None
-                    if diff is not None:
-                        sink.write(diff.wire(sink.form))
+                    books[channel] = book.seq
+                    if held == prev and diff is not None:
+                        if sink.form is not diff_form:
+                            diff_form = sink.form
+                            diff_data = diff.wire(diff_form)
+                        sink.write(diff_data)
                         continue
             if sink.form is not form:
                 form = sink.form
