@@ -234,3 +234,21 @@ def test_diff_mode_clients_rebuild_every_book_across_drops_restarts_and_a_slow_r
         full.close()
     finally:
         gw.stop()
+
+
+def test_a_bad_book_mode_or_resync_is_a_problem_naming_it(world: World) -> None:
+    gw = world.gateway()
+    try:
+        for query, parameter in (("books=deltas", "books"), ("books=diff&resync=trades:BTC_USD", "resync"),
+                                 ("books=diff&resync=orderbook:BTC_USD:0.1", "resync")):
+            answer = gw.http.get(f"/v1/stream?channels={CHANNEL},trades:BTC_USD&{query}")
+            assert answer.status_code == 400 and answer.headers["content-type"] == "application/problem+json"
+            problem = answer.json()
+            assert problem["parameter"] == parameter and "allowed" in problem, problem
+        with httpx.Client() as http, connect_ws(f"{gw.base}/v1/ws", http) as ws:
+            ws.send_text(json.dumps({"op": "subscribe", "channels": [CHANNEL], "books": {"deep": [1]}}))
+            error = json.loads(ws.receive_text(timeout=10))
+            assert error["op"] == "error" and error["parameter"] == "books" and error["allowed"] == "full, diff"
+            assert "that value" in error["detail"]
+    finally:
+        gw.stop()
