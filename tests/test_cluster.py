@@ -196,6 +196,17 @@ def test_one_leader_and_every_replica_serves_the_same_data(cluster: Cluster, wor
     for node in followers:
         wait_for(lambda n=node: cluster.replicas[n].http.get("/readyz").status_code == 200, 10,
                  "the followers to be ready")
+    # A follower's streams in diff mode: the leader's books, as diffs that rebuild them.
+    from tests.test_book_diffs import Exchange, rebuilt, sse_events
+
+    follower = cluster.replicas[followers[0]]
+    diffs = EventStream(f"{follower.base}/v1/stream?channels=orderbook:BTC_USD:0.01&books=diff")
+    exchange = Exchange(world)
+    exchange.books(follower, 5)
+    wait_for(lambda: len(diffs.named("orderbook_diff")) >= 4, 10, "the follower's diffs")
+    books, count = rebuilt(sse_events(diffs))
+    assert count >= 4 and all(books[seq] == exchange.rest[seq] for seq in exchange.one_at_a_time)
+    diffs.close()
 
 
 def test_the_leaders_death_during_trade_pushes_loses_and_repeats_nothing(

@@ -360,3 +360,26 @@ async def test_resuming_in_diff_mode_replays_every_diff_or_sends_the_whole_book(
         await push_book(hubs, short, step)
     late = short.open("address:a", [BOOK], mark, 10, diffs=True)
     assert [e.name for e in late.backlog] == ["orderbook"]
+
+
+async def test_resync_sends_the_whole_book_though_nothing_came_since_the_id(hubs: Hubs) -> None:
+    local = await hubs.make()
+    await push_book(hubs, local, 1)
+    await trades(hubs, local, T0)
+    position = local.position()  # no book after it
+    opening = local.open("address:a", [BOOK, TRADES], position, 10, diffs=True, resync=frozenset({BOOK.name}))
+    assert [e.name for e in opening.backlog] == ["orderbook"] and opening.backlog[0].id == position
+
+
+async def test_subscribing_a_book_again_in_the_other_mode_switches_it(hubs: Hubs) -> None:
+    local = await hubs.make()
+    await push_book(hubs, local, 1)
+    opening = local.open("address:a", [BOOK], None, 10)
+    sink = Recorder()
+    local.attach(opening.stream, sink, b"")
+    local.extend(opening.stream, [BOOK], None, diffs=True)  # already followed: now as diffs
+    for step in (2, 3):
+        await push_book(hubs, local, step)
+    local.extend(opening.stream, [BOOK], None, diffs=False)  # and whole again
+    await push_book(hubs, local, 4)
+    assert [e["name"] for e in sink.events()] == ["orderbook", "orderbook_diff", "orderbook"]

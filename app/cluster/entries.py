@@ -44,7 +44,7 @@ from app.domain.values import (
     TradeWindow,
     Update,
 )
-from app.state.events import Event
+from app.state.events import Book, Event
 from app.state.store import ChannelState, Store
 from app.streams.eventlog import Change
 
@@ -146,10 +146,12 @@ class Entry:
             value.get("s"),
         )
 
-    def made(self, epoch: str) -> list[Event]:
-        """The entry's events, numbered and named as the leader made them."""
+    def made(self, epoch: str, applied: list[Event] | None = None) -> list[Event]:
+        """The entry's events, numbered and named as the leader made them; a
+        book event carries the book ``applied`` (the events the change made
+        on this replica's store) holds, under the leader's id."""
         first = self.seq - len(self.events) + 1
-        return [
+        events = [
             Event(
                 first + index,
                 self.channel,
@@ -161,6 +163,10 @@ class Entry:
             )
             for index, (name, conflatable, data) in enumerate(self.events)
         ]
+        for event, here in zip(events, applied or (), strict=False):
+            if here.book is not None and here.name == event.name:
+                event.book = rebased(here.book, event)
+        return events
 
 
 def entry(change: Change, store: Store, events: list[Event]) -> Entry:
@@ -178,12 +184,14 @@ def entry(change: Change, store: Store, events: list[Event]) -> Entry:
     )
 
 
-def apply_entry(store: Store, item: Entry) -> None:
-    """Make on ``store`` the change the leader made: the same code, the same result."""
+def apply_entry(store: Store, item: Entry) -> list[Event]:
+    """Make on ``store`` the change the leader made: the same code, the same
+    result; the events it made here (numbered by this store: see :meth:`Entry.made`)."""
     channel = parse_channel(item.channel)
+    made: list[Event] = []
     if item.op == "apply":
         assert item.update is not None
-        store.apply(channel, item.update, item.ts)
+        made = store.apply(channel, item.update, item.ts)
     elif item.op == "repeat":
         store.repeat(channel, item.ts)
     elif item.op == "reject":
@@ -195,6 +203,23 @@ def apply_entry(store: Store, item: Entry) -> None:
     else:
         raise ValueError(f"an entry holds an unknown change {item.op!r}")
     store.seq = item.seq
+    return made
+
+
+def rebased(book: Book, event: Event) -> Book:
+    """The same book (and diff) under ``event``'s id: the diff's data holds no id."""
+    again = Book(book.seq, book.symbol, book.exchange_ts, book.checksum)
+    if book.diff is not None:
+        again.diff = Event(
+            event.seq,
+            event.channel,
+            book.diff.name,
+            book.diff.data,
+            event_id=event.id,
+            conflatable=True,
+            received_ts=event.received_ts,
+        )
+    return again
 
 
 # --- checkpoints --------------------------------------------------------------

@@ -247,9 +247,9 @@ class RedisLog:
             if _id(entry_id) <= _id(self.applied):
                 continue  # read already (a read that raced a take-over's)
             item = Entry.decode(data)
-            apply_entry(self._store, item)
+            applied = apply_entry(self._store, item)
             self.applied = entry_id
-            self._hand_out(item.made(self.epoch))
+            self._hand_out(item.made(self.epoch, applied))
 
     async def sync(self, cluster: RedisCluster) -> None:
         """Load the store from the newest checkpoint and the whole log."""
@@ -274,10 +274,11 @@ class RedisLog:
         newest = position
         for entry_id, data in entries:
             item = Entry.decode(data)
+            applied = None
             if _id(entry_id) > _id(position):
-                apply_entry(store, item)
+                applied = apply_entry(store, item)
                 newest = entry_id
-            for event in item.made(epoch):
+            for event in item.made(epoch, applied):
                 replay.append(event)
         self._swap(store, replay, newest)
 

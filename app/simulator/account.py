@@ -109,8 +109,8 @@ class DemoTrader:
         self._reserve(order, order.quantity)
         pushes = [("orders", self._order_payload(order)), ("assets", self._assets_payload(now_ms))]
         self.market.now_ms = now_ms
-        if market_order:
-            self.market.take(symbol, buy, quantity, order.order_no)
+        if market_order:  # not past the price it was reserved at
+            self.market.take(symbol, buy, quantity, order.order_no, price)
         else:
             tick = int(price / state.tick)
             self.market.place(
@@ -119,9 +119,11 @@ class DemoTrader:
         pushes += self._hits(now_ms)
         if market_order and order.remaining > 0:
             pushes += self._cancel(order, now_ms)  # what the book could not fill
-        while len(self.orders) > 500:
-            oldest = self.orders.pop(next(iter(self.orders)))
-            self.market.cancel_own(oldest.symbol, oldest.order_no)
+        if len(self.orders) > 500:  # forget the oldest closed orders (open ones stay in the book)
+            for order_no in [
+                n for n, o in self.orders.items() if o.state != "NEW" or o.remaining <= 0
+            ][:100]:
+                del self.orders[order_no]
         return pushes
 
     def _hits(self, now_ms: int) -> list[tuple[str, bytes]]:

@@ -255,11 +255,12 @@ class Market:
                 resting[owner] = resting.get(owner, 0) + lots
         return trades
 
-    def take(self, symbol: str, buy: bool, quantity: Decimal, owner: str) -> int:
-        """A market order of the account's: returns how many trades it made."""
+    def take(self, symbol: str, buy: bool, quantity: Decimal, owner: str, limit: Decimal) -> int:
+        """A market order of the account's, not past ``limit`` (the price its
+        funds were reserved at): returns how many trades it made."""
         state = self.symbols[symbol]
         lots = int(quantity / state.lot)
-        return self._take(state, ASKS if buy else BIDS, lots, owner, None)
+        return self._take(state, ASKS if buy else BIDS, lots, owner, int(limit / state.tick))
 
     def _take(
         self, state: SymbolState, side: str, lots: int, owner: str | None, limit: int | None

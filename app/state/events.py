@@ -98,7 +98,7 @@ class Book:
     (None for the first, or when it would not be smaller than the event),
     made once, when the book is applied, for every stream in diff mode."""
 
-    __slots__ = ("checksum", "diff", "exchange_ts", "seq", "symbol")
+    __slots__ = ("_changes", "checksum", "diff", "exchange_ts", "seq", "symbol")
 
     def __init__(
         self, seq: int, symbol: str | None, exchange_ts: int | None, checksum: int
@@ -108,12 +108,15 @@ class Book:
         self.exchange_ts = exchange_ts
         self.checksum = checksum
         self.diff: Event | None = None
+        self._changes: dict[str, Json] | None = None
 
     def changes(self) -> dict[str, Json]:
-        """The diff's ``data`` (for merging the diffs of a paused stream)."""
+        """The diff's ``data`` (for merging the diffs of a paused stream),
+        parsed from its bytes the first time a stream needs it."""
         assert self.diff is not None
-        changes: dict[str, Json] = json.loads(self.diff.data)["data"]
-        return changes
+        if self._changes is None:
+            self._changes = json.loads(self.diff.data)["data"]
+        return self._changes
 
 
 def with_book(
@@ -167,7 +170,6 @@ def diff_event(
         conflatable=True,
         received_ts=event.received_ts,
     )
-    diff.book = book
     return diff
 
 

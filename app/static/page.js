@@ -167,7 +167,8 @@ function proveBook(name, event) {
   bookChecks.mismatches += 1;
   delete books[body.channel];
   renderChecks();
-  openMarket([body.channel]);  // ask for it again, whole
+  // Ask again, whole, for every book the page does not hold a proven copy of.
+  openMarket(Object.keys(panels).filter((c) => /^(orderbook|depth):/.test(c) && !(c in books)));
   return null;
 }
 

@@ -158,6 +158,20 @@ class Fanout:
             for name in names:
                 books.setdefault(name, NONE_HELD if name in resync else 0)
 
+    def switch_books(self, subscription: Subscription, names: frozenset[str], diffs: bool) -> None:
+        """Book channels the subscription follows already, now in diff mode
+        (from no book held: the next update comes whole) or not."""
+        books = subscription.books
+        if diffs:
+            books = subscription.books = books or {}
+            for name in names:
+                books.setdefault(name, NONE_HELD)
+        elif books:
+            for name in names:
+                books.pop(name, None)
+            if not books:
+                subscription.books = None
+
     def view(self, subscription: Subscription, events: list[Event], *, replay: bool) -> list[Event]:
         """What to send a subscription of ``events`` (in order), its books in
         diff mode as diffs where it holds the book a diff starts from. With

@@ -222,6 +222,12 @@ class Hub:
         new order book and depth channels are followed as diffs, those of
         ``resync`` from no book held (their whole event first, even resuming)."""
         fanout = self.fanout
+        channels = list(channels)
+        # Subscribed again in the other mode: switched (the next update whole).
+        again = frozenset(
+            c.name for c in channels if c.name in subscription.channels and c.kind in BOOK_KINDS
+        )
+        fanout.switch_books(subscription, again, diffs)
         channel_list = [c for c in channels if c.name not in subscription.channels]
         names = frozenset(channel.name for channel in channel_list)
         books = (
@@ -236,6 +242,9 @@ class Hub:
         if cursor is not None and cursor.epoch == self.epoch and cursor.seq <= head:
             backlog = self.log.since(cursor.seq, names, books - resync)
             if backlog is not None:
+                owed = resync - {event.channel for event in backlog if event.book is not None}
+                if owed:  # whole first, though nothing came since the id: at the head's id
+                    backlog += [restamped(e, self.epoch, head) for e in self.log.latest(owed)]
                 backlog = fanout.view(subscription, backlog, replay=True)
         reset = last_event_id is not None and backlog is None
         if backlog is None:

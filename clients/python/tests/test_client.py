@@ -172,4 +172,6 @@ async def test_a_diff_it_cannot_prove_is_counted_never_handed_out_and_asked_for_
     for bad in ({**good, "seq": 3, "prev_seq": 2, "checksum": 1}, {**good, "seq": 5, "prev_seq": 4}):
         assert await stream._book(StreamEvent("e-3", "orderbook_diff", bad)) is None
     assert stream.mismatches == 1  # the second came before the channel, asked for again, came whole
-    assert "orderbook:X_USD:0.01" not in stream.held and stream._resync == {"orderbook:X_USD:0.01"}
+    assert "orderbook:X_USD:0.01" not in stream.held and stream._asked == {"orderbook:X_USD:0.01"}
+    assert stream._reconnect  # SSE asks again on a new connection, with resync, until the whole book comes
+    assert await stream._book(whole) is whole and stream._asked == set()

@@ -141,8 +141,10 @@ class GatewayStream:
         # Diff mode: each book channel's newest proven book, its seq and envelope.
         self.held: dict[str, dict[str, Any]] = {}
         self.mismatches = 0  # diffs that could not be proven (the channel was asked for again)
-        self._resync: set[str] = set()  # channels to ask for whole at the next connection
-        self._asked: set[str] = set()  # asked for whole, not come yet
+        # Channels owed a whole book (a diff could not be proven): asked for
+        # whole on every connection until it comes.
+        self._asked: set[str] = set()
+        self._reconnect = False  # SSE: ask again now, on a new connection
         self._ws: AsyncWebSocketSession | None = None
         self.channels = list(channels)
         self.transport = transport
@@ -192,7 +194,7 @@ class GatewayStream:
                         if self.books == "diff":
                             book = await self._book(event)
                             if book is None:
-                                if self._resync and self.transport == "sse":
+                                if self._reconnect:
                                     break  # ask again: a new connection, at once
                                 continue
                             event = book
@@ -207,7 +209,8 @@ class GatewayStream:
                         raise
                 finally:
                     await _close(session)
-                if self._resync and self.transport == "sse":
+                if self._reconnect:
+                    self._reconnect = False
                     continue  # not a drop: no wait
                 delay = min(self.max_delay, self.first_delay * 2**failures) * random.uniform(0.5, 1)
                 failures += 1
@@ -264,21 +267,23 @@ class GatewayStream:
     async def _ask_again(self, channel: str) -> None:
         """Ask for a channel whose copy could not be proven, whole."""
         if self.transport == "sse":
-            self._resync.add(channel)
+            self._reconnect = True
             return
         if self._ws is not None:
-            await self._ws.send_text(json.dumps({"op": "unsubscribe", "channels": [channel]}))
-            await self._ws.send_text(
-                json.dumps({"op": "subscribe", "channels": [channel], "books": "diff"})
-            )
+            await self._resubscribe(self._ws, [channel])
+
+    @staticmethod
+    async def _resubscribe(ws: AsyncWebSocketSession, channels: list[str]) -> None:
+        """On the WebSocket: channels unsubscribed and subscribed again, whole first."""
+        await ws.send_text(json.dumps({"op": "unsubscribe", "channels": channels}))
+        await ws.send_text(json.dumps({"op": "subscribe", "channels": channels, "books": "diff"}))
 
     async def _sse(self, http: httpx.AsyncClient) -> AsyncGenerator[StreamEvent, None]:
         url = f"{self.base_url}/v1/stream?channels={quote(','.join(self.channels), safe=':,')}"
         if self.books == "diff":
             url += "&books=diff"
-            if self._resync:
-                url += "&resync=" + quote(",".join(sorted(self._resync)), safe=":,")
-                self._resync.clear()
+            if self._asked:
+                url += "&resync=" + quote(",".join(sorted(self._asked)), safe=":,")
         headers = {"Last-Event-ID": self.last_event_id} if self.last_event_id else {}
         async with http.stream("GET", url, headers=headers) as response:
             if 400 <= response.status_code < 500:
@@ -305,6 +310,8 @@ class GatewayStream:
             if self.last_event_id:
                 subscribe["last_event_id"] = self.last_event_id
             await ws.send_text(json.dumps(subscribe))
+            if self._asked:  # still owed whole books: asked for again on this connection
+                await self._resubscribe(ws, sorted(self._asked))
             while True:
                 message = json.loads(await ws.receive_text())
                 if message.get("op") == "error":
