@@ -125,7 +125,7 @@ format: $(STAMP)
 # start as soon as what each needs is there (each target's output kept together).
 test: system-deps  ## install what the tests need, then run them
 	@$(MAKE) --no-print-directory -j4 --output-sync=target $(CLIENT_STAMP) lint asyncapi-validate test-lowest
-	$(BIN)/pytest -q -n 2 --dist loadfile --ignore tests/test_openapi.py
+	$(BIN)/pytest -q -n 3 --dist loadfile --ignore tests/test_openapi.py
 	$(BIN)/pytest -q tests/test_openapi.py  # alone: under xdist schemathesis' operations share one id, and one would run
 
 test-unit: $(STAMP)  ## the tests that start no process (no broker, Redis or gateway), the slowest property tests drawing a tenth of their examples

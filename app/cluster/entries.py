@@ -165,7 +165,7 @@ class Entry:
         ]
         for event, here in zip(events, applied or (), strict=False):
             if here.book is not None and here.name == event.name:
-                event.book = rebased(here.book, event)
+                event.book = Book(event, here.book.seq, here.book.previous)
         return events
 
 
@@ -204,22 +204,6 @@ def apply_entry(store: Store, item: Entry) -> list[Event]:
         raise ValueError(f"an entry holds an unknown change {item.op!r}")
     store.seq = item.seq
     return made
-
-
-def rebased(book: Book, event: Event) -> Book:
-    """The same book (and diff) under ``event``'s id: the diff's data holds no id."""
-    again = Book(book.seq, book.symbol, book.exchange_ts, book.checksum)
-    if book.diff is not None:
-        again.diff = Event(
-            event.seq,
-            event.channel,
-            book.diff.name,
-            book.diff.data,
-            event_id=event.id,
-            conflatable=True,
-            received_ts=event.received_ts,
-        )
-    return again
 
 
 # --- checkpoints --------------------------------------------------------------

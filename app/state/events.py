@@ -94,45 +94,92 @@ class Event:
 
 class Book:
     """What an ``orderbook`` / ``depth`` event is as a book: the channel's own
-    ``seq``, the checksum, and the diff event from the book of ``seq - 1``
-    (None for the first, or when it would not be smaller than the event),
-    made once, when the book is applied, for every stream in diff mode."""
+    ``seq``, and the ``previous`` book's bytes, from which its diff event
+    (``orderbook_diff`` / ``depth_diff``, with the checksum) is made once, the
+    first time a stream in diff mode needs it, and shared by every such stream
+    (None for the first book, or when it would not be smaller than the whole
+    event). Until then a book costs ingest nothing: no parse, no diff."""
 
-    __slots__ = ("_changes", "checksum", "diff", "exchange_ts", "seq", "symbol")
+    __slots__ = (
+        "_changes",
+        "_diff",
+        "_made",
+        "channel",
+        "data",
+        "event_id",
+        "event_seq",
+        "name",
+        "previous",
+        "received_ts",
+        "seq",
+    )
 
-    def __init__(
-        self, seq: int, symbol: str | None, exchange_ts: int | None, checksum: int
-    ) -> None:
+    def __init__(self, event: Event, seq: int, previous: bytes | None) -> None:
         self.seq = seq  # the channel's own sequence number: the REST answer's seq
-        self.symbol = symbol
-        self.exchange_ts = exchange_ts
-        self.checksum = checksum
-        self.diff: Event | None = None
+        self.previous = previous  # the whole event's data of seq - 1 (dropped once used)
+        # The event's identity, for its diff (not the event: no reference cycle).
+        self.event_seq = event.seq
+        self.event_id = event.id
+        self.channel = event.channel
+        self.name = event.name
+        self.received_ts = event.received_ts
+        self.data = event.data
+        self._made = False
+        self._diff: Event | None = None
         self._changes: dict[str, Json] | None = None
 
+    @property
+    def diff(self) -> Event | None:
+        """The diff event from the book of ``seq - 1`` (made the first time)."""
+        if not self._made:
+            self._made = True
+            previous, self.previous = self.previous, None
+            if previous is not None:
+                new = json.loads(self.data)
+                if not _has_literal_zero(new["data"]):
+                    changes = books.book_changes(json.loads(previous)["data"], new["data"])
+                    self._diff = self._diff_event(new, self.seq - 1, changes)
+        return self._diff
+
     def changes(self) -> dict[str, Json]:
-        """The diff's ``data`` (for merging the diffs of a paused stream),
-        parsed from its bytes the first time a stream needs it."""
-        assert self.diff is not None
+        """The diff's ``data`` (for merging the diffs of a paused stream)."""
+        diff = self.diff
+        assert diff is not None
         if self._changes is None:
-            self._changes = json.loads(self.diff.data)["data"]
+            self._changes = json.loads(diff.data)["data"]
         return self._changes
 
+    def merged(self, prev_seq: int, changes: Mapping[str, Json]) -> Event | None:
+        """A diff event from the book of ``prev_seq`` to this one (a paused
+        stream's missed diffs merged); None when not smaller than the event."""
+        return self._diff_event(json.loads(self.data), prev_seq, changes)
 
-def with_book(
-    event: Event,
-    seq: int,
-    symbol: str | None,
-    exchange_ts: int | None,
-    data: Mapping[str, Json],
-    previous: Mapping[str, Json] | None,
-) -> Event:
-    """``event`` (a book's) with its :class:`Book`, its diff from ``previous``."""
-    bids, asks = data["bids"], data["asks"]
-    book = event.book = Book(seq, symbol, exchange_ts, books.checksum(bids, asks))  # type: ignore[arg-type]
-    if previous is not None and not _has_literal_zero(data):
-        book.diff = diff_event(event, book, seq - 1, books.book_changes(previous, data))
-    return event
+    def _diff_event(
+        self, whole: Mapping[str, Json], prev_seq: int, changes: Mapping[str, Json]
+    ) -> Event | None:
+        data = whole["data"]
+        assert isinstance(data, Mapping)
+        head: dict[str, Json] = {
+            "channel": self.channel,
+            "symbol": whole["symbol"],
+            "seq": self.seq,
+            "prev_seq": prev_seq,
+            "exchange_ts": whole["exchange_ts"],
+            "received_ts": whole["received_ts"],
+        }
+        checksum = books.checksum(data["bids"], data["asks"])  # type: ignore[arg-type]
+        body = dumps(head)[:-1] + b',"data":' + dumps(changes) + b',"checksum":%d}' % checksum
+        if len(body) >= len(self.data):
+            return None
+        return Event(
+            self.event_seq,
+            self.channel,
+            self.name + "_diff",
+            body,
+            event_id=self.event_id,
+            conflatable=True,
+            received_ts=self.received_ts,
+        )
 
 
 def _has_literal_zero(data: Mapping[str, Json]) -> bool:
@@ -143,34 +190,6 @@ def _has_literal_zero(data: Mapping[str, Json]) -> bool:
         for side in books.SIDES
         for level in data[side]  # type: ignore[union-attr]
     )
-
-
-def diff_event(
-    event: Event, book: Book, prev_seq: int, changes: Mapping[str, Json]
-) -> Event | None:
-    """The ``*_diff`` event taking a stream from the book of ``prev_seq`` to
-    ``event``'s; None when it would not be smaller than ``event`` itself."""
-    head: dict[str, Json] = {
-        "channel": event.channel,
-        "symbol": book.symbol,
-        "seq": book.seq,
-        "prev_seq": prev_seq,
-        "exchange_ts": book.exchange_ts,
-        "received_ts": event.received_ts,
-    }
-    data = dumps(head)[:-1] + b',"data":' + dumps(changes) + b',"checksum":%d}' % book.checksum
-    if len(data) >= len(event.data):
-        return None
-    diff = Event(
-        event.seq,
-        event.channel,
-        event.name + "_diff",
-        data,
-        event_id=event.id,
-        conflatable=True,
-        received_ts=event.received_ts,
-    )
-    return diff
 
 
 def sse_frame(event_id: str | None, name: str, data: bytes) -> bytes:

@@ -32,7 +32,7 @@ from app.domain.values import (
     TradeWindow,
     Update,
 )
-from app.state.events import Event, dumps, with_book
+from app.state.events import Book, Event, dumps
 
 BOOK_KINDS = frozenset({Kind.ORDERBOOK, Kind.DEPTH})
 
@@ -54,8 +54,6 @@ class ChannelState:
     tail: bytes = b""
     # The last snapshot event, for streams that connect later.
     last_event: Event | None = None
-    # An order book's or depth chart's last data, which its next diff starts from.
-    book: Mapping[str, Json] | None = None
     trades: TradeLog | None = None
     trade_items: deque[tuple[int, bytes]] = field(default_factory=deque)
     candles: OrderedDict[int, bytes] = field(default_factory=OrderedDict)
@@ -202,8 +200,7 @@ class Store:
         return dumps(head)[:-1] + b',"stale":'
 
     def _apply_snapshot(self, state: ChannelState, update: Snapshot, received_ts: int) -> Event:
-        wire = update.wire()
-        data = dumps(wire)  # once, for the answer, the event and the history
+        data = dumps(update.wire())  # once, for the answer, the event and the history
         if isinstance(update, Candle):
             self._keep_candle(state, update.open_ts, data)
         state.seq += 1
@@ -219,9 +216,8 @@ class Store:
             received_ts=received_ts,
         )
         if state.channel.kind in BOOK_KINDS:
-            symbol = state.channel.display_symbol
-            with_book(event, state.seq, symbol, state.exchange_ts, wire, state.book)
-            state.book = wire
+            held = state.last_event
+            event.book = Book(event, state.seq, held.data if held is not None else None)
         state.last_event = event
         return event
 

@@ -52,7 +52,7 @@ import time
 
 from app.domain import books as levels
 from app.ports import Ending, Form, Sink
-from app.state.events import Event, diff_event
+from app.state.events import Event
 from app.streams.admission import Streams
 from app.streams.eventlog import EventLog
 
@@ -222,7 +222,7 @@ class Fanout:
         changes = run[0].changes()
         for step in run[1:]:
             changes = levels.merge(changes, step.changes())
-        return diff_event(newest, book, held, changes) or newest
+        return book.merged(held, changes) or newest
 
     def subscribers(self, channel: str) -> int:
         return len(self.by_channel.get(channel, ()))
@@ -283,7 +283,8 @@ class Fanout:
         counts_as_missed = not event.conflatable
         book = event.book
         channel = event.channel
-        diff = book.diff if book is not None else None
+        diff: Event | None = None
+        diff_made = False  # the diff is made only if a stream in diff mode needs it
         prev = book.seq - 1 if book is not None else 0
         now = time.monotonic()
         form: Form | None = None
@@ -308,6 +309,8 @@ class Fanout:
                 held = books.get(channel)
                 if held is not None:
                     books[channel] = book.seq
+                    if held == prev and not diff_made:
+                        diff, diff_made = book.diff, True
                     if held == prev and diff is not None:
                         if sink.form is not diff_form:
                             diff_form = sink.form
