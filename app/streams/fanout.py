@@ -285,7 +285,8 @@ class Fanout:
         channel = event.channel
         diff: Event | None = None
         diff_made = False  # the diff is made only if a stream in diff mode needs it
-        prev = book.seq - 1 if book is not None else 0
+        seq = book.seq if book is not None else 0
+        prev = seq - 1
         now = time.monotonic()
         form: Form | None = None
         diff_form: Form | None = None
@@ -305,13 +306,13 @@ class Fanout:
             subscription.last_write = now
             written += 1
             books = subscription.books
-            if books is not None and book is not None:
-                held = books.get(channel)
-                if held is not None:
-                    books[channel] = book.seq
-                    if held == prev and not diff_made:
+            if books is not None and book is not None and channel in books:
+                held = books[channel]
+                books[channel] = seq
+                if held == prev:
+                    if not diff_made:
                         diff, diff_made = book.diff, True
-                    if held == prev and diff is not None:
+                    if diff is not None:
                         if sink.form is not diff_form:
                             diff_form = sink.form
                             diff_data = diff.wire(diff_form)
