@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 import threading
 import time
 from typing import Any
@@ -22,7 +23,7 @@ from httpx_ws import connect_ws
 
 from app.simulator.market import Market
 from tests.support import EventStream, wait_for
-from tests.test_streams import drain, stalled_client
+from tests.test_streams import drain
 from tests.world import BOOK_TOPIC, World
 
 pytestmark = pytest.mark.processes
@@ -130,6 +131,17 @@ def ws_events(base: str, subscribe: dict[str, Any], until: int) -> list[tuple[st
     return events
 
 
+def stalled_reader(gw: Any, channels: str) -> socket.socket:
+    """A client that asks for a stream and reads nothing, not even the head,
+    until it is drained (so that the whole response is there to parse)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", gw.port))
+    request = f"GET /v1/stream?channels={channels} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+    sock.sendall(request.encode())
+    return sock
+
+
 def dechunk(raw: bytes) -> list[tuple[str, dict[str, Any]]]:
     """The SSE events of a raw chunked response body."""
     body, at = b"", raw.find(b"\r\n\r\n") + 4 if raw.startswith(b"HTTP/") else 0
@@ -188,7 +200,7 @@ def test_diff_mode_clients_rebuild_every_book_across_drops_restarts_and_a_slow_r
 
         # A slow client: it stops reading while 200 books pass (a tenth of a
         # second of the market apart: small diffs), then reads.
-        slow = stalled_client(gw, CHANNEL + "&books=diff")
+        slow = stalled_reader(gw, CHANNEL + "&books=diff")
         start = exchange.seq(gw)
         for _ in range(200):
             exchange.publish(ticks=1)
@@ -203,6 +215,7 @@ def test_diff_mode_clients_rebuild_every_book_across_drops_restarts_and_a_slow_r
         for client in clients.values():
             wait_for(lambda c=client: final in c.books, 15, "the clients at the end")
         raw, _closed = drain(slow, quiet_s=3.0)
+        assert raw.startswith(b"HTTP/1.1 200")
         slow.close()
 
         expected = exchange.rest

@@ -24,8 +24,10 @@ class World:
         self.fanout = Fanout(self, self.streams, send_timeout_s=10)  # type: ignore[arg-type]
 
     # What the fan-out reads of its event log.
-    def since(self, seq: int, channels: frozenset[str]) -> list[Event] | None:
-        return self.log.since(seq, channels)
+    def since(
+        self, seq: int, channels: frozenset[str], books: frozenset[str] = frozenset()
+    ) -> list[Event] | None:
+        return self.log.since(seq, channels, books)
 
     def latest(self, channels: frozenset[str]) -> list[Event]:
         return [e for e in self.snapshots if e.channel in channels]

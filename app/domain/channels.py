@@ -34,6 +34,8 @@ PRIVATE_KINDS = (Kind.ASSETS, Kind.ORDERS, Kind.FILLS)
 # Channels whose state is replaced by every push; the others are logs or maps
 # whose every new item is an event of its own.
 SNAPSHOT_KINDS = frozenset({Kind.DEPTH, Kind.ORDERBOOK, Kind.KLINE, Kind.ASSETS})
+# The snapshot kinds whose events a stream may follow as diffs (books=diff).
+BOOK_KINDS = frozenset({Kind.ORDERBOOK, Kind.DEPTH})
 
 # Event names on streams, by channel kind (docs/api.md, "Streams").
 EVENT_NAMES: dict[Kind, str] = {

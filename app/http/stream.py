@@ -16,7 +16,7 @@ from fastapi import APIRouter, Query, Request, Response
 from starlette.requests import HTTPConnection
 from starlette.types import Receive, Scope, Send
 
-from app.domain.channels import Channel, Kind, parse_channel_list
+from app.domain.channels import BOOK_KINDS, Channel, parse_channel_list
 from app.domain.errors import InvalidInput
 from app.http import schemas
 from app.http.auth import presented_token
@@ -66,7 +66,7 @@ def resync_channels(text: str | None, wanted: list[Channel], cap: int) -> frozen
     """``resync``: book channels of the stream whose whole event comes first."""
     if not text:
         return frozenset()
-    names = {channel.name for channel in wanted if channel.kind in (Kind.ORDERBOOK, Kind.DEPTH)}
+    names = {channel.name for channel in wanted if channel.kind in BOOK_KINDS}
     asked = parse_channel_list(text, cap=cap)
     stray = [channel.name for channel in asked if channel.name not in names]
     if stray:

@@ -126,8 +126,12 @@ class SymbolState:
     def lot(self) -> Decimal:
         return Decimal(1).scaleb(-self.spec.qty_places)
 
+    def side(self, side: str) -> dict[int, int]:
+        """The levels of ``side`` (BIDS or ASKS): price tick → lots."""
+        return self.bids if side == BIDS else self.asks
+
     def best(self, side: str) -> int | None:
-        levels = self.bids if side == BIDS else self.asks
+        levels = self.side(side)
         if not levels:
             return None
         return max(levels) if side == BIDS else min(levels)
@@ -172,7 +176,7 @@ class Market:
         """Fill an empty book to its steady state around the start price."""
         centre = int(state.spec.start_price / state.tick)
         for side, sign in ((BIDS, -1), (ASKS, 1)):
-            levels = state.bids if side == BIDS else state.asks
+            levels = state.side(side)
             for _ in range(self.activity.resting):
                 tick = centre + sign * self._distance(state)
                 levels[tick] = levels.get(tick, 0) + self._lots(state)
@@ -200,7 +204,7 @@ class Market:
             for side in (BIDS, ASKS):
                 for _ in range(self._count(activity.arrivals_per_s * dt_s)):
                     count += self._arrive(state, side)
-                levels = state.bids if side == BIDS else state.asks
+                levels = state.side(side)
                 for _ in range(self._count(len(levels) * activity.cancel_share_per_s * dt_s)):
                     self._cancel_some(state, side)
             for _ in range(self._count(trade_rate * dt_s)):
@@ -219,7 +223,7 @@ class Market:
 
     def _cancel_some(self, state: SymbolState, side: str) -> None:
         """Part or all of the others' quantity at a random level leaves."""
-        levels = state.bids if side == BIDS else state.asks
+        levels = state.side(side)
         if not levels:
             return
         tick = self.rng.choice(list(levels))
@@ -248,7 +252,7 @@ class Market:
         if best is not None and (tick >= best if side == BIDS else tick <= best):
             trades, lots = self._match(state, other, lots, owner, tick)
         if lots > 0:
-            levels = state.bids if side == BIDS else state.asks
+            levels = state.side(side)
             levels[tick] = levels.get(tick, 0) + lots
             if owner is not None:
                 resting = state.own[side].setdefault(tick, {})
@@ -272,11 +276,12 @@ class Market:
     ) -> tuple[int, int]:
         """Take up to ``lots`` from the best levels of ``side`` (not past
         ``limit``): the trades, and the lots left untaken."""
-        levels = state.bids if side == BIDS else state.asks
+        levels = state.side(side)
         action = "BUY" if side == ASKS else "SELL"
         trades = 0
         while lots > 0 and levels:
-            best = max(levels) if side == BIDS else min(levels)
+            best = state.best(side)
+            assert best is not None
             if limit is not None and (best > limit if side == ASKS else best < limit):
                 break
             taken = min(lots, levels[best])
@@ -322,7 +327,7 @@ class Market:
         """The account's order leaves the book."""
         state = self.symbols[symbol]
         for side in (BIDS, ASKS):
-            levels = state.bids if side == BIDS else state.asks
+            levels = state.side(side)
             for tick, resting in list(state.own[side].items()):
                 lots = resting.pop(order_no, 0)
                 if lots:
@@ -374,7 +379,7 @@ class Market:
         """The book's ``side`` aggregated to a grid of ``step_ticks``: bids
         down to their bucket, asks up to theirs; the best ``count``, best first."""
         state = self.symbols[symbol]
-        levels = state.bids if side == BIDS else state.asks
+        levels = state.side(side)
         out: list[tuple[int, int]] = []
         for tick in sorted(levels, reverse=side == BIDS):
             bucket = (tick // step_ticks if side == BIDS else -(-tick // step_ticks)) * step_ticks
@@ -419,7 +424,7 @@ class Market:
         gap = max(int(state.mid * Decimal("0.001") / state.tick), 1)
         out: dict[str, list[dict[str, str | None]]] = {ASKS: [], BIDS: []}
         for side, sign in ((ASKS, 1), (BIDS, -1)):
-            levels = state.bids if side == BIDS else state.asks
+            levels = state.side(side)
             start = state.best(side)
             if start is None:
                 continue

@@ -19,7 +19,7 @@ from collections import OrderedDict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from app.domain.channels import PUSH_INTERVAL_S, Channel, Kind
+from app.domain.channels import BOOK_KINDS, PUSH_INTERVAL_S, Channel, Kind
 from app.domain.tradelog import TradeLog
 from app.domain.values import (
     Balance,
@@ -33,8 +33,6 @@ from app.domain.values import (
     Update,
 )
 from app.state.events import Book, Event, dumps
-
-BOOK_KINDS = frozenset({Kind.ORDERBOOK, Kind.DEPTH})
 
 
 @dataclass(slots=True)

@@ -140,12 +140,7 @@ class Fanout:
         for name in channels - held:
             self.by_channel.setdefault(name, set()).add(subscription)
         subscription.channels = channels
-        books = subscription.books
-        if books is not None:
-            for name in held - channels:
-                books.pop(name, None)
-            if not books:
-                subscription.books = None
+        self._drop_books(subscription, held - channels)
 
     def follow_books(
         self, subscription: Subscription, names: frozenset[str], resync: frozenset[str]
@@ -161,12 +156,18 @@ class Fanout:
     def switch_books(self, subscription: Subscription, names: frozenset[str], diffs: bool) -> None:
         """Book channels the subscription follows already, now in diff mode
         (from no book held: the next update comes whole) or not."""
-        books = subscription.books
         if diffs:
-            books = subscription.books = books or {}
+            books = subscription.books = subscription.books or {}
             for name in names:
                 books.setdefault(name, NONE_HELD)
-        elif books:
+        else:
+            self._drop_books(subscription, names)
+
+    @staticmethod
+    def _drop_books(subscription: Subscription, names: frozenset[str]) -> None:
+        """Stop following the books of ``names`` in diff mode."""
+        books = subscription.books
+        if books:
             for name in names:
                 books.pop(name, None)
             if not books:
@@ -374,12 +375,9 @@ class Fanout:
         """What a paused subscription must be sent to stand at the head; None
         when log events it missed are no longer in the log."""
         books = subscription.books
-        if books:
-            missed = self.events.since(
-                subscription.position, subscription.channels, frozenset(books)
-            )
-        else:
-            missed = self.events.since(subscription.position, subscription.channels)
+        missed = self.events.since(
+            subscription.position, subscription.channels, frozenset(books or ())
+        )
         if missed is None:
             if subscription.missed:
                 return None

@@ -15,11 +15,11 @@ import asyncio
 import contextlib
 from collections.abc import Iterable, Mapping
 
-from app.domain.channels import Channel
+from app.domain.channels import BOOK_KINDS, Channel
 from app.domain.values import Json, Update
 from app.ports import Ending, Opening, Sink, Stream
 from app.state.events import Event, dumps, restamped
-from app.state.store import BOOK_KINDS, ChannelState, Store
+from app.state.store import ChannelState, Store
 from app.streams.admission import Streams, reset_payload
 from app.streams.eventlog import Change, Cursor, EventLog
 from app.streams.fanout import Fanout, Subscription
