@@ -270,10 +270,16 @@ class GatewayCollector(Collector):
 class RequestMetrics:
     """Counts and times HTTP requests by route template, method and status."""
 
-    def __init__(self, app: ASGIApp, registry: CollectorRegistry, node: str) -> None:
+    def __init__(self, app: ASGIApp, histogram: Histogram, node: str) -> None:
         self.app = app
         self.node = node
-        self.histogram = Histogram(
+        self.histogram = histogram
+
+    @staticmethod
+    def histogram_of(registry: CollectorRegistry) -> Histogram:
+        """The requests' histogram, shared with the routes the connection
+        layer answers itself (app/http/fast.py)."""
+        return Histogram(
             "coinsuper_http_request_duration_seconds",
             "HTTP requests (streams: time to the response's start)",
             ["route", "method", "status", "node"],

@@ -19,6 +19,7 @@ from app import __version__
 from app.config import Settings
 from app.http import problems, rest, schemas, stream, ws
 from app.http.auth import TokenCheck
+from app.http.fast import FastRoutes
 from app.metrics import GatewayCollector, GcPauses, LabelPolicy, RequestMetrics
 from app.ports import Ports, Service
 from app.protocols.http import ConnectionGuard, Limits, connection_cap, raise_fd_limit
@@ -90,7 +91,12 @@ def build_app(settings: Settings, ports: Ports, service: Service) -> FastAPI:
         )
     )
     app.state.metrics = registry
-    app.add_middleware(RequestMetrics, registry=registry, node=ports.report.node)
+    requests = RequestMetrics.histogram_of(registry)
+    app.add_middleware(RequestMetrics, histogram=requests, node=ports.report.node)
+    if settings.gateway_fast_routes:
+        app.state.connections.fast = FastRoutes(
+            ports, app.state.tokens, requests, cors=bool(settings.cors_origins)
+        )
     problems.install(app)
     app.include_router(rest.router)
     app.include_router(stream.router)

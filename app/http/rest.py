@@ -118,7 +118,7 @@ async def answer(
         raise NotReady(f"{channel.name} has no data yet{why}; try again shortly", retry_after=1)
     etag = reading.etag
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
-    if etag in _etags(request.headers.get("if-none-match")):
+    if etag in etags(request.headers.get("if-none-match")):
         return Response(status_code=304, headers=headers)
     return Response(render(reading), media_type=JSON, headers=headers)
 
@@ -127,7 +127,7 @@ def _snapshot(reading: Reading) -> bytes:
     return reading.snapshot()
 
 
-def _etags(header: str | None) -> set[str]:
+def etags(header: str | None) -> set[str]:
     if not header:
         return set()
     return {tag.strip().removeprefix("W/") for tag in header.split(",")}

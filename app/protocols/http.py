@@ -32,6 +32,13 @@ Theory of operation:
   (app/http/sinks.py); flow control and the loss of the connection go to the
   stream's subscription, and bytes the client sends are ignored (past
   ``UNSOLICITED_MAX``, the connection is closed).
+- A ``GET`` whose answer is stored bytes is answered here, when the head is
+  complete, by the guard's ``fast`` routes (app/http/fast.py): written as
+  uvicorn writes a response (its status line, its default headers, the same
+  access-log line, ``connection: close`` where it would close), with no ASGI
+  cycle, task or middleware. Only with nothing in flight on the connection and
+  its transport not full: otherwise, as for whatever ``fast`` declines, the
+  request goes to the app, whose path waits for the client to drain.
 """
 
 from __future__ import annotations
@@ -45,9 +52,11 @@ import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network, ip_address
-from typing import Any
+from typing import Any, Protocol
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+import httptools
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.utils import get_client_addr
 
 from app.http.problems import PROBLEM_MEDIA_TYPE, TYPE_BASE
 
@@ -60,6 +69,33 @@ UNSOLICITED_MAX = 65536
 # File descriptors kept back from the connection cap: upstream links, logs,
 # recordings, the listener itself.
 FD_HEADROOM = 256
+
+# A response the connection layer writes itself: status, headers (after
+# uvicorn's default ones), body, and the route's template.
+FastAnswer = tuple[int, list[tuple[bytes, bytes]], bytes, str]
+
+
+class FastRoutes(Protocol):
+    def answer(
+        self, path: bytes, query: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> FastAnswer | None: ...
+
+
+class _Answered:
+    """What stands for uvicorn's request cycle once the connection layer has
+    answered a request itself: complete, with nothing to wake."""
+
+    response_complete = True
+    disconnected = False
+    keep_alive = True
+
+    class message_event:  # an asyncio.Event's one method that uvicorn calls
+        @staticmethod
+        def set() -> None:
+            pass
+
+
+ANSWERED: Any = _Answered()
 
 
 def raise_fd_limit() -> int:
@@ -115,6 +151,8 @@ class ConnectionGuard:
     # Connections waiting for a request head, oldest first.
     waiting: OrderedDict[GuardedProtocol, float] = field(default_factory=OrderedDict)
     refused: Counter[str] = field(default_factory=Counter)  # by reason, for /metrics
+    # The routes this layer answers itself (app/http/fast.py); None: every one goes to the app.
+    fast: FastRoutes | None = None
 
     def protocol(self) -> type[GuardedProtocol]:
         """The protocol class for uvicorn's ``http`` setting, bound to this guard."""
@@ -363,8 +401,57 @@ class GuardedProtocol(TakenOver, HttpToolsProtocol):
         if self.transport.is_closing():
             return
         self._stop_deadline()
+        fast = self.guard.fast
+        if fast is not None and self._answer_fast(fast):
+            return
         self.scope[TRANSPORT] = self.transport  # type: ignore[literal-required]
         super().on_headers_complete()
+
+    def _answer_fast(self, fast: FastRoutes) -> bool:
+        """Answer the request here if ``fast`` can (see the module docstring)."""
+        parser = self.parser
+        cycle = self.cycle
+        if (
+            parser.get_method() != b"GET"
+            or parser.should_upgrade()
+            or self.pipeline
+            or (cycle is not None and not cycle.response_complete)
+            or self.flow.write_paused
+        ):
+            return False
+        url = httptools.parse_url(self.url)
+        query = url.query or b""
+        answer = fast.answer(url.path, query, self.headers)
+        if answer is None:
+            return False
+        status, headers, body, _route = answer
+        version = parser.get_http_version()
+        keep_alive = version != "1.0" and parser.should_keep_alive()
+        content = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:
+            content += (name, b": ", value, b"\r\n")
+        for name, value in headers:
+            content += (name, b": ", value, b"\r\n")
+        if not keep_alive:
+            content.append(b"connection: close\r\n")
+        content += (b"\r\n", body)
+        if self.access_log:
+            target = url.path.decode("ascii") + ("?" + query.decode("ascii") if query else "")
+            self.access_logger.info(
+                '%s - "%s %s HTTP/%s" %d',
+                get_client_addr(self.scope),
+                "GET",
+                target,
+                version,
+                status,
+            )
+        self.cycle = ANSWERED
+        transport = self.transport
+        transport.write(b"".join(content))
+        if not keep_alive:
+            transport.close()
+        self.on_response_complete()
+        return True
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
