@@ -22,12 +22,17 @@ def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8")).digest()
 
 
+def bearer(header: str) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header; None if it is not one."""
+    scheme, _, value = header.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
 def presented_token(request: HTTPConnection) -> str | None:
     """The bearer token a request carries (header, else ``access_token``), unchecked."""
     header = request.headers.get("authorization")
     if header:
-        scheme, _, value = header.partition(" ")
-        return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+        return bearer(header)
     return request.query_params.get("access_token") or None
 
 
@@ -49,10 +54,9 @@ class TokenCheck:
         presented = None
         header = request.headers.get("authorization")
         if header:
-            scheme, _, value = header.partition(" ")
-            if scheme.lower() != "bearer" or not value.strip():
+            presented = bearer(header)
+            if presented is None:
                 raise Unauthorized("the Authorization header must be 'Bearer <token>'")
-            presented = value.strip()
         elif allow_query:
             presented = request.query_params.get("access_token")
         if not presented:

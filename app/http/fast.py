@@ -28,10 +28,10 @@ from collections.abc import Callable
 
 from prometheus_client import Histogram
 
-from app.domain.channels import Channel, Kind, normalize_symbol
+from app.domain.channels import Channel
 from app.domain.errors import GatewayError
 from app.http import rest
-from app.http.auth import TokenCheck
+from app.http.auth import TokenCheck, bearer
 from app.ports import Ports, Reading
 from app.protocols.http import FastAnswer
 
@@ -48,10 +48,14 @@ class _Decline(Exception):
     """The framework answers this request."""
 
 
+Params = dict[str, str]
+# A route's target of its path's symbol and its query (rest.py's, as the route reads them).
+Route = Callable[[str, Params], rest.Target]
+
+
 class FastRoutes:
-    """The hot snapshot routes, for the connection layer: ``answer(url,
-    headers)`` is the response's status, headers and body and its route's
-    template (for the access log and the metric), or None."""
+    """The hot snapshot routes, for the connection layer: ``answer(path,
+    query, headers)`` is the response's status, headers and body, or None."""
 
     def __init__(
         self, ports: Ports, tokens: TokenCheck, histogram: Histogram, *, cors: bool
@@ -62,18 +66,36 @@ class FastRoutes:
         self.node = ports.report.node
         self.histogram = histogram
         self._timers: dict[tuple[str, int], Callable[[float], None]] = {}
-        # Path prefix → (route template, the channel and render of a request).
+        # Path prefix (a symbol follows) or whole path → (route template, target).
         self.routes: dict[bytes, tuple[str, Route]] = {
-            b"/v1/orderbook/": ("/v1/orderbook/{symbol:path}", _orderbook),
-            b"/v1/depth/": ("/v1/depth/{symbol:path}", _depth),
-            b"/v1/kline/": ("/v1/kline/{symbol:path}", _kline),
-            b"/v1/klines/": ("/v1/klines/{symbol:path}", _klines),
-            b"/v1/trades/": ("/v1/trades/{symbol:path}", _trades),
+            b"/v1/orderbook/": (
+                "/v1/orderbook/{symbol:path}",
+                lambda symbol, q: rest.orderbook_target(symbol, q.get("step")),
+            ),
+            b"/v1/depth/": ("/v1/depth/{symbol:path}", lambda symbol, q: rest.depth_target(symbol)),
+            b"/v1/kline/": (
+                "/v1/kline/{symbol:path}",
+                lambda symbol, q: rest.kline_target(symbol, q.get("range")),
+            ),
+            b"/v1/klines/": (
+                "/v1/klines/{symbol:path}",
+                lambda symbol, q: rest.klines_target(symbol, q.get("range"), q.get("limit")),
+            ),
+            b"/v1/trades/": (
+                "/v1/trades/{symbol:path}",
+                lambda symbol, q: rest.trades_target(symbol, q.get("limit")),
+            ),
         }
         self.exact: dict[bytes, tuple[str, Route]] = {
-            b"/v1/account/assets": ("/v1/account/assets", _assets),
-            b"/v1/account/orders": ("/v1/account/orders", _orders),
-            b"/v1/account/fills": ("/v1/account/fills", _fills),
+            b"/v1/account/assets": ("/v1/account/assets", lambda _, q: rest.assets_target()),
+            b"/v1/account/orders": (
+                "/v1/account/orders",
+                lambda _, q: rest.orders_target(q.get("state"), q.get("symbol")),
+            ),
+            b"/v1/account/fills": (
+                "/v1/account/fills",
+                lambda _, q: rest.fills_target(q.get("limit")),
+            ),
         }
 
     def answer(self, path: bytes, query: bytes, headers: Headers) -> FastAnswer | None:
@@ -105,26 +127,19 @@ class FastRoutes:
             status = 200
             head += [(b"content-length", b"%d" % len(body)), (b"content-type", JSON)]
         self._timer(template, status)(time.perf_counter() - started)
-        return status, head, body, template
+        return status, head, body
 
-    def _read(self, channel: Channel, params: dict[str, str], request: dict[bytes, str]) -> Reading:
+    def _read(self, channel: Channel, params: Params, request: dict[bytes, str]) -> Reading:
         """What the route's ``answer`` reads, or a decline wherever it would
         do anything else (a problem, a wait)."""
         ports = self.ports
-        settings = ports.settings
-        rest.parse_int(
-            "wait",
-            params.get("wait"),
-            default=settings.gateway_wait_default_ms,
-            low=0,
-            high=settings.gateway_wait_max_ms,
-        )
+        rest.wait_ms(ports, params.get("wait"))
         if channel.is_private:
             if not ports.report.private_enabled():
                 raise _Decline
             self._token(request)
         else:
-            if settings.gateway_require_token:
+            if ports.settings.gateway_require_token:
                 self._token(request)
             ports.demand.demand(channel)
         reading = ports.view.read(channel)
@@ -134,14 +149,8 @@ class FastRoutes:
 
     def _token(self, request: dict[bytes, str]) -> None:
         header = request.get(b"authorization")
-        if not header:
-            raise _Decline
-        scheme, _, value = header.partition(" ")
-        if (
-            scheme.lower() != "bearer"
-            or not value.strip()
-            or not self.tokens.accepts(value.strip())
-        ):
+        token = bearer(header) if header else None
+        if token is None or not self.tokens.accepts(token):
             raise _Decline
 
     def _timer(self, template: str, status: int) -> Callable[[float], None]:
@@ -152,14 +161,10 @@ class FastRoutes:
         return timer
 
 
-Render = Callable[[Reading], bytes]
-Route = Callable[[str, dict[str, str]], tuple[Channel, Render]]
-
-
-def _params(query: bytes) -> dict[str, str]:
+def _params(query: bytes) -> Params:
     """The query's parameters; a decline when a name comes twice (which of
     them counts is the framework's to say)."""
-    params: dict[str, str] = {}
+    params: Params = {}
     if query:
         for pair in query.decode("ascii").split("&"):
             name, _, value = pair.partition("=")
@@ -181,51 +186,3 @@ def _head(headers: Headers, cors: bool) -> dict[bytes, str]:
         ):
             raise _Decline
     return wanted
-
-
-def _snapshot(reading: Reading) -> bytes:
-    return reading.snapshot()
-
-
-def _orderbook(symbol: str, params: dict[str, str]) -> tuple[Channel, Render]:
-    step = rest.required("step", params.get("step"), "a step such as 0.01")
-    return Channel.orderbook(symbol, step), _snapshot
-
-
-def _depth(symbol: str, params: dict[str, str]) -> tuple[Channel, Render]:
-    return Channel.depth(symbol), _snapshot
-
-
-def _kline(symbol: str, params: dict[str, str]) -> tuple[Channel, Render]:
-    range_ = rest.required("range", params.get("range"), "a range such as 1m")
-    return Channel.kline(symbol, range_), _snapshot
-
-
-def _klines(symbol: str, params: dict[str, str]) -> tuple[Channel, Render]:
-    range_ = rest.required("range", params.get("range"), "a range such as 1m")
-    channel = Channel.kline(symbol, range_)
-    count = rest.parse_int("limit", params.get("limit"), default=100, low=1, high=rest.MAX_LIMIT)
-    return channel, lambda reading: reading.candles(count)
-
-
-def _trades(symbol: str, params: dict[str, str]) -> tuple[Channel, Render]:
-    count = rest.parse_int("limit", params.get("limit"), default=50, low=1, high=rest.MAX_LIMIT)
-    return Channel.trades(symbol), lambda reading: reading.trades(count)
-
-
-def _assets(symbol: str, params: dict[str, str]) -> tuple[Channel, Render]:
-    return Channel(Kind.ASSETS), _snapshot
-
-
-def _orders(symbol: str, params: dict[str, str]) -> tuple[Channel, Render]:
-    state, wanted = params.get("state"), params.get("symbol")
-    if state is not None and state.lower() not in rest.ORDER_STATES:
-        raise _Decline
-    wanted_state = state.lower() if state else None
-    wanted_symbol = normalize_symbol(wanted).replace("_", "/") if wanted else None
-    return Channel(Kind.ORDERS), lambda reading: reading.orders(wanted_state, wanted_symbol)
-
-
-def _fills(symbol: str, params: dict[str, str]) -> tuple[Channel, Render]:
-    count = rest.parse_int("limit", params.get("limit"), default=100, low=1, high=rest.MAX_LIMIT)
-    return Channel(Kind.FILLS), lambda reading: reading.fills(count)

@@ -89,28 +89,38 @@ def required(name: str, text: str | None, allowed: str) -> str:
     return text
 
 
-async def answer(
-    request: Request,
-    ports: Ports,
-    channel: Channel,
-    render: Callable[[Reading], bytes],
-    wait: str | None,
-) -> Response:
-    """The common path of every snapshot route: subscribe on demand, wait
-    briefly for the first push, honour ``If-None-Match``, serve stored bytes."""
+Render = Callable[[Reading], bytes]
+# What a snapshot route answers: its channel, and how its body is made of a reading.
+Target = tuple[Channel, Render]
+
+
+def wait_ms(ports: Ports, wait: str | None) -> int:
+    """The ``wait`` parameter, in ms, within its cap."""
     settings = ports.settings
-    wait_ms = parse_int(
+    return parse_int(
         "wait",
         wait,
         default=settings.gateway_wait_default_ms,
         low=0,
         high=settings.gateway_wait_max_ms,
     )
+
+
+async def answer(
+    request: Request,
+    ports: Ports,
+    target: Target,
+    wait: str | None,
+) -> Response:
+    """The common path of every snapshot route: subscribe on demand, wait
+    briefly for the first push, honour ``If-None-Match``, serve stored bytes."""
+    channel, render = target
+    waiting_ms = wait_ms(ports, wait)
     if not channel.is_private:
         ports.demand.demand(channel)
     view = ports.view
     reading = view.read(channel)
-    if reading is None and await view.wait_for_data(channel, wait_ms / 1000):
+    if reading is None and await view.wait_for_data(channel, waiting_ms / 1000):
         reading = view.read(channel)
     if reading is None:
         status, reason = view.status(channel)
@@ -125,6 +135,55 @@ async def answer(
 
 def _snapshot(reading: Reading) -> bytes:
     return reading.snapshot()
+
+
+# Each snapshot route's target, of its parameters as they came (also
+# answered by the connection layer: app/http/fast.py).
+
+
+def orderbook_target(symbol: str, step: str | None) -> Target:
+    return Channel.orderbook(symbol, required("step", step, "a step such as 0.01")), _snapshot
+
+
+def depth_target(symbol: str) -> Target:
+    return Channel.depth(symbol), _snapshot
+
+
+def kline_target(symbol: str, range_: str | None) -> Target:
+    return Channel.kline(symbol, required("range", range_, "a range such as 1m")), _snapshot
+
+
+def klines_target(symbol: str, range_: str | None, limit: str | None) -> Target:
+    channel = Channel.kline(symbol, required("range", range_, "a range such as 1m"))
+    count = parse_int("limit", limit, default=100, low=1, high=MAX_LIMIT)
+    return channel, lambda reading: reading.candles(count)
+
+
+def trades_target(symbol: str, limit: str | None) -> Target:
+    count = parse_int("limit", limit, default=50, low=1, high=MAX_LIMIT)
+    return Channel.trades(symbol), lambda reading: reading.trades(count)
+
+
+def assets_target() -> Target:
+    return Channel(Kind.ASSETS), _snapshot
+
+
+ORDER_STATES = ("new", "cancel")
+
+
+def orders_target(state: str | None, symbol: str | None) -> Target:
+    if state is not None and state.lower() not in ORDER_STATES:
+        raise InvalidInput(
+            "state", f"'{state[:20]}' is not an order state", "one of " + ", ".join(ORDER_STATES)
+        )
+    wanted_state = state.lower() if state else None
+    wanted_symbol = normalize_symbol(symbol).replace("_", "/") if symbol else None
+    return Channel(Kind.ORDERS), lambda reading: reading.orders(wanted_state, wanted_symbol)
+
+
+def fills_target(limit: str | None) -> Target:
+    count = parse_int("limit", limit, default=100, low=1, high=MAX_LIMIT)
+    return Channel(Kind.FILLS), lambda reading: reading.fills(count)
 
 
 def etags(header: str | None) -> set[str]:
@@ -150,8 +209,7 @@ async def orderbook(
     wait: Wait = None,
 ) -> Response:
     """Latest order book of a symbol at one aggregation step."""
-    channel = Channel.orderbook(symbol, required("step", step, "a step such as 0.01"))
-    return await answer(request, ports, channel, _snapshot, wait)
+    return await answer(request, ports, orderbook_target(symbol, step), wait)
 
 
 @router.get(
@@ -162,7 +220,7 @@ async def orderbook(
 )
 async def depth(request: Request, ports: PortsDep, symbol: str, wait: Wait = None) -> Response:
     """Latest depth chart (cumulative quantities) of a symbol."""
-    return await answer(request, ports, Channel.depth(symbol), _snapshot, wait)
+    return await answer(request, ports, depth_target(symbol), wait)
 
 
 Range = Annotated[str | None, Query(alias="range", description="candle length: 1m … 1w")]
@@ -178,8 +236,7 @@ async def kline(
     request: Request, ports: PortsDep, symbol: str, range_: Range = None, wait: Wait = None
 ) -> Response:
     """The current candle of a symbol and range."""
-    channel = Channel.kline(symbol, required("range", range_, "a range such as 1m"))
-    return await answer(request, ports, channel, _snapshot, wait)
+    return await answer(request, ports, kline_target(symbol, range_), wait)
 
 
 @router.get(
@@ -197,9 +254,7 @@ async def klines(
     wait: Wait = None,
 ) -> Response:
     """Candles seen since start (the current one last), oldest first."""
-    channel = Channel.kline(symbol, required("range", range_, "a range such as 1m"))
-    count = parse_int("limit", limit, default=100, low=1, high=MAX_LIMIT)
-    return await answer(request, ports, channel, lambda r: r.candles(count), wait)
+    return await answer(request, ports, klines_target(symbol, range_, limit), wait)
 
 
 @router.get(
@@ -216,11 +271,7 @@ async def trades(
     wait: Wait = None,
 ) -> Response:
     """Distinct trades of a symbol, newest first."""
-    count = parse_int("limit", limit, default=50, low=1, high=MAX_LIMIT)
-    return await answer(request, ports, Channel.trades(symbol), lambda r: r.trades(count), wait)
-
-
-ORDER_STATES = ("new", "cancel")
+    return await answer(request, ports, trades_target(symbol, limit), wait)
 
 
 @router.get(
@@ -231,7 +282,7 @@ ORDER_STATES = ("new", "cancel")
 )
 async def account_assets(request: Request, ports: PortsDep, wait: Wait = None) -> Response:
     """Balances per currency (exact decimals), as last pushed."""
-    return await answer(request, ports, Channel(Kind.ASSETS), _snapshot, wait)
+    return await answer(request, ports, assets_target(), wait)
 
 
 @router.get(
@@ -248,19 +299,7 @@ async def account_orders(
     wait: Wait = None,
 ) -> Response:
     """The newest state of each order seen, most recently updated first."""
-    if state is not None and state.lower() not in ORDER_STATES:
-        raise InvalidInput(
-            "state", f"'{state[:20]}' is not an order state", "one of " + ", ".join(ORDER_STATES)
-        )
-    wanted_state = state.lower() if state else None
-    wanted_symbol = normalize_symbol(symbol).replace("_", "/") if symbol else None
-    return await answer(
-        request,
-        ports,
-        Channel(Kind.ORDERS),
-        lambda r: r.orders(wanted_state, wanted_symbol),
-        wait,
-    )
+    return await answer(request, ports, orders_target(state, symbol), wait)
 
 
 @router.get(
@@ -276,8 +315,7 @@ async def account_fills(
     wait: Wait = None,
 ) -> Response:
     """Fills, unique by deal number, newest first."""
-    count = parse_int("limit", limit, default=100, low=1, high=MAX_LIMIT)
-    return await answer(request, ports, Channel(Kind.FILLS), lambda r: r.fills(count), wait)
+    return await answer(request, ports, fills_target(limit), wait)
 
 
 @router.get(

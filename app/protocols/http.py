@@ -71,8 +71,8 @@ UNSOLICITED_MAX = 65536
 FD_HEADROOM = 256
 
 # A response the connection layer writes itself: status, headers (after
-# uvicorn's default ones), body, and the route's template.
-FastAnswer = tuple[int, list[tuple[bytes, bytes]], bytes, str]
+# uvicorn's default ones), body.
+FastAnswer = tuple[int, list[tuple[bytes, bytes]], bytes]
 
 
 class FastRoutes(Protocol):
@@ -424,7 +424,7 @@ class GuardedProtocol(TakenOver, HttpToolsProtocol):
         answer = fast.answer(url.path, query, self.headers)
         if answer is None:
             return False
-        status, headers, body, _route = answer
+        status, headers, body = answer
         version = parser.get_http_version()
         keep_alive = version != "1.0" and parser.should_keep_alive()
         content = [STATUS_LINE[status]]
