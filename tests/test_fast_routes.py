@@ -1,0 +1,297 @@
+"""The connection layer's fast path (app/http/fast.py) answers exactly what
+FastAPI answers: for every REST snapshot route, good and bad input alike, the
+same status, headers and bytes, and the same request metric.
+
+One gateway, in this event loop, follows the simulated exchange until every
+route has data; then the exchange stops, so that nothing changes, and each
+request is sent twice over a raw socket: with the fast path, and with it
+taken out of the connection layer (FastAPI answers everything then). The
+``date`` header is the only one allowed to differ (the second may turn)."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import re
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from app.asgi import create_app
+from app.cli import free_port, server_config
+from app.config import load_settings
+from app.http.fast import FastRoutes
+from app.protocols.http import FastAnswer
+from app.simulator import Simulator
+from app.simulator.broker import BrokerPorts, DemoAccount
+
+pytestmark = pytest.mark.timeout(120)
+
+ACCOUNT = DemoAccount()
+TOKEN = "tok-" + "f" * 24
+AUTH = f"Authorization: Bearer {TOKEN}"
+SUBSCRIBED = (
+    "orderbook:BTC_USD:0.01,orderbook:ETH_BTC:0.00000001,depth:BTC_USD,kline:BTC_USD:1m,"
+    "trades:BTC_USD,assets,orders,fills"
+)
+ROUTES = [
+    "/v1/orderbook/BTC_USD?step=0.01",
+    "/v1/orderbook/ETH_BTC?step=0.00000001",
+    "/v1/depth/BTC_USD",
+    "/v1/kline/BTC_USD?range=1m",
+    "/v1/klines/BTC_USD?range=1m",
+    "/v1/trades/BTC_USD",
+    "/v1/account/assets",
+    "/v1/account/orders",
+    "/v1/account/fills",
+]
+
+
+class Recording:
+    """The fast routes, noting which requests they answered."""
+
+    def __init__(self, fast: FastRoutes) -> None:
+        self.fast = fast
+        self.answered: list[bytes] = []
+
+    def answer(self, path: bytes, query: bytes, headers: list[tuple[bytes, bytes]]) -> FastAnswer | None:
+        answer = self.fast.answer(path, query, headers)
+        if answer is not None:
+            self.answered.append(path + b"?" + query)
+        return answer
+
+
+def raw(port: int, target: str, headers: tuple[str, ...] = (), *, keep_alive: bool = False) -> bytes:
+    """One request's whole response, as bytes, over a connection of its own."""
+    head = [f"GET {target} HTTP/1.1", "Host: 127.0.0.1", *headers]
+    if not keep_alive:
+        head.append("Connection: close")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+        response = b""
+        while True:
+            data = sock.recv(65536)
+            response += data
+            if not data:
+                break
+            if keep_alive and b"\r\n\r\n" in response:
+                head_bytes, _, body = response.partition(b"\r\n\r\n")
+                length = re.search(rb"\r\ncontent-length: (\d+)", head_bytes, re.IGNORECASE)
+                if len(body) >= (int(length.group(1)) if length else 0):
+                    break
+    return re.sub(rb"\r\ndate: [^\r]*\r\n", b"\r\ndate: -\r\n", response)
+
+
+@dataclass
+class Served:
+    port: int
+    connections: Any  # the connection guard: its ``fast`` is what the layer asks
+    fast: Recording
+
+    def metrics(self) -> dict[str, float]:
+        """The request histogram's counts (the /metrics requests themselves left out)."""
+        text = httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=10).text
+        counts = re.findall(r"^(coinsuper_http_request_duration_seconds_count\{[^}]*\}) (\S+)$", text, re.M)
+        return {name: float(value) for name, value in counts if 'route="/metrics"' not in name}
+
+    def both(self, target: str, *headers: str, keep_alive: bool = False) -> bytes:
+        """The fast path's answer, once it is checked to be FastAPI's, each
+        with the same request metric counted."""
+        raw(self.port, target, headers)  # what a first request sets going (demand) is set going
+        answers = []
+        for fast in (self.fast, None):
+            self.connections.fast = fast
+            before = self.metrics()
+            response = raw(self.port, target, headers, keep_alive=keep_alive)
+            after = self.metrics()
+            answers.append((response, {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k)}))
+        self.connections.fast = self.fast
+        (fast_response, fast_counted), (framework_response, framework_counted) = answers
+        assert fast_response == framework_response, target
+        assert fast_counted == framework_counted, target
+        return fast_response
+
+
+async def _serve(ready: queue.Queue[Served | BaseException], stop: threading.Event) -> None:
+    try:
+        sim = Simulator(BrokerPorts(tcp=free_port(), ws=free_port()), account=ACCOUNT, seed=4, speed=8)
+        await sim.start()
+    except BaseException as exc:
+        ready.put(exc)
+        raise
+    try:
+        settings = load_settings(
+            coinsuper_url=f"mqtt://127.0.0.1:{sim.ports.tcp}",
+            coinsuper_access_key=ACCOUNT.access_key,
+            coinsuper_secret_key=ACCOUNT.secret_key,
+            coinsuper_email=ACCOUNT.email,
+            coinsuper_subscribe=SUBSCRIBED,
+            gateway_tokens=TOKEN,
+            gateway_stale_factor=1000,
+        )
+        app = create_app(settings)
+        port = free_port()
+        server = uvicorn.Server(server_config(app, settings, host="127.0.0.1", port=port))
+        task = asyncio.create_task(server.serve())
+    except BaseException as exc:
+        ready.put(exc)
+        await sim.stop()
+        raise
+    try:
+        while not server.started:  # noqa: ASYNC110 (uvicorn offers no event for it)
+            await asyncio.sleep(0.05)
+        connections = app.state.connections
+        assert isinstance(connections.fast, FastRoutes)
+        recording = Recording(connections.fast)
+        connections.fast = recording
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}",
+                                     headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+            deadline = asyncio.get_running_loop().time() + 40
+            for route in ROUTES:  # every route with data (the account's fills and orders too)
+                while not await _has_data(http, route):
+                    assert asyncio.get_running_loop().time() < deadline, f"no data for {route}"
+                    await asyncio.sleep(0.2)
+        # Nothing changes from here: the exchange is gone (its links retry in vain).
+        await sim.stop()
+        await asyncio.sleep(0.5)
+        ready.put(Served(port, connections, recording))
+        while not stop.is_set():  # noqa: ASYNC110 (a thread's event)
+            await asyncio.sleep(0.1)
+    except BaseException as exc:
+        ready.put(exc)
+        raise
+    finally:
+        server.should_exit = True
+        await task
+        await sim.stop()
+
+
+async def _has_data(http: httpx.AsyncClient, route: str) -> bool:
+    response = await http.get(route + ("&" if "?" in route else "?") + "wait=2000")
+    return response.status_code == 200 and bool(response.json()["data"])
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[Served]:
+    """The gateway in an event loop of its own (a thread), its exchange stopped."""
+    ready: queue.Queue[Served | BaseException] = queue.Queue()
+    stop = threading.Event()
+    thread = threading.Thread(target=asyncio.run, args=(_serve(ready, stop),), daemon=True)
+    thread.start()
+    got = ready.get(timeout=60)
+    if isinstance(got, BaseException):
+        raise got
+    try:
+        yield got
+    finally:
+        stop.set()
+        thread.join(20)
+
+
+def etag_of(served: Served, target: str) -> str:
+    response = served.both(target, AUTH)
+    match = re.search(rb"\r\netag: ([^\r]*)\r\n", response)
+    assert match, response[:200]
+    return match.group(1).decode()
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_each_route_answers_the_same_bytes_fast_and_through_fastapi(served: Served, route: str) -> None:
+    fast = served.both(route, AUTH)
+    assert fast.startswith(b"HTTP/1.1 200 OK\r\n"), fast[:200]
+    served.both(route, AUTH, keep_alive=True)
+    etag = etag_of(served, route)
+    not_modified = served.both(route, AUTH, f"If-None-Match: {etag}")
+    assert not_modified.startswith(b"HTTP/1.1 304 ")
+    served.both(route, AUTH, f'If-None-Match: "other", {etag}')
+    served.both(route, AUTH, 'If-None-Match: "other"')
+    separator = "&" if "?" in route else "?"
+    served.both(route + separator + "wait=0", AUTH)
+    assert len(served.fast.answered) >= 6, served.fast.answered  # the fast path did answer them
+
+
+GOOD_SPELLINGS = [
+    "/v1/orderbook/btc_usd?step=0.01",
+    "/v1/orderbook/BTC-USD?step=0.010",
+    "/v1/orderbook/BTC_USD?step=.01",
+    "/v1/orderbook/ETH_BTC?step=1e-8",
+    "/v1/kline/BTC_USD?range=60000",
+    "/v1/klines/BTC_USD?range=1m&limit=1",
+    "/v1/klines/BTC_USD?limit=1000&range=1m",
+    "/v1/trades/BTC_USD?limit=1",
+    "/v1/trades/BTC_USD?limit=1000&unknown=1",
+    "/v1/account/orders?state=new&symbol=BTC_USD",
+    "/v1/account/orders?state=cancel",
+    "/v1/account/fills?limit=3",
+    "/v1/orderbook/BTC%2FUSD?step=0.01",
+    "/v1/orderbook/btc%2fusd?step=0.01",
+    "/v1/orderbook/BTC_USD?step=0%2E01",
+    "/v1/orderbook/BTC_USD?step=0.01&wait=0",
+    "/v1/orderbook/BTC_USD?step=0.01&wait=10000",
+    "/v1/account/assets/",
+]
+BAD_INPUT = [
+    "/v1/orderbook/BTC_USD",
+    "/v1/orderbook/BTC_USD?step=0.5",
+    "/v1/orderbook/BTC_USD?step=",
+    "/v1/orderbook/BTC_USD?step=abc",
+    "/v1/orderbook/BTCUSD?step=0.01",
+    "/v1/orderbook/BTC_USD?step=0.01&step=0.1&wait=0",
+    "/v1/orderbook/DOGE_USD?step=0.01&wait=0",
+    "/v1/orderbook/ETH_USD?step=0.01&wait=0",
+    "/v1/orderbook/BTC_USD?step=0.01&wait=abc",
+    "/v1/orderbook/BTC_USD?step=0.01&wait=-1",
+    "/v1/orderbook/BTC_USD?step=0.01&wait=99999999",
+    "/v1/orderbook/BTC_USD/extra?step=0.01",
+    "/v1/orderbook/?step=0.01",
+    "/v1/orderbook/" + "A" * 3000 + "?step=0.01",
+    "/v1/depth/",
+    "/v1/depth/BTC_",
+    "/v1/depth/BTC_USD?wait=1.5",
+    "/v1/kline/BTC_USD",
+    "/v1/kline/BTC_USD?range=7m",
+    "/v1/kline/BTC_USD?range=1m&range=5m&wait=0",
+    "/v1/klines/BTC_USD?range=1m&limit=0",
+    "/v1/klines/BTC_USD?range=1m&limit=1001",
+    "/v1/klines/BTC_USD?range=1m&limit=ten",
+    "/v1/trades/BTC_USD?limit=-5",
+    "/v1/trades/BTC_USD?limit=" + "9" * 400,
+    "/v1/trades/ETH_BTC?wait=0",
+    "/v1/account/orders?state=open",
+    "/v1/account/orders?symbol=NOPE",
+    "/v1/account/fills?limit=0",
+    "/v1/account/assetsX",
+]
+
+
+@pytest.mark.parametrize("target", GOOD_SPELLINGS + BAD_INPUT)
+def test_other_spellings_and_bad_input_answer_the_same(served: Served, target: str) -> None:
+    response = served.both(target, AUTH)
+    status = int(response.split(b" ", 2)[1])
+    if target in BAD_INPUT:
+        assert 400 <= status < 600, response[:300]
+        assert b"Traceback" not in response
+
+
+@pytest.mark.parametrize("route", ["/v1/account/assets", "/v1/account/orders", "/v1/account/fills"])
+def test_the_private_routes_answer_the_same_without_a_good_token(served: Served, route: str) -> None:
+    for headers in ((), ("Authorization: Bearer wrong-token-0000000000",), ("Authorization: Basic abc",),
+                    ("Authorization: Bearer",), ("Authorization: Bearer wrong-token-0000000000", AUTH)):
+        response = served.both(route, *headers)
+        assert response.startswith(b"HTTP/1.1 401 "), response[:200]
+    # Two headers: the first counts, on both paths.
+    assert served.both(route, AUTH, "Authorization: Bearer wrong-token-0000000000").startswith(b"HTTP/1.1 200 ")
+
+
+def test_headers_the_fast_path_leaves_to_fastapi_answer_the_same(served: Served) -> None:
+    route = "/v1/orderbook/BTC_USD?step=0.01"
+    for headers in (("Origin: http://elsewhere.test",), ("X-Forwarded-For: 10.1.2.3",),
+                    ("Forwarded: for=10.1.2.3",), ("If-None-Match: *",), ("If-None-Match:",),
+                    ("Accept: text/html",), ("Accept-Encoding: gzip",)):
+        served.both(route, AUTH, *headers)
