@@ -98,7 +98,7 @@ def server_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicorn
         "host": settings.gateway_host,
         "port": settings.gateway_port,
         "log_config": None,
-        "access_log": True,
+        "access_log": settings.gateway_access_log,
         "timeout_graceful_shutdown": 5,
         "http": app.state.connections.protocol(),
         "ws": GuardedWebSocketProtocol,

@@ -84,6 +84,7 @@ HELP: dict[str, str] = {
     "gateway_max_header_bytes": "largest request head, bytes (431 beyond)",
     "gateway_header_timeout_s": "a request head must be complete within this, seconds (408)",
     "gateway_keepalive_timeout_s": "an idle kept-alive connection is closed after this, seconds",
+    "gateway_access_log": "log a line per HTTP request at info (false: none; the request metric counts them all the same)",
     "gateway_fast_routes": "answer REST snapshots of stored bytes in the connection layer (false: all through FastAPI)",
     "gateway_max_connections": "cap on open connections (0: the file limit less headroom)",
     "gateway_max_connections_per_address": "cap on open connections of one address",
@@ -175,6 +176,7 @@ class Settings(BaseSettings):
     gateway_max_header_bytes: int = Field(65536, ge=1024, le=16_777_216)
     gateway_header_timeout_s: float = Field(10.0, gt=0, le=600)
     gateway_keepalive_timeout_s: int = Field(5, ge=1, le=3600)
+    gateway_access_log: bool = True
     gateway_fast_routes: bool = True
     gateway_max_connections: int = Field(0, ge=0)
     gateway_max_connections_per_address: int = Field(1000, ge=1)

@@ -1,63 +1,164 @@
-"""REST snapshot throughput, as a ratio to a trivial route of the same server.
+"""REST snapshots beside nginx serving the same bytes as static files, in one run.
 
-    .venv/bin/python bench/rest.py --seconds 10 --connections 50
+    .venv/bin/python bench/rest.py --seconds 5 --connections 50
 
-wrk (Debian's) loads `/v1/orderbook/BTC_USD?step=0.01` and then `/healthz`
-(a constant answer) on the same gateway, with the same settings, one after the
-other, twice each, interleaved; the ratio of the rates holds on a noisy machine
-where the absolute figures do not.
+The simulated exchange (with its demo account) feeds one gateway process. Once
+every snapshot route has data, the exchange stops, so that every answer stays
+the same bytes for the run; each route's answer is written to a file that
+nginx (Debian's, one worker, ``etag on``, no access log) serves. wrk (one
+thread, one core's worth of load) then loads, route by route and interleaved:
+
+- the gateway (its fast path, app/http/fast.py), and with ``If-None-Match`` → 304;
+- nginx, the same bytes as a static file, and with its ETag → 304;
+- the gateway's ``/healthz`` and, on a second gateway with
+  ``GATEWAY_FAST_ROUTES=false``, the framework path (FastAPI) for the book.
+
+Both gateways run with ``GATEWAY_ACCESS_LOG=false``: an access line per
+request costs more than the answer at these rates (docs/operating.md). The
+gateway's CPU per request is read from ``/proc``. Figures are ratios to
+nginx in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
 
 import httpx
-from common import machine, start_gateway, start_simulator, wait_until
+from common import free_port, machine, start_gateway, start_simulator, stop_all, wait_until
+
+TOKEN = "bench-token-" + "r" * 20
+ROUTES = [
+    "/v1/orderbook/BTC_USD?step=0.01",
+    "/v1/depth/BTC_USD",
+    "/v1/kline/BTC_USD?range=1m",
+    "/v1/klines/BTC_USD?range=1m&limit=100",
+    "/v1/trades/BTC_USD?limit=50",
+    "/v1/account/assets",
+    "/v1/account/orders",
+    "/v1/account/fills?limit=100",
+]
+CHANNELS = ["orderbook:BTC_USD:0.01", "depth:BTC_USD", "kline:BTC_USD:1m", "trades:BTC_USD", "assets", "orders",
+            "fills"]
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir};
+  proxy_temp_path {dir};
+  fastcgi_temp_path {dir};
+  uwsgi_temp_path {dir};
+  scgi_temp_path {dir};
+  default_type application/json;
+  etag on;
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    root {dir}/files;
+  }}
+}}
+"""
 
 
-def wrk(url: str, seconds: float, connections: int) -> float:
+def wrk(url: str, seconds: float, connections: int, *headers: str) -> float:
     binary = shutil.which("wrk")
     if binary is None:
-        raise SystemExit("wrk is not installed: apt-get install wrk")
-    out = subprocess.run([binary, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", url],
+        raise SystemExit("wrk is not installed: make bench-deps")
+    options = [item for header in headers for item in ("-H", header)]
+    out = subprocess.run([binary, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", *options, url],
                          capture_output=True, text=True, check=True).stdout
     match = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if match is None or "Non-2xx" in out:
+    if match is None or ("Non-2xx" in out and not any(h.startswith("If-None-Match") for h in headers)):
         raise SystemExit(f"wrk failed on {url}:\n{out}")
     return float(match.group(1))
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_nginx(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    port = free_port()
+    conf = workdir / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(dir=workdir, port=port))
+    process = subprocess.Popen([nginx, "-c", str(conf), "-p", str(workdir)], stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    wait_until(lambda: httpx.get(base + "/probe").status_code == 200, 10, "nginx")
+    return process, base
+
+
+def static_name(route: str) -> str:
+    """The file nginx serves a route's bytes from (no query: nginx ignores it)."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", route.strip("/")) + ".json"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--connections", type=int, default=50)
     args = parser.parse_args()
     simulator, broker_port = start_simulator()
     processes = [simulator]
+    workdir = Path(tempfile.mkdtemp(prefix="rest-bench-"))
+    (workdir / "files").mkdir()
+    (workdir / "files" / "probe").write_text("ok")
+    env = {"COINSUPER_SECRET_KEY": "demo-secret-key", "GATEWAY_TOKENS": TOKEN, "GATEWAY_STALE_FACTOR": "1000",
+           "GATEWAY_ACCESS_LOG": "false", "GATEWAY_LOG_LEVEL": "error"}
+    auth = f"Authorization: Bearer {TOKEN}"
     try:
-        gateway, base = start_gateway(broker_port, ["orderbook:BTC_USD:0.01"], GATEWAY_LOG_LEVEL="error")
-        processes.append(gateway)
-        wait_until(lambda: httpx.get(base + "/v1/orderbook/BTC_USD?step=0.01").status_code == 200, 10, "a book")
-        snapshot, trivial = [], []
-        for _ in range(2):
-            snapshot.append(wrk(base + "/v1/orderbook/BTC_USD?step=0.01", args.seconds, args.connections))
-            trivial.append(wrk(base + "/healthz", args.seconds, args.connections))
-        snap, triv = sum(snapshot) / 2, sum(trivial) / 2
-        size = len(httpx.get(base + "/v1/orderbook/BTC_USD?step=0.01").content)
+        gateway, base = start_gateway(broker_port, CHANNELS, **env)
+        framework, framework_base = start_gateway(broker_port, CHANNELS, GATEWAY_FAST_ROUTES="false", **env)
+        processes += [gateway, framework]
+        http = httpx.Client(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+        for route in ROUTES:
+            wait_until(lambda route=route: http.get(base + route).status_code == 200
+                       and bool(http.get(base + route).json()["data"]), 60, f"data for {route}")
+        wait_until(lambda: http.get(framework_base + ROUTES[0]).status_code == 200, 30, "the second gateway")
+        simulator.terminate()  # nothing changes from here
+        simulator.wait(15)
+        time.sleep(1)
+        answers = {route: http.get(base + route) for route in ROUTES}
+        for route, answer in answers.items():
+            (workdir / "files" / static_name(route)).write_bytes(answer.content)
+        nginx, nginx_base = start_nginx(workdir)
+        processes.append(nginx)
+        nginx_etags = {route: httpx.get(nginx_base + "/" + static_name(route)).headers["etag"] for route in ROUTES}
         print(f"machine: {machine()}")
-        print(f"REST with wrk, {args.connections} connections, {args.seconds:g} s × 2 each, interleaved:")
-        print(f"  /v1/orderbook/BTC_USD?step=0.01 ({size} bytes): {snap:,.0f} requests/s")
-        print(f"  /healthz (trivial): {triv:,.0f} requests/s")
-        print(f"  ratio: {100 * snap / triv:.0f}% of the trivial route's rate")
+        print(f"REST with wrk (1 thread, {args.connections} connections, {args.seconds:g} s each); "
+              f"the gateway on one core; nginx 1 worker, the same bytes as static files")
+        print(f"  {'route':42} {'bytes':>6} {'gateway':>9} {'µs/req':>7} {'nginx':>9} {'ratio':>6} "
+              f"{'304 gw':>9} {'304 nginx':>9} {'ratio':>6}")
+        for route in ROUTES:
+            before = cpu_seconds(gateway.pid)
+            ours = wrk(base + route, args.seconds, args.connections, auth)
+            spent = cpu_seconds(gateway.pid) - before
+            theirs = wrk(nginx_base + "/" + static_name(route), args.seconds, args.connections)
+            ours_304 = wrk(base + route, args.seconds, args.connections, auth,
+                           f"If-None-Match: {answers[route].headers['etag']}")
+            theirs_304 = wrk(nginx_base + "/" + static_name(route), args.seconds, args.connections,
+                             f"If-None-Match: {nginx_etags[route]}")
+            print(f"  {route:42} {len(answers[route].content):>6} {ours:>9,.0f} "
+                  f"{1e6 * spent / (ours * round(args.seconds)):>7.1f} {theirs:>9,.0f} {ours / theirs:>5.2f}× "
+                  f"{ours_304:>9,.0f} {theirs_304:>9,.0f} {ours_304 / theirs_304:>5.2f}×")
+        trivial = wrk(base + "/healthz", args.seconds, args.connections)
+        slow = wrk(framework_base + ROUTES[0], args.seconds, args.connections, auth)
+        print(f"  /healthz (through FastAPI): {trivial:,.0f} requests/s")
+        print(f"  {ROUTES[0]} through FastAPI (GATEWAY_FAST_ROUTES=false): {slow:,.0f} requests/s")
     finally:
-        for process in reversed(processes):
-            process.terminate()
-            process.wait(15)
+        stop_all(processes)
+        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 

@@ -15,6 +15,7 @@ import queue
 import re
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -67,25 +68,44 @@ class Recording:
         return answer
 
 
-def raw(port: int, target: str, headers: tuple[str, ...] = (), *, keep_alive: bool = False) -> bytes:
-    """One request's whole response, as bytes, over a connection of its own."""
+def request(target: str, headers: tuple[str, ...] = (), *, keep_alive: bool = False) -> bytes:
     head = [f"GET {target} HTTP/1.1", "Host: 127.0.0.1", *headers]
     if not keep_alive:
         head.append("Connection: close")
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
-        response = b""
-        while True:
-            data = sock.recv(65536)
-            response += data
-            if not data:
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
+
+
+def response_of(sock: socket.socket, *, keep_alive: bool) -> bytes:
+    """One response, whole: up to the close, or (kept alive) its content-length."""
+    response = b""
+    while True:
+        data = sock.recv(65536)
+        response += data
+        if not data:
+            break
+        if keep_alive and b"\r\n\r\n" in response:
+            head_bytes, _, body = response.partition(b"\r\n\r\n")
+            length = re.search(rb"\r\ncontent-length: (\d+)", head_bytes, re.IGNORECASE)
+            if len(body) >= (int(length.group(1)) if length else 0):
                 break
-            if keep_alive and b"\r\n\r\n" in response:
-                head_bytes, _, body = response.partition(b"\r\n\r\n")
-                length = re.search(rb"\r\ncontent-length: (\d+)", head_bytes, re.IGNORECASE)
-                if len(body) >= (int(length.group(1)) if length else 0):
-                    break
     return re.sub(rb"\r\ndate: [^\r]*\r\n", b"\r\ndate: -\r\n", response)
+
+
+def raw(port: int, target: str, headers: tuple[str, ...] = (), *, keep_alive: bool = False,
+        split: bool = False) -> bytes:
+    """One request's whole response, as bytes, over a connection of its own.
+    The request goes whole in one write (answered before the parser, when the
+    fast path can), or, ``split``, in two (the parser's path)."""
+    data = request(target, headers, keep_alive=keep_alive)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if split:
+            sock.sendall(data[:10])
+            time.sleep(0.05)
+            sock.sendall(data[10:])
+        else:
+            sock.sendall(data)
+        return response_of(sock, keep_alive=keep_alive)
 
 
 @dataclass
@@ -100,7 +120,7 @@ class Served:
         counts = re.findall(r"^(coinsuper_http_request_duration_seconds_count\{[^}]*\}) (\S+)$", text, re.M)
         return {name: float(value) for name, value in counts if 'route="/metrics"' not in name}
 
-    def both(self, target: str, *headers: str, keep_alive: bool = False) -> bytes:
+    def both(self, target: str, *headers: str, keep_alive: bool = False, split: bool = False) -> bytes:
         """The fast path's answer, once it is checked to be FastAPI's, each
         with the same request metric counted."""
         raw(self.port, target, headers)  # what a first request sets going (demand) is set going
@@ -108,7 +128,7 @@ class Served:
         for fast in (self.fast, None):
             self.connections.fast = fast
             before = self.metrics()
-            response = raw(self.port, target, headers, keep_alive=keep_alive)
+            response = raw(self.port, target, headers, keep_alive=keep_alive, split=split)
             after = self.metrics()
             answers.append((response, {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k)}))
         self.connections.fast = self.fast
@@ -206,6 +226,8 @@ def test_each_route_answers_the_same_bytes_fast_and_through_fastapi(served: Serv
     fast = served.both(route, AUTH)
     assert fast.startswith(b"HTTP/1.1 200 OK\r\n"), fast[:200]
     served.both(route, AUTH, keep_alive=True)
+    served.both(route, AUTH, split=True)  # the head in two writes: answered once the parser has it
+    served.both(route, AUTH, keep_alive=True, split=True)
     etag = etag_of(served, route)
     not_modified = served.both(route, AUTH, f"If-None-Match: {etag}")
     assert not_modified.startswith(b"HTTP/1.1 304 ")
@@ -295,3 +317,24 @@ def test_headers_the_fast_path_leaves_to_fastapi_answer_the_same(served: Served)
                     ("Forwarded: for=10.1.2.3",), ("If-None-Match: *",), ("If-None-Match:",),
                     ("Accept: text/html",), ("Accept-Encoding: gzip",)):
         served.both(route, AUTH, *headers)
+
+
+def test_a_kept_alive_connection_goes_back_and_forth_between_the_paths(served: Served) -> None:
+    book = "/v1/orderbook/BTC_USD?step=0.01"
+    targets = [book, "/v1/orderbook/BTC_USD?step=0.5", "/v1/trades/BTC_USD?limit=2", "/v1/channels", book,
+               "/v1/account/assets", "/v1/kline/BTC_USD?range=1m"]
+    alone = [raw(served.port, target, (AUTH,), keep_alive=True) for target in targets]
+    answered = len(served.fast.answered)
+    with socket.create_connection(("127.0.0.1", served.port), timeout=10) as sock:
+        for index, target in enumerate(targets):
+            data = request(target, (AUTH,), keep_alive=True)
+            if index % 3 == 2:  # now and then in two writes
+                sock.sendall(data[:7])
+                time.sleep(0.05)
+                data = data[7:]
+            sock.sendall(data)
+            answer = response_of(sock, keep_alive=True)
+            if target != "/v1/channels":  # its link report moves on
+                assert answer == alone[index], target
+            assert answer.startswith(b"HTTP/1.1 200 ") or "step=0.5" in target
+    assert len(served.fast.answered) - answered == 5  # every one it can answer, on the one connection

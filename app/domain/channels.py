@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 
@@ -146,10 +146,13 @@ class Channel:
     kind: Kind
     symbol: str | None = None  # topic form, BTC_USD
     param: str | None = None  # order-book step or candle range label
+    # The canonical name, made once: every lookup by channel (the store, demand,
+    # the fan-out, each REST request) reads it.
+    name: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def name(self) -> str:
-        return ":".join(p for p in (self.kind.value, self.symbol, self.param) if p)
+    def __post_init__(self) -> None:
+        name = ":".join(p for p in (self.kind.value, self.symbol, self.param) if p)
+        object.__setattr__(self, "name", name)
 
     @property
     def display_symbol(self) -> str | None:

@@ -4,8 +4,9 @@ round trip, when the answer is stored bytes (:class:`FastRoutes`).
 A REST snapshot is cached bytes, yet the framework path around it (a task per
 request, the middleware stack, routing, FastAPI's dependencies and parameter
 model, a ``Response``) cost it 25 of every 26 microseconds (bench/rest.py).
-:class:`app.protocols.http.GuardedProtocol` asks :class:`FastRoutes` first, once
-a request's head is complete; the answer it gets is written as uvicorn would
+:class:`app.protocols.http.GuardedProtocol` asks :class:`FastRoutes` first (for a
+plain request that arrived whole, before its parser sees it; else once the
+head is complete); the answer it gets is written as uvicorn would
 write the framework's (the same status line, headers in the same order, the
 same access-log line, the same metric), or it gets None and the request goes
 through FastAPI as before.
@@ -16,8 +17,10 @@ name), the data there already, and nothing for CORS or a proxy's forwarded
 headers to do. Anything else (a bad parameter, a missing or wrong token, no
 data yet and so a ``wait``, a cap) declines, and the framework answers it: its
 problems, messages and headers are then the only ones there are.
-``tests/test_fast_routes.py`` checks, route by route, that both paths answer
-the same bytes. ``GATEWAY_FAST_ROUTES=false`` turns it off.
+A request target's resolution (route, channel, rendering, or a decline) is
+pure, so it is kept for targets seen before (bounded). ``tests/test_fast_routes.py``
+checks, route by route, good and bad input, that both paths answer the same
+bytes and count the same metric. ``GATEWAY_FAST_ROUTES=false`` turns it off.
 """
 
 from __future__ import annotations
@@ -51,6 +54,11 @@ class _Decline(Exception):
 Params = dict[str, str]
 # A route's target of its path's symbol and its query (rest.py's, as the route reads them).
 Route = Callable[[str, Params], rest.Target]
+# A request target resolved: the route's template (the metric's label), the channel, the rendering.
+Resolved = tuple[str, Channel, rest.Render]
+# Targets kept resolved: at most this many (then forgotten at once), each at most this long.
+_RESOLVED_MAX = 4096
+_RESOLVED_KEY_MAX = 256
 
 
 class FastRoutes:
@@ -66,6 +74,8 @@ class FastRoutes:
         self.node = ports.report.node
         self.histogram = histogram
         self._timers: dict[tuple[str, int], Callable[[float], None]] = {}
+        # Request target → what it resolves to (None: the framework's), for repeated targets.
+        self._resolved: dict[bytes, Resolved | None] = {}
         # Path prefix (a symbol follows) or whole path → (route template, target).
         self.routes: dict[bytes, tuple[str, Route]] = {
             b"/v1/orderbook/": (
@@ -100,22 +110,21 @@ class FastRoutes:
 
     def answer(self, path: bytes, query: bytes, headers: Headers) -> FastAnswer | None:
         started = time.perf_counter()
-        found = self.exact.get(path)
-        symbol = ""
-        if found is None:
-            cut = path.find(b"/", 4) + 1  # after "/v1/<kind>/"
-            found = self.routes.get(path[:cut]) if path.startswith(b"/v1/") and cut else None
-            if found is None or len(path) == cut or not _PLAIN_PATH.fullmatch(path):
-                return None
-            symbol = path[cut:].decode("ascii")
-        if query and not _PLAIN_QUERY.fullmatch(query):
-            return None
-        template, route = found
+        key = path + b"?" + query
         try:
-            params = _params(query)
+            resolved = self._resolved[key]
+        except KeyError:
+            resolved = self._resolve(path, query)
+            if len(key) <= _RESOLVED_KEY_MAX:
+                if len(self._resolved) >= _RESOLVED_MAX:
+                    self._resolved.clear()
+                self._resolved[key] = resolved
+        if resolved is None:
+            return None
+        template, channel, render = resolved
+        try:
             request = _head(headers, self.cors)
-            channel, render = route(symbol, params)
-            reading = self._read(channel, params, request)
+            reading = self._read(channel, request)
         except (_Decline, GatewayError):
             return None
         etag = reading.etag
@@ -129,11 +138,33 @@ class FastRoutes:
         self._timer(template, status)(time.perf_counter() - started)
         return status, head, body
 
-    def _read(self, channel: Channel, params: Params, request: dict[bytes, str]) -> Reading:
+    def _resolve(self, path: bytes, query: bytes) -> Resolved | None:
+        """What a request target asks for (its route, channel and rendering),
+        or None when the framework must answer it. Pure: a target resolves
+        the same way every time, so answers keep it (:data:`_RESOLVED_MAX`)."""
+        found = self.exact.get(path)
+        symbol = ""
+        if found is None:
+            cut = path.find(b"/", 4) + 1  # after "/v1/<kind>/"
+            found = self.routes.get(path[:cut]) if path.startswith(b"/v1/") and cut else None
+            if found is None or len(path) == cut or not _PLAIN_PATH.fullmatch(path):
+                return None
+            symbol = path[cut:].decode("ascii")
+        if query and not _PLAIN_QUERY.fullmatch(query):
+            return None
+        template, route = found
+        try:
+            params = _params(query)
+            channel, render = route(symbol, params)
+            rest.wait_ms(self.ports, params.get("wait"))
+        except (_Decline, GatewayError):
+            return None
+        return template, channel, render
+
+    def _read(self, channel: Channel, request: dict[bytes, str]) -> Reading:
         """What the route's ``answer`` reads, or a decline wherever it would
         do anything else (a problem, a wait)."""
         ports = self.ports
-        rest.wait_ms(ports, params.get("wait"))
         if channel.is_private:
             if not ports.report.private_enabled():
                 raise _Decline

@@ -32,8 +32,13 @@ Theory of operation:
   (app/http/sinks.py); flow control and the loss of the connection go to the
   stream's subscription, and bytes the client sends are ignored (past
   ``UNSOLICITED_MAX``, the connection is closed).
-- A ``GET`` whose answer is stored bytes is answered here, when the head is
-  complete, by the guard's ``fast`` routes (app/http/fast.py): written as
+- A ``GET`` whose answer is stored bytes is answered here by the guard's
+  ``fast`` routes (app/http/fast.py). A request that arrives whole in one read,
+  in the plainest form (``WHOLE_GET``: HTTP/1.1, a printable target, token
+  headers, none of ``NOT_PLAIN``, within the head limits) on a connection
+  whose parser stands between messages, is answered before the parser sees
+  it (the parser, the scope and the head deadline cost more than the answer);
+  any other is asked about when its head is complete. Either way it is written as
   uvicorn writes a response (its status line, its default headers, the same
   access-log line, ``connection: close`` where it would close), with no ASGI
   cycle, task or middleware. Only with nothing in flight on the connection and
@@ -47,6 +52,7 @@ import asyncio
 import functools
 import json
 import logging
+import re
 import resource
 import time
 from collections import Counter, OrderedDict
@@ -69,6 +75,20 @@ UNSOLICITED_MAX = 65536
 # File descriptors kept back from the connection cap: upstream links, logs,
 # recordings, the listener itself.
 FD_HEADROOM = 256
+
+# A request the connection layer may answer before the parser sees it: a
+# whole GET of /v1/ in HTTP/1.1, its target printable ASCII with no fragment,
+# each header a token, a colon and printable ASCII, nothing after the head.
+WHOLE_GET = re.compile(
+    rb"GET (/v1/[!-\x22\x24-~]*) HTTP/1\.1\r\n"
+    rb"((?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[ \t]*[ -~]*\r\n)*)\r\n"
+)
+WHOLE_HEADER = re.compile(rb"([^:\r\n]+):[ \t]*([^\r\n]*)\r\n")
+WHOLE_MAX = 4096  # a longer head goes to the parser
+# Headers that make a request other than plain: the parser and the app judge it.
+NOT_PLAIN = frozenset(
+    (b"content-length", b"transfer-encoding", b"upgrade", b"expect", b"te", b"trailer")
+)
 
 # A response the connection layer writes itself: status, headers (after
 # uvicorn's default ones), body.
@@ -236,6 +256,8 @@ class GuardedProtocol(TakenOver, HttpToolsProtocol):
     _admitted = False
     _head_bytes = 0
     _in_head = True
+    # The parser stands between two messages (nothing of a request buffered in it).
+    _between = True
     _deadline: asyncio.TimerHandle | None = None
     # What the client of a connection a stream took over sent since.
     _unsolicited = 0
@@ -361,6 +383,9 @@ class GuardedProtocol(TakenOver, HttpToolsProtocol):
             if self._unsolicited > UNSOLICITED_MAX:
                 self.transport.abort()
             return
+        fast = self.guard.fast
+        if fast is not None and self._between and self._answer_whole(fast, data):
+            return
         if not self._in_head:
             super().data_received(data)
             return
@@ -391,9 +416,14 @@ class GuardedProtocol(TakenOver, HttpToolsProtocol):
             )
 
     def on_message_begin(self) -> None:
+        self._between = False
         super().on_message_begin()
         if not self._in_head:  # a later request on a kept-alive connection
             self._await_head()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._between = True
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -407,26 +437,75 @@ class GuardedProtocol(TakenOver, HttpToolsProtocol):
         self.scope[TRANSPORT] = self.transport  # type: ignore[literal-required]
         super().on_headers_complete()
 
+    def _idle(self) -> bool:
+        """Nothing in flight on the connection, and its transport not full."""
+        cycle = self.cycle
+        return not (
+            self.pipeline
+            or (cycle is not None and not cycle.response_complete)
+            or self.flow.write_paused
+        )
+
+    def _answer_whole(self, fast: FastRoutes, data: bytes) -> bool:
+        """Answer a plain ``GET`` that came whole in ``data`` here, before the
+        parser sees it, if ``fast`` can (the module docstring): a request of
+        strictly the plainest form (:data:`WHOLE_GET`, none of the headers of
+        :data:`NOT_PLAIN`, within the head limits), else the parser has it."""
+        limits = self.guard.limits
+        if (
+            len(data) > min(limits.max_header_bytes, WHOLE_MAX)
+            or not data.startswith(b"GET /v1/")
+            or not self._idle()
+        ):
+            return False
+        match = WHOLE_GET.fullmatch(data)
+        if match is None or len(match[1]) > limits.max_request_line:
+            return False
+        headers = [
+            (name.lower(), value.rstrip(b" \t")) for name, value in WHOLE_HEADER.findall(match[2])
+        ]
+        keep_alive = True
+        for name, value in headers:
+            if name in NOT_PLAIN:
+                return False
+            if name == b"connection":
+                token = value.lower()
+                if token == b"close":
+                    keep_alive = False
+                elif token != b"keep-alive":
+                    return False
+        path, _, query = match[1].partition(b"?")
+        answer = fast.answer(path, query, headers)
+        if answer is None:
+            return False
+        self._unset_keepalive_if_required()
+        self._in_head = False
+        self._stop_deadline()
+        client = f"{self.client[0]}:{self.client[1]}" if self.client else ""
+        self._write_fast(answer, keep_alive, match[1], "1.1", client)
+        return True
+
     def _answer_fast(self, fast: FastRoutes) -> bool:
         """Answer the request here if ``fast`` can (see the module docstring)."""
         parser = self.parser
-        cycle = self.cycle
-        if (
-            parser.get_method() != b"GET"
-            or parser.should_upgrade()
-            or self.pipeline
-            or (cycle is not None and not cycle.response_complete)
-            or self.flow.write_paused
-        ):
+        if parser.get_method() != b"GET" or parser.should_upgrade() or not self._idle():
             return False
         url = httptools.parse_url(self.url)
         query = url.query or b""
         answer = fast.answer(url.path, query, self.headers)
         if answer is None:
             return False
-        status, headers, body = answer
         version = parser.get_http_version()
         keep_alive = version != "1.0" and parser.should_keep_alive()
+        target = url.path + (b"?" + query if query else b"")
+        self._write_fast(answer, keep_alive, target, version, get_client_addr(self.scope))
+        return True
+
+    def _write_fast(
+        self, answer: FastAnswer, keep_alive: bool, target: bytes, version: str, client: str
+    ) -> None:
+        """Write a fast answer as uvicorn writes a response, and complete it."""
+        status, headers, body = answer
         content = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
             content += (name, b": ", value, b"\r\n")
@@ -435,15 +514,9 @@ class GuardedProtocol(TakenOver, HttpToolsProtocol):
         if not keep_alive:
             content.append(b"connection: close\r\n")
         content += (b"\r\n", body)
-        if self.access_log:
-            target = url.path.decode("ascii") + ("?" + query.decode("ascii") if query else "")
+        if self.access_log and self.access_logger.isEnabledFor(logging.INFO):
             self.access_logger.info(
-                '%s - "%s %s HTTP/%s" %d',
-                get_client_addr(self.scope),
-                "GET",
-                target,
-                version,
-                status,
+                '%s - "%s %s HTTP/%s" %d', client, "GET", target.decode("ascii"), version, status
             )
         self.cycle = ANSWERED
         transport = self.transport
@@ -451,7 +524,6 @@ class GuardedProtocol(TakenOver, HttpToolsProtocol):
         if not keep_alive:
             transport.close()
         self.on_response_complete()
-        return True
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
