@@ -16,7 +16,7 @@ clock or does I/O.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from app.domain.channels import BOOK_KINDS, PUSH_INTERVAL_S, Channel, Kind
@@ -33,6 +33,10 @@ from app.domain.values import (
     Update,
 )
 from app.state.events import Book, Event, dumps
+
+# List answers (trades, candles, orders, fills) kept per channel: the limits
+# and filters asked of its current state most.
+ANSWERS_KEPT = 16
 
 
 @dataclass(slots=True)
@@ -69,6 +73,10 @@ class ChannelState:
     gaps: int = 0
     # The last accepted trade push, as received (a repeat of it is nothing new).
     last_payload: bytes = b""
+    # List answers already made (trades, candles, orders, fills), by the state's
+    # version (seq and the envelope's stamps: a push that changed nothing moves
+    # received_ts), stale, and what was asked.
+    answers: dict[tuple[object, ...], bytes] = field(default_factory=dict)
 
     @property
     def has_data(self) -> bool:
@@ -367,32 +375,64 @@ class Store:
 
     def trade_answer(self, state: ChannelState, stale: bool, limit: int) -> bytes:
         """Distinct trades, newest first, at most ``limit``."""
-        items = [state.trade_items[-i][1] for i in range(1, min(limit, len(state.trade_items)) + 1)]
-        return self._answer(state, stale, b"[" + b",".join(items) + b"]")
+        return self._list_answer(state, stale, ("trades", limit), self._trade_items)
 
     def order_answer(
         self, state: ChannelState, stale: bool, order_state: str | None, symbol: str | None
     ) -> bytes:
         """Orders, most recently updated first, filtered by state and symbol."""
+        return self._list_answer(state, stale, ("orders", order_state, symbol), self._order_items)
+
+    def fill_answer(self, state: ChannelState, stale: bool, limit: int) -> bytes:
+        """Fills, newest first, at most ``limit``."""
+        return self._list_answer(state, stale, ("fills", limit), self._fill_items)
+
+    def candle_answer(self, state: ChannelState, stale: bool, limit: int) -> bytes:
+        """Candles seen since start, oldest first, the newest ``limit`` of them."""
+        return self._list_answer(state, stale, ("candles", limit), self._candle_items)
+
+    def _list_answer(
+        self,
+        state: ChannelState,
+        stale: bool,
+        asked: tuple[object, ...],
+        items: Callable[..., list[bytes]],
+    ) -> bytes:
+        """A list answer, made once per state version and question (a few kept)."""
+        # The key holds what the envelope (``state.head``) is made of.
+        key = (state.seq, state.received_ts, state.exchange_ts, stale, *asked)
+        answer = state.answers.get(key)
+        if answer is None:
+            if len(state.answers) >= ANSWERS_KEPT:
+                state.answers.clear()
+            made = items(state, *asked[1:])
+            answer = state.answers[key] = self._answer(state, stale, b"[" + b",".join(made) + b"]")
+        return answer
+
+    @staticmethod
+    def _trade_items(state: ChannelState, limit: int) -> list[bytes]:
+        return [state.trade_items[-i][1] for i in range(1, min(limit, len(state.trade_items)) + 1)]
+
+    @staticmethod
+    def _order_items(
+        state: ChannelState, order_state: str | None, symbol: str | None
+    ) -> list[bytes]:
         orders = sorted(state.orders.values(), key=lambda held: held[0].updated_ts, reverse=True)
-        items = [
+        return [
             item
             for change, item in orders
             if (order_state is None or change.state == order_state)
             and (symbol is None or change.symbol == symbol)
         ]
-        return self._answer(state, stale, b"[" + b",".join(items) + b"]")
 
-    def fill_answer(self, state: ChannelState, stale: bool, limit: int) -> bytes:
-        """Fills, newest first, at most ``limit``."""
+    @staticmethod
+    def _fill_items(state: ChannelState, limit: int) -> list[bytes]:
         fills = sorted(state.fills.items(), key=lambda kv: (kv[1][0], kv[0]), reverse=True)
-        items = [item for _, (_, item) in fills[:limit]]
-        return self._answer(state, stale, b"[" + b",".join(items) + b"]")
+        return [item for _, (_, item) in fills[:limit]]
 
-    def candle_answer(self, state: ChannelState, stale: bool, limit: int) -> bytes:
-        """Candles seen since start, oldest first, the newest ``limit`` of them."""
-        items = list(state.candles.values())[-limit:]
-        return self._answer(state, stale, b"[" + b",".join(items) + b"]")
+    @staticmethod
+    def _candle_items(state: ChannelState, limit: int) -> list[bytes]:
+        return list(state.candles.values())[-limit:]
 
 
 def _newer(change: OrderChange, held: OrderChange) -> bool:
