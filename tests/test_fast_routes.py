@@ -11,6 +11,7 @@ taken out of the connection layer (FastAPI answers everything then). The
 from __future__ import annotations
 
 import asyncio
+import inspect
 import queue
 import re
 import socket
@@ -55,16 +56,19 @@ ROUTES = [
 
 
 class Recording:
-    """The fast routes, noting which requests they answered."""
+    """The fast routes, noting which requests they answered, and on which of
+    the connection layer's two paths: a request that came whole, before the
+    parser (``_answer_whole``), or once the parser had its head (``_answer_fast``)."""
 
     def __init__(self, fast: FastRoutes) -> None:
         self.fast = fast
-        self.answered: list[bytes] = []
+        self.answered: list[tuple[bytes, str]] = []
 
     def answer(self, path: bytes, query: bytes, headers: list[tuple[bytes, bytes]]) -> FastAnswer | None:
         answer = self.fast.answer(path, query, headers)
         if answer is not None:
-            self.answered.append(path + b"?" + query)
+            caller = inspect.currentframe().f_back.f_code.co_name  # type: ignore[union-attr]
+            self.answered.append((path + b"?" + query, caller))
         return answer
 
 
@@ -122,13 +126,18 @@ class Served:
 
     def both(self, target: str, *headers: str, keep_alive: bool = False, split: bool = False) -> bytes:
         """The fast path's answer, once it is checked to be FastAPI's, each
-        with the same request metric counted."""
+        with the same request metric counted (:attr:`path`: which path of the
+        connection layer answered it, None if it went to FastAPI)."""
         raw(self.port, target, headers)  # what a first request sets going (demand) is set going
         answers = []
+        self.path: str | None = None
         for fast in (self.fast, None):
             self.connections.fast = fast
             before = self.metrics()
+            answered = len(self.fast.answered)
             response = raw(self.port, target, headers, keep_alive=keep_alive, split=split)
+            if fast is not None and len(self.fast.answered) > answered:
+                self.path = self.fast.answered[-1][1]
             after = self.metrics()
             answers.append((response, {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k)}))
         self.connections.fast = self.fast
@@ -221,21 +230,38 @@ def etag_of(served: Served, target: str) -> str:
     return match.group(1).decode()
 
 
+WHOLE, PARSED = "_answer_whole", "_answer_fast"
+# A tab in a header value: the parser's, not the plainest form the layer answers whole.
+NOT_WHOLE = "X-Pad: a\tb"
+
+
 @pytest.mark.parametrize("route", ROUTES)
 def test_each_route_answers_the_same_bytes_fast_and_through_fastapi(served: Served, route: str) -> None:
     fast = served.both(route, AUTH)
     assert fast.startswith(b"HTTP/1.1 200 OK\r\n"), fast[:200]
+    assert served.path == WHOLE
     served.both(route, AUTH, keep_alive=True)
-    served.both(route, AUTH, split=True)  # the head in two writes: answered once the parser has it
-    served.both(route, AUTH, keep_alive=True, split=True)
+    assert served.path == WHOLE
+    served.both(route, AUTH, NOT_WHOLE)
+    assert served.path == PARSED
+    served.both(route, AUTH, NOT_WHOLE, keep_alive=True)
+    assert served.path == PARSED
+    served.both(route, AUTH, split=True)  # the head in two writes (most often two reads)
+    assert served.path in (WHOLE, PARSED)
+    served.both(route, AUTH, "Connection: keep-alive", keep_alive=True)
+    assert served.path == WHOLE
+    for closing in ("Connection: close", "Connection: Close", "Proxy-Connection: close", "Connection: upgrade"):
+        served.both(route, AUTH, closing, keep_alive=True)
+        assert served.path == (WHOLE if closing.startswith("Connection: ") and "close" in closing.lower()
+                               else PARSED if "Proxy" in closing else served.path)
     etag = etag_of(served, route)
-    not_modified = served.both(route, AUTH, f"If-None-Match: {etag}")
-    assert not_modified.startswith(b"HTTP/1.1 304 ")
-    served.both(route, AUTH, f'If-None-Match: "other", {etag}')
-    served.both(route, AUTH, 'If-None-Match: "other"')
+    for tag in (etag, f'"other", {etag}', '"other"'):
+        answer = served.both(route, AUTH, f"If-None-Match: {tag}")
+        assert answer.startswith(b"HTTP/1.1 304 " if etag in tag else b"HTTP/1.1 200 ")
+        assert served.path == WHOLE
     separator = "&" if "?" in route else "?"
     served.both(route + separator + "wait=0", AUTH)
-    assert len(served.fast.answered) >= 6, served.fast.answered  # the fast path did answer them
+    assert served.path == WHOLE
 
 
 GOOD_SPELLINGS = [
@@ -299,6 +325,9 @@ def test_other_spellings_and_bad_input_answer_the_same(served: Served, target: s
     if target in BAD_INPUT:
         assert 400 <= status < 600, response[:300]
         assert b"Traceback" not in response
+        assert served.path is None
+    else:
+        assert status == (307 if target.endswith("/") else 200), response[:300]
 
 
 @pytest.mark.parametrize("route", ["/v1/account/assets", "/v1/account/orders", "/v1/account/fills"])
@@ -338,3 +367,36 @@ def test_a_kept_alive_connection_goes_back_and_forth_between_the_paths(served: S
                 assert answer == alone[index], target
             assert answer.startswith(b"HTTP/1.1 200 ") or "step=0.5" in target
     assert len(served.fast.answered) - answered == 5  # every one it can answer, on the one connection
+
+
+def test_a_head_built_to_make_a_pattern_backtrack_harms_nothing(served: Served) -> None:
+    """Many header lines of spaces, then a byte no head may hold: the plainest
+    form fails at once (no pattern that backtracks with the lines), the parser
+    answers 400, and the gateway answers others meanwhile."""
+    head = b"GET /v1/trades/BTC_USD HTTP/1.1\r\n" + b"a:  \r\n" * 400 + b"\x00"
+    with socket.create_connection(("127.0.0.1", served.port), timeout=10) as sock:
+        sock.sendall(head)
+        with httpx.Client(base_url=f"http://127.0.0.1:{served.port}", timeout=5) as http:
+            assert http.get("/healthz").status_code == 200
+        assert response_of(sock, keep_alive=False).startswith(b"HTTP/1.1 400 ")
+
+
+def test_pipelined_and_odd_heads_go_to_the_parser(served: Served) -> None:
+    book = request("/v1/orderbook/BTC_USD?step=0.01", (AUTH,), keep_alive=True)
+    answered = len(served.fast.answered)
+    with socket.create_connection(("127.0.0.1", served.port), timeout=10) as sock:
+        last = request("/v1/orderbook/BTC_USD?step=0.01", (AUTH,))  # Connection: close
+        sock.sendall(book + last)  # two at once: the parser's
+        both = response_of(sock, keep_alive=False)
+    assert both.count(b"HTTP/1.1 200 OK\r\n") == 2 and both.startswith(b"HTTP/1.1 200 "), both[:200]
+    for odd in (b"GET /v1/depth/BTC_USD HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",
+                b"GET /v1/depth/BTC_USD HTTP/1.1\nHost: x\n\n",
+                b"GET /v1/depth/BTC_USD HTTP/1.1\r\nHost : x\r\n\r\n",
+                b"GET /v1/depth/BTC_USD HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+                b"GET /v1/depth/BTC_USD#x HTTP/1.1\r\nHost: x\r\n\r\n",
+                b"GET http://x/v1/depth/BTC_USD HTTP/1.1\r\nHost: x\r\n\r\n"):
+        with socket.create_connection(("127.0.0.1", served.port), timeout=10) as sock:
+            sock.sendall(odd)
+            sock.shutdown(socket.SHUT_WR)
+            assert response_of(sock, keep_alive=False).startswith(b"HTTP/1.1 "), odd
+    assert all(path == PARSED for _, path in served.fast.answered[answered:])

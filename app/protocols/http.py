@@ -79,15 +79,25 @@ FD_HEADROOM = 256
 # A request the connection layer may answer before the parser sees it: a
 # whole GET of /v1/ in HTTP/1.1, its target printable ASCII with no fragment,
 # each header a token, a colon and printable ASCII, nothing after the head.
+# Each part can match only one way (no backtracking that grows with the head:
+# a space after the colon belongs to the value, and WHOLE_HEADER strips it).
 WHOLE_GET = re.compile(
     rb"GET (/v1/[!-\x22\x24-~]*) HTTP/1\.1\r\n"
-    rb"((?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[ \t]*[ -~]*\r\n)*)\r\n"
+    rb"((?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[ -~]*\r\n)*)\r\n"
 )
 WHOLE_HEADER = re.compile(rb"([^:\r\n]+):[ \t]*([^\r\n]*)\r\n")
 WHOLE_MAX = 4096  # a longer head goes to the parser
 # Headers that make a request other than plain: the parser and the app judge it.
 NOT_PLAIN = frozenset(
-    (b"content-length", b"transfer-encoding", b"upgrade", b"expect", b"te", b"trailer")
+    (
+        b"content-length",
+        b"transfer-encoding",
+        b"upgrade",
+        b"expect",
+        b"te",
+        b"trailer",
+        b"proxy-connection",  # llhttp reads it as Connection
+    )
 )
 
 # A response the connection layer writes itself: status, headers (after
@@ -388,6 +398,18 @@ class GuardedProtocol(TakenOver, HttpToolsProtocol):
             return
         if not self._in_head:
             super().data_received(data)
+            # Bytes that began no request (a stray CRLF, the end of a body
+            # already answered) cancelled the keep-alive timer: idle again.
+            if (
+                self._between
+                and self.timeout_keep_alive_task is None
+                and self._idle()
+                and not self.transport.is_closing()
+                and self.transport.get_protocol() is self  # not upgraded to a WebSocket
+            ):
+                self.timeout_keep_alive_task = self.loop.call_later(
+                    self.timeout_keep_alive, self.timeout_keep_alive_handler
+                )
             return
         self._head_bytes += len(data)
         super().data_received(data)
@@ -475,14 +497,19 @@ class GuardedProtocol(TakenOver, HttpToolsProtocol):
                 elif token != b"keep-alive":
                     return False
         path, _, query = match[1].partition(b"?")
-        answer = fast.answer(path, query, headers)
+        try:
+            answer = fast.answer(path, query, headers)
+        except Exception:  # a fault of ours: the framework answers it, as it would have
+            log.exception("the fast path failed on %r; FastAPI answers it", match[1][:200])
+            return False
         if answer is None:
             return False
         self._unset_keepalive_if_required()
         self._in_head = False
         self._stop_deadline()
         client = f"{self.client[0]}:{self.client[1]}" if self.client else ""
-        self._write_fast(answer, keep_alive, match[1], "1.1", client)
+        target = path + (b"?" + query if query else b"")  # as uvicorn logs it
+        self._write_fast(answer, keep_alive, target, "1.1", client)
         return True
 
     def _answer_fast(self, fast: FastRoutes) -> bool:

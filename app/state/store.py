@@ -73,10 +73,13 @@ class ChannelState:
     gaps: int = 0
     # The last accepted trade push, as received (a repeat of it is nothing new).
     last_payload: bytes = b""
-    # List answers already made (trades, candles, orders, fills), by the state's
-    # version (seq and the envelope's stamps: a push that changed nothing moves
-    # received_ts), stale, and what was asked.
-    answers: dict[tuple[object, ...], bytes] = field(default_factory=dict)
+    # List answers already made (trades, candles, orders, fills) of the state's
+    # current version (seq and the envelope's stamps: a push that changed
+    # nothing moves received_ts), by stale and what was asked.
+    answers: dict[tuple[object, ...], bytes] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    answers_version: tuple[object, ...] = field(default=(), compare=False, repr=False)
 
     @property
     def has_data(self) -> bool:
@@ -400,7 +403,11 @@ class Store:
     ) -> bytes:
         """A list answer, made once per state version and question (a few kept)."""
         # The key holds what the envelope (``state.head``) is made of.
-        key = (state.seq, state.received_ts, state.exchange_ts, stale, *asked)
+        version = (state.seq, state.received_ts, state.exchange_ts)
+        if state.answers_version != version:
+            state.answers.clear()  # only the current version's are kept
+            state.answers_version = version
+        key = (stale, *asked)
         answer = state.answers.get(key)
         if answer is None:
             if len(state.answers) >= ANSWERS_KEPT:
