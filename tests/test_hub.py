@@ -332,6 +332,32 @@ async def test_a_paused_diff_stream_gets_one_diff_for_what_it_missed(hubs: Hubs)
     assert rebuilt(sink)[0][6] == expected[6]
 
 
+async def test_paused_diff_streams_that_held_the_same_book_share_one_merged_diff(hubs: Hubs) -> None:
+    local = await hubs.make()
+    expected = {1: await push_book(hubs, local, 1)}
+    sinks = []
+    for address in ("a", "b", "c"):
+        opening = local.open(f"address:{address}", [BOOK], None, 10, diffs=True)
+        sink = Recorder()
+        local.attach(opening.stream, sink, b"".join(e.wire(line_form) for e in opening.backlog))
+        sinks.append((opening.stream, sink))
+    sinks[0][0].pause()
+    sinks[1][0].pause()
+    expected[2] = await push_book(hubs, local, 2)
+    sinks[2][0].pause()  # holds book 2 from here
+    for step in range(3, 6):
+        expected[step] = await push_book(hubs, local, step)
+    for stream, _sink in sinks:
+        stream.resume()
+    (_, a), (_, b), (_, c) = sinks
+    last = [sink.events()[-1] for sink in (a, b, c)]
+    assert [event["name"] for event in last] == ["orderbook_diff"] * 3
+    assert last[0]["data"] == last[1]["data"]  # one merged diff from book 1, made once
+    assert json.loads(last[0]["data"])["prev_seq"] == 1 and json.loads(last[2]["data"])["prev_seq"] == 2
+    for sink in (a, b, c):
+        assert rebuilt(sink)[0][5] == expected[5]
+
+
 async def test_resuming_in_diff_mode_replays_every_diff_or_sends_the_whole_book(hubs: Hubs) -> None:
     local = await hubs.make()
     expected = {1: await push_book(hubs, local, 1)}

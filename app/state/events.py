@@ -92,6 +92,9 @@ class Event:
         return f"Event({self.id!r}, {self.channel!r}, {self.name!r})"
 
 
+MERGED_KEPT = 8  # merged diffs kept per book (by the seq they start from)
+
+
 class Book:
     """What an ``orderbook`` / ``depth`` event is as a book: the channel's own
     ``seq``, and the ``previous`` book's bytes, from which its diff event
@@ -104,6 +107,7 @@ class Book:
         "_changes",
         "_diff",
         "_made",
+        "_merged",
         "channel",
         "data",
         "event_id",
@@ -127,6 +131,9 @@ class Book:
         self._made = False
         self._diff: Event | None = None
         self._changes: dict[str, Json] | None = None
+        # Merged diffs from an older book (by its seq), shared by every paused
+        # stream that held that book: a few, the newest asked.
+        self._merged: dict[int, Event | None] | None = None
 
     @property
     def diff(self) -> Event | None:
@@ -149,10 +156,19 @@ class Book:
             self._changes = json.loads(diff.data)["data"]
         return self._changes
 
-    def merged(self, prev_seq: int, changes: Mapping[str, Json]) -> Event | None:
+    def merged(self, prev_seq: int, changes: Callable[[], Mapping[str, Json]]) -> Event | None:
         """A diff event from the book of ``prev_seq`` to this one (a paused
-        stream's missed diffs merged); None when not smaller than the event."""
-        return self._diff_event(json.loads(self.data), prev_seq, changes)
+        stream's missed diffs merged, ``changes`` made only if it is not at
+        hand yet); None when not smaller than the event."""
+        merged = self._merged
+        if merged is None:
+            merged = self._merged = {}
+        if prev_seq in merged:
+            return merged[prev_seq]
+        if len(merged) >= MERGED_KEPT:
+            merged.clear()
+        event = merged[prev_seq] = self._diff_event(json.loads(self.data), prev_seq, changes())
+        return event
 
     def _diff_event(
         self, whole: Mapping[str, Json], prev_seq: int, changes: Mapping[str, Json]

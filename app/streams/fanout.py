@@ -51,6 +51,7 @@ import logging
 import time
 
 from app.domain import books as levels
+from app.domain.values import Json
 from app.ports import Ending, Form, Sink
 from app.state.events import Event
 from app.streams.admission import Streams
@@ -220,9 +221,14 @@ class Fanout:
             return newest
         if len(run) == 1:
             return book.diff or newest
-        changes = run[0].changes()
-        for step in run[1:]:
-            changes = levels.merge(changes, step.changes())
+
+        def changes() -> dict[str, Json]:
+            merged = run[0].changes()
+            for step in run[1:]:
+                merged = levels.merge(merged, step.changes())
+            return merged
+
+        # Made once for every paused stream that held the book of ``held``.
         return book.merged(held, changes) or newest
 
     def subscribers(self, channel: str) -> int:
