@@ -35,7 +35,7 @@ NPM_STAMP := $(NPM_TOOLS)/node_modules/.installed-$(shell cksum < $(NPM_TOOLS)/p
 DEBIAN_PACKAGES := mosquitto redis-server redis-sentinel haproxy chromium prometheus
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo serve cluster test test-unit test-lowest lock lint format openapi asyncapi asyncapi-validate dashboard system-deps bench bench-deps clean
+.PHONY: demo serve cluster test test-unit test-lowest test-openapi lock lint format openapi asyncapi asyncapi-validate dashboard system-deps bench bench-deps clean
 
 $(APP_STAMP): pyproject.toml $(APP_LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -124,9 +124,13 @@ format: $(STAMP)
 # npm tools) mostly wait on downloads, so they run at once, and the checks
 # start as soon as what each needs is there (each target's output kept together).
 test: system-deps  ## install what the tests need, then run them
-	@$(MAKE) --no-print-directory -j4 --output-sync=target $(CLIENT_STAMP) lint asyncapi-validate test-lowest
+	@$(MAKE) --no-print-directory -j4 --output-sync=target $(CLIENT_STAMP) lint asyncapi-validate test-lowest test-openapi
 	$(BIN)/pytest -q -n 3 --dist loadfile --ignore tests/test_openapi.py
-	$(BIN)/pytest -q tests/test_openapi.py  # alone: under xdist schemathesis' operations share one id, and one would run
+
+# Alone (under xdist schemathesis' operations share one id, and one would
+# run), beside lint and the lowest versions' tests rather than after the rest.
+test-openapi: $(STAMP)
+	$(BIN)/pytest -q -p no:cacheprovider tests/test_openapi.py
 
 test-unit: $(STAMP)  ## the tests that start no process (no broker, Redis or gateway), the slowest property tests drawing a tenth of their examples
 	TESTS_QUICK=1 $(BIN)/pytest -q -n 2 -m "not processes"
