@@ -332,7 +332,12 @@ async def test_a_paused_diff_stream_gets_one_diff_for_what_it_missed(hubs: Hubs)
     assert rebuilt(sink)[0][6] == expected[6]
 
 
-async def test_paused_diff_streams_that_held_the_same_book_share_one_merged_diff(hubs: Hubs) -> None:
+async def test_paused_diff_streams_that_held_the_same_book_share_one_merged_diff(
+    hubs: Hubs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    merges = []
+    merge = books.merge
+    monkeypatch.setattr(books, "merge", lambda *a: merges.append(1) or merge(*a))
     local = await hubs.make()
     expected = {1: await push_book(hubs, local, 1)}
     sinks = []
@@ -352,7 +357,8 @@ async def test_paused_diff_streams_that_held_the_same_book_share_one_merged_diff
     (_, a), (_, b), (_, c) = sinks
     last = [sink.events()[-1] for sink in (a, b, c)]
     assert [event["name"] for event in last] == ["orderbook_diff"] * 3
-    assert last[0]["data"] == last[1]["data"]  # one merged diff from book 1, made once
+    assert last[0]["data"] == last[1]["data"]
+    assert len(merges) == 3 + 2  # books 2..5 merged once for a and b (from 1), 3..5 for c (from 2)
     assert json.loads(last[0]["data"])["prev_seq"] == 1 and json.loads(last[2]["data"])["prev_seq"] == 2
     for sink in (a, b, c):
         assert rebuilt(sink)[0][5] == expected[5]

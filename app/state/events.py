@@ -156,6 +156,10 @@ class Book:
             self._changes = json.loads(diff.data)["data"]
         return self._changes
 
+    def forget_merged(self) -> None:
+        """A newer book is out: no stream will ask this one for a merged diff again."""
+        self._merged = None
+
     def merged(self, prev_seq: int, changes: Callable[[], Mapping[str, Json]]) -> Event | None:
         """A diff event from the book of ``prev_seq`` to this one (a paused
         stream's missed diffs merged, ``changes`` made only if it is not at

@@ -53,7 +53,7 @@ import time
 from app.domain import books as levels
 from app.domain.values import Json
 from app.ports import Ending, Form, Sink
-from app.state.events import Event
+from app.state.events import Book, Event
 from app.streams.admission import Streams
 from app.streams.eventlog import EventLog
 
@@ -116,6 +116,9 @@ class Fanout:
         self.everyone: set[Subscription] = set()
         self.paused: set[Subscription] = set()
         self.head = 0  # the sequence number of the newest event published
+        # The newest book published per channel: only it is asked for merged
+        # diffs, so an older one's are let go (they would live on in the log).
+        self.newest_books: dict[str, Book] = {}
 
     # --- membership ----------------------------------------------------------
 
@@ -284,6 +287,11 @@ class Fanout:
     def publish(self, event: Event) -> None:
         """Write ``event`` to every ready follower of its channel."""
         self.head = event.seq
+        if event.book is not None:
+            older = self.newest_books.get(event.channel)
+            if older is not None and older is not event.book:
+                older.forget_merged()
+            self.newest_books[event.channel] = event.book
         followers = self.by_channel.get(event.channel)
         if not followers:
             return
