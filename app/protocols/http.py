@@ -507,9 +507,7 @@ class GuardedProtocol(TakenOver, HttpToolsProtocol):
         self._unset_keepalive_if_required()
         self._in_head = False
         self._stop_deadline()
-        client = f"{self.client[0]}:{self.client[1]}" if self.client else ""
-        target = path + (b"?" + query if query else b"")  # as uvicorn logs it
-        self._write_fast(answer, keep_alive, target, "1.1", client)
+        self._write_fast(answer, keep_alive, path, query, "1.1")
         return True
 
     def _answer_fast(self, fast: FastRoutes) -> bool:
@@ -524,14 +522,14 @@ class GuardedProtocol(TakenOver, HttpToolsProtocol):
             return False
         version = parser.get_http_version()
         keep_alive = version != "1.0" and parser.should_keep_alive()
-        target = url.path + (b"?" + query if query else b"")
-        self._write_fast(answer, keep_alive, target, version, get_client_addr(self.scope))
+        self._write_fast(answer, keep_alive, url.path, query, version)
         return True
 
     def _write_fast(
-        self, answer: FastAnswer, keep_alive: bool, target: bytes, version: str, client: str
+        self, answer: FastAnswer, keep_alive: bool, path: bytes, query: bytes, version: str
     ) -> None:
-        """Write a fast answer as uvicorn writes a response, and complete it."""
+        """Write a fast answer as uvicorn writes a response (its access line
+        made only when it is logged), and complete it."""
         status, headers, body = answer
         content = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
@@ -542,6 +540,9 @@ class GuardedProtocol(TakenOver, HttpToolsProtocol):
             content.append(b"connection: close\r\n")
         content += (b"\r\n", body)
         if self.access_log and self.access_logger.isEnabledFor(logging.INFO):
+            # As uvicorn logs it (a request's scope holds this connection's client).
+            client = get_client_addr({"client": self.client})  # type: ignore[arg-type]
+            target = path + (b"?" + query if query else b"")
             self.access_logger.info(
                 '%s - "%s %s HTTP/%s" %d', client, "GET", target.decode("ascii"), version, status
             )
