@@ -7,9 +7,11 @@ import argparse
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -19,7 +21,8 @@ sys.path.insert(0, str(REPO))
 
 from app.cli import free_port  # noqa: E402
 
-__all__ = ["REPO", "ProcessStats", "book_load", "free_port", "machine", "start_gateway", "start_simulator",
+__all__ = ["REPO", "ProcessStats", "book_load", "free_port", "machine", "start_gateway", "start_nginx",
+           "start_simulator",
            "stop_all", "wait_until"]
 
 
@@ -78,6 +81,45 @@ class ProcessStats:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
         return 0
+
+
+NGINX_CONF = """
+{modules}
+worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+worker_rlimit_nofile 60000;
+events {{ worker_connections 50000; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir};
+  proxy_temp_path {dir};
+  fastcgi_temp_path {dir};
+  uwsgi_temp_path {dir};
+  scgi_temp_path {dir};
+  {http}
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    {server}
+  }}
+}}
+"""
+
+
+def start_nginx(workdir: Path, *, server: str, ready: Callable[[str], bool], http: str = "",
+                modules: str = "") -> tuple[subprocess.Popen[bytes], str]:
+    """Debian's nginx, one worker, its files in ``workdir``, on a free port:
+    ``server`` (and ``http``, ``modules``) the directives of the reference;
+    ``ready(base)`` true once it answers. Returns the process and its base URL."""
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    port = free_port()
+    conf = workdir / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(dir=workdir, port=port, server=server, http=http, modules=modules))
+    process = subprocess.Popen([nginx, "-c", str(conf), "-p", str(workdir)], stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    wait_until(lambda: ready(base), 10, "nginx")
+    return process, base
 
 
 def wait_until(check: object, timeout: float, what: str) -> None:

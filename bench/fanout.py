@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import json
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -44,35 +43,17 @@ from common import (
     REPO,
     ProcessStats,
     book_load,
-    free_port,
     machine,
     start_gateway,
+    start_nginx,
     start_simulator,
     stop_all,
-    wait_until,
 )
 
-NCHAN_CONF = """
-load_module /usr/lib/nginx/modules/ngx_nchan_module.so;
-worker_processes 1;
-daemon off;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-worker_rlimit_nofile 60000;
-events {{ worker_connections 50000; }}
-http {{
-  access_log off;
-  client_body_temp_path {dir};
-  proxy_temp_path {dir};
-  fastcgi_temp_path {dir};
-  uwsgi_temp_path {dir};
-  scgi_temp_path {dir};
-  server {{
-    listen 127.0.0.1:{port} backlog=4096;
-    location ~ ^/pub/(\\w+)$ {{ nchan_publisher; nchan_channel_id $1; nchan_message_buffer_length 20; }}
-    location ~ ^/sub/(\\w+)$ {{ nchan_subscriber eventsource websocket; nchan_channel_id $1; }}
-  }}
-}}
+NCHAN_MODULE = "/usr/lib/nginx/modules/ngx_nchan_module.so"
+NCHAN_LOCATIONS = r"""
+    location ~ ^/pub/(\w+)$ { nchan_publisher; nchan_channel_id $1; nchan_message_buffer_length 20; }
+    location ~ ^/sub/(\w+)$ { nchan_subscriber eventsource websocket; nchan_channel_id $1; }
 """
 
 
@@ -84,16 +65,12 @@ def nchan_id(channel: str) -> str:
 
 
 def start_nchan(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not Path("/usr/lib/nginx/modules/ngx_nchan_module.so").exists():
+    if not Path(NCHAN_MODULE).exists():
         raise SystemExit("nchan is not installed: apt-get install nginx libnginx-mod-nchan")
-    port = free_port()
-    conf = workdir / "nginx.conf"
-    conf.write_text(NCHAN_CONF.format(dir=workdir, port=port))
-    process = subprocess.Popen([nginx, "-c", str(conf), "-p", str(workdir)], stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    wait_until(lambda: httpx.post(base + "/pub/probe", content=b"x").status_code in (200, 201, 202), 10, "nginx")
-    return process, base
+    return start_nginx(
+        workdir, server=NCHAN_LOCATIONS, modules=f"load_module {NCHAN_MODULE};",
+        ready=lambda base: httpx.post(base + "/pub/probe", content=b"x").status_code in (200, 201, 202),
+    )
 
 
 def nchan_worker(master: subprocess.Popen[bytes]) -> int:

@@ -22,7 +22,6 @@ nginx in the same run.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import subprocess
@@ -32,7 +31,15 @@ import time
 from pathlib import Path
 
 import httpx
-from common import free_port, machine, start_gateway, start_simulator, stop_all, wait_until
+from common import (
+    ProcessStats,
+    machine,
+    start_gateway,
+    start_nginx,
+    start_simulator,
+    stop_all,
+    wait_until,
+)
 
 TOKEN = "bench-token-" + "r" * 20
 ROUTES = [
@@ -47,27 +54,9 @@ ROUTES = [
 ]
 CHANNELS = ["orderbook:BTC_USD:0.01", "depth:BTC_USD", "kline:BTC_USD:1m", "trades:BTC_USD", "assets", "orders",
             "fills"]
-NGINX_CONF = """
-worker_processes 1;
-daemon off;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {dir};
-  proxy_temp_path {dir};
-  fastcgi_temp_path {dir};
-  uwsgi_temp_path {dir};
-  scgi_temp_path {dir};
-  default_type application/json;
-  etag on;
-  server {{
-    listen 127.0.0.1:{port} backlog=4096;
-    root {dir}/files;
-  }}
-}}
-"""
+# The reference: each route's bytes as a static file, with an ETag.
+STATIC = "root {dir}/files;"
+STATIC_TYPES = "default_type application/json; etag on;"
 
 
 def wrk(url: str, seconds: float, connections: int, *headers: str) -> float:
@@ -81,22 +70,6 @@ def wrk(url: str, seconds: float, connections: int, *headers: str) -> float:
     if match is None or ("Non-2xx" in out and not any(h.startswith("If-None-Match") for h in headers)):
         raise SystemExit(f"wrk failed on {url}:\n{out}")
     return float(match.group(1))
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def start_nginx(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    port = free_port()
-    conf = workdir / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(dir=workdir, port=port))
-    process = subprocess.Popen([nginx, "-c", str(conf), "-p", str(workdir)], stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    wait_until(lambda: httpx.get(base + "/probe").status_code == 200, 10, "nginx")
-    return process, base
 
 
 def static_name(route: str) -> str:
@@ -132,7 +105,8 @@ def main() -> int:
         answers = {route: http.get(base + route) for route in ROUTES}
         for route, answer in answers.items():
             (workdir / "files" / static_name(route)).write_bytes(answer.content)
-        nginx, nginx_base = start_nginx(workdir)
+        nginx, nginx_base = start_nginx(workdir, server=STATIC.format(dir=workdir), http=STATIC_TYPES,
+                                        ready=lambda base: httpx.get(base + "/probe").status_code == 200)
         processes.append(nginx)
         nginx_etags = {route: httpx.get(nginx_base + "/" + static_name(route)).headers["etag"] for route in ROUTES}
         print(f"machine: {machine()}")
@@ -140,10 +114,11 @@ def main() -> int:
               f"the gateway on one core; nginx 1 worker, the same bytes as static files")
         print(f"  {'route':42} {'bytes':>6} {'gateway':>9} {'µs/req':>7} {'nginx':>9} {'ratio':>6} "
               f"{'304 gw':>9} {'304 nginx':>9} {'ratio':>6}")
+        serving = ProcessStats(gateway.pid)
         for route in ROUTES:
-            before = cpu_seconds(gateway.pid)
+            before = serving.cpu_seconds()
             ours = wrk(base + route, args.seconds, args.connections, auth)
-            spent = cpu_seconds(gateway.pid) - before
+            spent = serving.cpu_seconds() - before
             theirs = wrk(nginx_base + "/" + static_name(route), args.seconds, args.connections)
             ours_304 = wrk(base + route, args.seconds, args.connections, auth,
                            f"If-None-Match: {answers[route].headers['etag']}")
