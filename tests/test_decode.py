@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
+from unittest import mock
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from app.domain import decode as decode_module
 from app.domain.channels import parse_channel
 from app.domain.decode import MAX_PAYLOAD_BYTES, Rejection, Snapshot, Trade, TradeWindow, decode
 from app.domain.values import Balances, Candle, DepthChart, Fill, OrderBook, OrderChange
+from app.simulator.market import Market
 from tests.support import sample
 
 BOOK = parse_channel("orderbook:BTC_USD:0.01")
@@ -243,3 +246,104 @@ def test_one_bad_trade_anywhere_rejects_the_push(index: int, key: str, value: ob
     if key == "timestamp" and type(value) is int and 10**12 <= value < 10**13:
         return  # another instant with 13 digits of milliseconds, the range accepted
     assert isinstance(result, Rejection), (key, value)
+
+
+# --- the fast path agrees with the checked path -------------------------------
+#
+# A payload of the exchange's exact shape is decoded by typed msgspec structs
+# and caches of values already checked (app/domain/decode.py, "the fast path");
+# anything else by the checked path. Both must give the same answer for every
+# payload: the same update, or a rejection (whose reason the checked path gives).
+
+FAST_KINDS = [BOOK, DEPTH, TRADES]
+ETH_TRADES = parse_channel("trades:ETH_USD")
+ODD_VALUES = [
+    "0", "0.0", "01", "1.", ".5", "6650.015", "6650.01", "6674.90", "1e5", "+1", " 1", "1_0", "٣",
+    "0.8490\n", "a:b", "BTC/USD", "ETH/USD", "BUY", "SELL", "sell", "", 0, 1, -1, 1.5, 10**12, 10**13,
+    10**30, True, None, [], {}, ["6650.01", "1"],
+]
+
+
+def checked_only(channel: object, payload: bytes) -> object:
+    with mock.patch.dict(decode_module._FAST, clear=True):
+        return decode(channel, payload)  # type: ignore[arg-type]
+
+
+def simulator_payloads() -> list[tuple[object, bytes]]:
+    market = Market(seed=5)
+    now, out = 1_800_000_000_000, []
+    for _ in range(40):
+        now += 250
+        market.tick(now, 5.0, 0.1)
+        out += [(BOOK, market.orderbook("BTC_USD", "0.01", now)), (DEPTH, market.depth("BTC_USD")),
+                (TRADES, market.tickers("BTC_USD"))]
+    return out
+
+
+SIMULATED = simulator_payloads()
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> tuple[object, bytes]:
+    """A payload of a fast kind, real or simulated, with one thing made odd or none."""
+    if draw(st.booleans()):
+        channel = draw(st.sampled_from(FAST_KINDS))
+        doc = json.loads(sample(SAMPLES[channel]))
+    else:
+        channel, raw = draw(st.sampled_from(SIMULATED))
+        doc = json.loads(raw)
+    how = draw(st.sampled_from(["none", "value", "swap", "drop", "extra", "duplicate", "text"]))
+    objects = [doc] if isinstance(doc, dict) else []
+    objects += [item for v in (doc.values() if isinstance(doc, dict) else [doc]) if isinstance(v, list)
+                for item in v if isinstance(item, dict)]
+    text = None
+    if how == "value":
+        doc = replaced(doc, draw(st.sampled_from(paths(doc))), draw(st.sampled_from(ODD_VALUES)))
+    elif how == "swap":
+        side = doc if isinstance(doc, list) else doc[draw(st.sampled_from(["bids", "asks"]))]
+        if len(side) >= 2:
+            i, j = draw(st.integers(0, len(side) - 1)), draw(st.integers(0, len(side) - 1))
+            side[i], side[j] = side[j], side[i]
+    elif how in ("drop", "extra") and objects:
+        target = draw(st.sampled_from(objects))
+        if how == "drop":
+            target.pop(draw(st.sampled_from(sorted(target))))
+        else:
+            target[draw(st.sampled_from(["x", "amount", "price", "note"]))] = draw(st.sampled_from(ODD_VALUES))
+    elif how == "duplicate" and objects:
+        key, value = draw(st.sampled_from(sorted(draw(st.sampled_from(objects)).items())))
+        text = json.dumps(doc).replace(f'"{key}": ', f'"{key}": {json.dumps(value)}, "{key}": ', 1)
+    elif how == "text":
+        text = json.dumps(doc)
+        at = draw(st.integers(0, len(text)))
+        text = text[:at] + draw(st.sampled_from([":", ",", "}", "]", '"', " ", "\\u0000", "0"])) + text[at:]
+    return channel, (text if text is not None else json.dumps(doc, separators=draw(st.sampled_from([(",", ":"), (", ", ": ")])))).encode()
+
+
+@settings(max_examples=600)
+@given(mutated())
+def test_the_fast_path_answers_what_the_checked_path_answers(case: tuple[object, bytes]) -> None:
+    channel, payload = case
+    expected = checked_only(channel, payload)
+    assert decode(channel, payload) == expected  # type: ignore[arg-type]
+    assert decode(channel, payload) == expected  # type: ignore[arg-type]  # again, from its caches
+
+
+def test_every_simulated_payload_takes_the_fast_path() -> None:
+    for channel, payload in SIMULATED:
+        update = decode_module._FAST[channel.kind](channel, payload)  # type: ignore[attr-defined]
+        assert update is not None and update == checked_only(channel, payload)
+
+
+def test_a_trade_checked_for_one_symbol_is_not_taken_for_another() -> None:
+    window = sample("tickers_BTC_USD.json")
+    assert isinstance(decode(TRADES, window), TradeWindow)
+    assert rejected((ETH_TRADES, window)) == "'symbol' is 'BTC/USD', the topic's is ETH/USD"
+
+
+def test_a_value_is_checked_against_each_step_it_is_used_with() -> None:
+    doc = json.loads(sample("orderBook_BTC_USD_0.01.json"))
+    assert isinstance(decode(BOOK, json.dumps(doc).encode()), OrderBook)
+    doc["step"] = "0.1"  # the same prices, now off the book's grid
+    coarse = parse_channel("orderbook:BTC_USD:0.1")
+    assert "off the book's step 0.1" in rejected((coarse, json.dumps(doc).encode()))
