@@ -352,7 +352,7 @@ class Gateway:
             if state is None:
                 return None
         if channel.is_private:
-            stale = self.role.status(channel, now)[0] is not Status.LIVE
+            stale = not self.role.private_live(channel, now)
         else:
             stale = self.hub.stale(state, now)
         return self.hub.reading(state, stale)

@@ -44,6 +44,11 @@ def _judged(listed: Iterable[Listed]) -> list[Judged]:
 
 class Role(Protocol):
     def status(self, channel: Channel, now: int) -> tuple[Status, str | None]: ...
+    def private_live(self, channel: Channel, now: int) -> bool:
+        """Whether a private channel's status is live: what every read of it
+        asks (``status`` says why not, at the cost of a Facts)."""
+        ...
+
     def listed(self, now: int) -> list[Listed]:
         """The channels reported on (/v1/channels, /metrics), in order."""
         ...
@@ -69,6 +74,11 @@ class Leading:
 
     def status(self, channel: Channel, now: int) -> tuple[Status, str | None]:
         return channel_status(self.facts(channel, now))
+
+    def private_live(self, channel: Channel, now: int) -> bool:
+        # channel_status for a private channel: live exactly when its link is up.
+        link = self.upstream.link_of(channel)
+        return link is not None and link.state is LinkState.UP
 
     def facts(self, channel: Channel, now: int) -> Facts:
         link = self.upstream.link_of(channel)
@@ -136,6 +146,9 @@ class Following:
         if store.stale(state, now):
             return Status.STALE, NO_UPDATE
         return Status.LIVE, None
+
+    def private_live(self, channel: Channel, now: int) -> bool:
+        return self.status(channel, now)[0] is Status.LIVE
 
     def channels(self) -> list[Channel]:
         """The channels the cluster's log holds state or a status of."""

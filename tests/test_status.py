@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from app.config import load_settings
+from app.domain.channels import parse_channel
 from app.domain.status import (
     NO_UPDATE,
     Facts,
@@ -12,6 +14,9 @@ from app.domain.status import (
     channel_status,
     readiness,
 )
+from app.gateway import Gateway
+from app.ingest.links import LinkState
+from app.roles import Leading
 
 
 def test_a_refused_link_is_failed_whatever_the_data() -> None:
@@ -62,3 +67,25 @@ def test_a_change_is_news_except_a_first_connecting() -> None:
     assert changed(Status.LIVE, Status.STALE)
     assert changed(Status.STALE, Status.CONNECTING)
     assert not changed(Status.LIVE, Status.LIVE)
+
+
+class _Link:
+    def __init__(self, state: LinkState, connects: int) -> None:
+        self.state, self.connects, self.reason = state, connects, "refused" if connects else None
+
+
+class _Upstream:
+    def __init__(self, link: _Link | None) -> None:
+        self.link = link
+
+    def link_of(self, channel: object) -> _Link | None:
+        return self.link
+
+
+def test_a_private_channel_is_live_by_the_short_question_exactly_when_its_status_is_live() -> None:
+    hub = Gateway(load_settings()).hub
+    links = [None] + [_Link(state, connects) for state in LinkState for connects in (0, 3)]
+    for channel in (parse_channel("assets"), parse_channel("orders"), parse_channel("fills")):
+        for link in links:
+            role = Leading(_Upstream(link), hub)  # type: ignore[arg-type]
+            assert role.private_live(channel, 0) == (role.status(channel, 0)[0] is Status.LIVE), link
