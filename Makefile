@@ -164,10 +164,11 @@ bench-deps: $(STAMP)  ## what the benchmarks need: wrk, nginx with nchan (the re
 	if [ -n "$$missing" ]; then $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
 	$(BIN)/python -m pip install --quiet granian  # the other ASGI server bench/fanout.py measures
 
-bench: bench-deps $(STAMP)  ## every benchmark, with the figures of the README's table (several minutes)
+bench: bench-deps $(STAMP)  ## every benchmark beside its reference (nginx, nchan, the floor), ratios printed (about 40 minutes)
 	cd bench && ../$(BIN)/python ingest.py
 	cd bench && ../$(BIN)/python rest.py
-	cd bench && ../$(BIN)/python fanout.py --clients 10000 --channels 20 --interval 0.5
+	cd bench && ../$(BIN)/python fanout.py --runs 5 --clients 10000 --channels 20 --interval 0.5
+	cd bench && ../$(BIN)/python fanout.py --pattern burst --clients 10000 --channels 20 --interval 0.5
 	cd bench && ../$(BIN)/python fanout.py --transport ws --clients 10000 --channels 20 --interval 0.5
 	cd bench && ../$(BIN)/python fanout.py --clients 10000 --channels 20 --interval 0.1667
 	cd bench && ../$(BIN)/python fanout.py --books diff --target gateway --clients 10000 --channels 20 --interval 0.5

@@ -136,6 +136,7 @@ async def _simulate(args: argparse.Namespace) -> None:
         extra_symbols=args.extra_symbols,
         book_interval=args.book_interval,
         activity=Activity().scaled(args.activity),
+        books_together=args.books_together,
     )
     await simulator.start()
     account = simulator.account
@@ -361,6 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--book-interval", type=float, help="push order books every this many seconds exactly"
     )
     simulate.add_argument("--activity", type=float, default=1.0, help=ACTIVITY_HELP)
+    simulate.add_argument(
+        "--books-together",
+        action="store_true",
+        help="push every order book at the same moments (a burst), not each at a phase of its own",
+    )
     return parser
 
 

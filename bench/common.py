@@ -135,7 +135,7 @@ def wait_until(check: object, timeout: float, what: str) -> None:
 
 
 def start_simulator(extra_symbols: int = 0, book_interval: float | None = None,
-                    activity: float | None = None) -> tuple[subprocess.Popen[bytes], int]:
+                    activity: float | None = None, books_together: bool = False) -> tuple[subprocess.Popen[bytes], int]:
     tcp, ws = free_port(), free_port()
     args = [sys.executable, "-m", "app", "simulate", "--tcp-port", str(tcp), "--ws-port", str(ws), "--seed", "1",
             "--extra-symbols", str(extra_symbols)]
@@ -143,6 +143,8 @@ def start_simulator(extra_symbols: int = 0, book_interval: float | None = None,
         args += ["--book-interval", str(book_interval)]
     if activity:
         args += ["--activity", str(activity)]
+    if books_together:
+        args += ["--books-together"]
     process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return process, tcp
 

@@ -4,7 +4,9 @@ nginx + nchan fed the same events; the figures side by side, with ratios.
 
     .venv/bin/python bench/fanout.py --clients 10000 --channels 20 --interval 0.5
     .venv/bin/python bench/fanout.py --transport ws ...          # WebSocket clients
-    .venv/bin/python bench/fanout.py --interval 0.1667 ...       # the burst: 6 pushes/s
+    .venv/bin/python bench/fanout.py --interval 0.1667 ...       # 6 pushes/s
+    .venv/bin/python bench/fanout.py --pattern burst ...         # every book stamped at once
+    .venv/bin/python bench/fanout.py --runs 5 ...                # five runs, p99 run by run
     .venv/bin/python bench/fanout.py --target gateway ...        # one side only
     .venv/bin/python bench/fanout.py --books diff ...            # the gateway's diffs beside its full books
 
@@ -43,11 +45,13 @@ from common import (
     REPO,
     ProcessStats,
     book_load,
+    free_port,
     machine,
     start_gateway,
     start_nginx,
     start_simulator,
     stop_all,
+    wait_until,
 )
 
 NCHAN_MODULE = "/usr/lib/nginx/modules/ngx_nchan_module.so"
@@ -181,10 +185,125 @@ def ratio(ours: float, theirs: float) -> str:
     return f"{ours / theirs:.2f}×" if theirs else "n/a"
 
 
+def start_floor() -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    floor = subprocess.Popen([sys.executable, str(REPO / "bench" / "floor.py"), "--port", str(port)])
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: httpx.post(base + "/pub/probe", content=b"x").status_code == 201, 20, "the floor")
+    except SystemExit:
+        stop_all([floor])
+        raise
+    return floor, base
+
+
+def fresh_gateway(broker_port: int, channels: list[str], args: argparse.Namespace,
+                  processes: list[subprocess.Popen[bytes]]) -> tuple[subprocess.Popen[bytes], str, int]:
+    """A gateway process of its own (a process that already served 10,000
+    clients has a slower tail), and the pid that serves (granian's worker)."""
+    gateway, base = start_gateway(broker_port, channels, server=args.server)
+    processes.append(gateway)
+    return gateway, base, nchan_worker(gateway) if args.server == "granian" else gateway.pid
+
+
+def bridged(start: Any, base: str, channels: list[str], args: argparse.Namespace, ws: bool,
+            pid_of: Any, processes: list[subprocess.Popen[bytes]]) -> dict[str, Any]:
+    """One reference (nchan or the floor), fed by a bridge from the gateway's stream, measured."""
+    server, server_base = start()
+    processes.append(server)
+    stop = threading.Event()
+    feeder = threading.Thread(target=bridge, args=(base, server_base, channels, stop), daemon=True)
+    feeder.start()
+    try:
+        ids = [nchan_id(c) for c in channels]
+        return run_loadgen(server_base, "/sub/{channel}", ids, args, ProcessStats(pid_of(server)), ws=ws,
+                           subscribe=False)
+    finally:
+        stop.set()
+        stop_all([server])
+
+
+def measure(broker_port: int, channels: list[str], args: argparse.Namespace, ws: bool,
+            processes: list[subprocess.Popen[bytes]]) -> dict[str, dict[str, Any]]:
+    """One run: the gateway (and, with ``--books diff``, its diffs and whole
+    books again), then the references it feeds, each measured on its own."""
+    results: dict[str, dict[str, Any]] = {}
+    path = "/v1/ws" if ws else "/v1/stream?channels={channel}"
+    gateway, base, serving = fresh_gateway(broker_port, channels, args, processes)
+    if args.target in ("all", "gateway"):
+        results["gateway"] = run_loadgen(base, path, channels, args, ProcessStats(serving), ws=ws,
+                                         subscribe=ws, gc_of=base)
+        report_of = httpx.get(base + "/v1/channels", timeout=60).json()
+        results["gateway"]["final"] = {c["channel"]: c["seq"] for c in report_of["channels"]}
+        if args.books == "diff":
+            stop_all([gateway])
+            gateway, base, serving = fresh_gateway(broker_port, channels, args, processes)
+            diff_path = path if ws else path + "&books=diff"
+            results["gateway, diffs"] = run_loadgen(base, diff_path, channels, args, ProcessStats(serving),
+                                                    ws=ws, subscribe=ws, gc_of=base, books="diff")
+            # And whole books once more, on a third fresh process: a run
+            # later in the same hour is slower (the simulator's broker has
+            # served more), so diffs are set beside the mean of both.
+            stop_all([gateway])
+            gateway, base, serving = fresh_gateway(broker_port, channels, args, processes)
+            results["gateway, full again"] = run_loadgen(base, path, channels, args, ProcessStats(serving),
+                                                         ws=ws, subscribe=ws, gc_of=base)
+    if args.target in ("all", "nchan"):
+        workdir = Path(tempfile.mkdtemp(prefix="nchan-"))
+        results["nchan"] = bridged(lambda: start_nchan(workdir), base, channels, args, ws,
+                                   lambda nginx: nchan_worker(nginx), processes)
+    if args.target in ("all", "floor"):
+        results["floor"] = bridged(start_floor, base, channels, args, ws, lambda floor: floor.pid, processes)
+    stop_all([gateway])
+    return results
+
+
+def print_run(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
+    for name in ("gateway", "gateway, diffs", "gateway, full again"):
+        if name not in results:
+            continue
+        books = {"gateway, diffs": ", books=diff", "gateway, full again": ", whole books again"}.get(name, "")
+        report(f"coinsuper-gateway ({args.server}{books})", results[name], results[name].get("final", {}))
+        collected = results[name]["gc_in_window"]
+        print("    garbage collections in the measured window (generation: count, seconds): " + ", ".join(
+            f"{g}: {collected.get(g, 0):.0f}, {collected.get(g + '_s', 0):.3f}" for g in ("0", "1", "2")))
+    if "gateway, diffs" in results:
+        diffs, runs = results["gateway, diffs"], (results["gateway"], results["gateway, full again"])
+
+        def mean(pick: Any) -> float:
+            return sum(pick(run) for run in runs) / len(runs)
+
+        print(f"  diffs / whole books (the mean of the runs before and after): bytes per client per second "
+              f"{ratio(diffs['bytes_per_client_per_second'], mean(lambda r: r['bytes_per_client_per_second']))}, "
+              f"deliveries per core-second "
+              f"{ratio(diffs['deliveries_per_core_second'], mean(lambda r: r['deliveries_per_core_second']))}, "
+              f"p99 fan-out lag "
+              f"{ratio(diffs['fanout_lag_ms']['p99'], mean(lambda r: r['fanout_lag_ms']['p99']))}, "
+              f"p99 end to end {ratio(diffs['lag_ms']['p99'], mean(lambda r: r['lag_ms']['p99']))}")
+    if "nchan" in results:
+        report("nginx + nchan (1 worker)", results["nchan"], {})
+    if "floor" in results:
+        report("the floor (bench/floor.py: one uvloop process, frames made once, no limits)", results["floor"], {})
+    ours = results.get("gateway")
+    for name, label in (("nchan", "nchan"), ("floor", "the floor")):
+        if ours is not None and name in results:
+            theirs = results[name]
+            print(f"  gateway / {label}: p99 fan-out lag "
+                  f"{ratio(ours['fanout_lag_ms']['p99'], theirs['fanout_lag_ms']['p99'])}, "
+                  f"p99 end to end {ratio(ours['lag_ms']['p99'], theirs['lag_ms']['p99'])}, "
+                  f"KiB per client {ratio(ours['kib_per_client'], theirs['kib_per_client'])}, "
+                  f"deliveries per core-second "
+                  f"{ratio(ours['deliveries_per_core_second'], theirs['deliveries_per_core_second'])}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--target", choices=["both", "gateway", "nchan"], default="both")
+    parser.add_argument("--target", choices=["all", "gateway", "nchan", "floor"], default="all",
+                        help="nchan and the floor are fed from a gateway, which runs either way")
     parser.add_argument("--transport", choices=["sse", "ws"], default="sse")
+    parser.add_argument("--pattern", choices=["phased", "burst"], default="phased",
+                        help="each book at a phase of its own, or all of them stamped at once (a burst)")
+    parser.add_argument("--runs", type=int, default=1, help="measure every target this many times, in turn")
     parser.add_argument("--books", choices=["full", "diff"], default="full",
                         help="diff: the gateway twice, whole books then diffs, in the same run")
     parser.add_argument("--server", choices=["uvicorn", "granian"], default="uvicorn",
@@ -194,89 +313,27 @@ def main() -> int:
     # exchange's pushes (1–2 s): with pushes every I s, I/1.5 as long between them.
     activity = 1.5 / args.interval if args.books == "diff" else None
     simulator, broker_port = start_simulator(extra_symbols=args.channels, book_interval=args.interval,
-                                             activity=activity)
+                                             activity=activity, books_together=args.pattern == "burst")
     processes: list[subprocess.Popen[bytes]] = [simulator]
-    stop = threading.Event()
     ws = args.transport == "ws"
-    results: dict[str, dict[str, Any]] = {}
+    runs: list[dict[str, dict[str, Any]]] = []
     try:
-        gateway, base = start_gateway(broker_port, channels, server=args.server)
-        processes.append(gateway)
-        final: dict[str, int] = {}
-        if args.target in ("both", "gateway"):
-            path = "/v1/ws" if ws else "/v1/stream?channels={channel}"
-            # granian serves from a worker process of its own.
-            serving = nchan_worker(gateway) if args.server == "granian" else gateway.pid
-            results["gateway"] = run_loadgen(base, path, channels, args, ProcessStats(serving), ws=ws,
-                                             subscribe=ws, gc_of=base)
-            report_of = httpx.get(base + "/v1/channels", timeout=60).json()
-            final = {c["channel"]: c["seq"] for c in report_of["channels"]}
-            if args.books == "diff":
-                # A gateway of its own, as fresh as the first one was: a process
-                # that already served 10,000 clients has a slower tail.
-                gateway.terminate()
-                gateway.wait(30)
-                gateway, base = start_gateway(broker_port, channels, server=args.server)
-                processes.append(gateway)
-                serving = nchan_worker(gateway) if args.server == "granian" else gateway.pid
-                diff_path = path if ws else path + "&books=diff"
-                results["gateway, diffs"] = run_loadgen(base, diff_path, channels, args, ProcessStats(serving),
-                                                        ws=ws, subscribe=ws, gc_of=base, books="diff")
-                # And whole books once more, on a third fresh process: a run
-                # later in the same hour is slower (the simulator's broker has
-                # served more), so diffs are set beside the mean of both.
-                gateway.terminate()
-                gateway.wait(30)
-                gateway, base = start_gateway(broker_port, channels, server=args.server)
-                processes.append(gateway)
-                serving = nchan_worker(gateway) if args.server == "granian" else gateway.pid
-                results["gateway, full again"] = run_loadgen(base, path, channels, args, ProcessStats(serving),
-                                                             ws=ws, subscribe=ws, gc_of=base)
-        if args.target in ("both", "nchan"):
-            workdir = Path(tempfile.mkdtemp(prefix="nchan-"))
-            nginx, nchan_base = start_nchan(workdir)
-            processes.append(nginx)
-            feeder = threading.Thread(target=bridge, args=(base, nchan_base, channels, stop), daemon=True)
-            feeder.start()
-            ids = [nchan_id(c) for c in channels]
-            results["nchan"] = run_loadgen(nchan_base, "/sub/{channel}", ids, args,
-                                           ProcessStats(nchan_worker(nginx)), ws=ws, subscribe=False)
         print(f"machine: {machine()}")
         print(f"fan-out, {args.transport.upper()}: {args.clients} clients over {args.channels} order books "
-              f"pushed every {args.interval} s; measured {args.seconds} s each")
-        for name in ("gateway", "gateway, diffs", "gateway, full again"):
-            if name not in results:
-                continue
-            books = {"gateway, diffs": ", books=diff", "gateway, full again": ", whole books again"}.get(name, "")
-            report(f"coinsuper-gateway ({args.server}{books})", results[name], final if not books else {})
-            collected = results[name]["gc_in_window"]
-            print("    garbage collections in the measured window (generation: count, seconds): " + ", ".join(
-                f"{g}: {collected.get(g, 0):.0f}, {collected.get(g + '_s', 0):.3f}" for g in ("0", "1", "2")))
-        if "gateway, diffs" in results:
-            diffs, runs = results["gateway, diffs"], (results["gateway"], results["gateway, full again"])
-
-            def mean(pick: Any) -> float:
-                return sum(pick(run) for run in runs) / len(runs)
-
-            print(f"  diffs / whole books (the mean of the runs before and after): bytes per client per second "
-                  f"{ratio(diffs['bytes_per_client_per_second'], mean(lambda r: r['bytes_per_client_per_second']))}, "
-                  f"deliveries per core-second "
-                  f"{ratio(diffs['deliveries_per_core_second'], mean(lambda r: r['deliveries_per_core_second']))}, "
-                  f"p99 fan-out lag "
-                  f"{ratio(diffs['fanout_lag_ms']['p99'], mean(lambda r: r['fanout_lag_ms']['p99']))}, "
-                  f"p99 end to end {ratio(diffs['lag_ms']['p99'], mean(lambda r: r['lag_ms']['p99']))}")
-        if "nchan" in results:
-            report("nginx + nchan (1 worker)", results["nchan"], {})
-        if "gateway" in results and "nchan" in results:
-            ours, theirs = results["gateway"], results["nchan"]
-            print(f"  gateway / nchan: p99 fan-out lag "
-                  f"{ratio(ours['fanout_lag_ms']['p99'], theirs['fanout_lag_ms']['p99'])}, "
-                  f"KiB per client {ratio(ours['kib_per_client'], theirs['kib_per_client'])}, "
-                  f"deliveries per core-second "
-                  f"{ratio(ours['deliveries_per_core_second'], theirs['deliveries_per_core_second'])}")
-        print(json.dumps(results))
+              f"pushed every {args.interval} s, {'all at once (burst)' if args.pattern == 'burst' else 'each at its own phase'}; "
+              f"measured {args.seconds} s each", flush=True)
+        for number in range(1, args.runs + 1):
+            results = measure(broker_port, channels, args, ws, processes)
+            runs.append(results)
+            if args.runs > 1:
+                print(f" run {number} of {args.runs}")
+            print_run(results, args)
+            print(json.dumps(results), flush=True)
+        if args.runs > 1 and all("gateway" in r and "nchan" in r for r in runs):
+            ratios = [r["gateway"]["lag_ms"]["p99"] / max(r["nchan"]["lag_ms"]["p99"], 0.001) for r in runs]
+            print(f"  p99 end to end, gateway / nchan, run by run: {', '.join(f'{x:.2f}×' for x in ratios)}"
+                  f" ({sum(x <= 1 for x in ratios)} of {len(ratios)} at or below nchan's)")
     finally:
-        stop.set()
         stop_all(processes)
     return 0
 

@@ -38,6 +38,7 @@ class Schedule:
     payload: Callable[[int], bytes]
     interval: tuple[float, float]  # seconds, drawn uniformly for every push
     due: float = 0.0
+    phased: bool = True  # first push at a random phase within the interval; else at the start
 
 
 class Simulator:
@@ -59,6 +60,7 @@ class Simulator:
         extra_symbols: int = 0,
         book_interval: float | None = None,
         activity: Activity | None = None,
+        books_together: bool = False,
     ) -> None:
         self.ports = ports or BrokerPorts()
         self.account = account or DemoAccount()
@@ -70,6 +72,9 @@ class Simulator:
         self.market = Market(DEFAULT_SYMBOLS + extra, seed=seed, activity=activity)
         # Order books pushed every this many seconds exactly (benchmarks), else every 1–2 s.
         self.book_interval = book_interval
+        # Every order book pushed at the same moments (a burst), not each at a phase
+        # of its own: with book_interval, they stay together.
+        self.books_together = books_together
         self.trade_rate = trade_rate
         self.speed = speed
         self.rng = random.Random(seed)
@@ -115,6 +120,7 @@ class Simulator:
                         self._topic(t.orderbook, symbol=symbol, step=step),
                         partial(market.orderbook, symbol, step),
                         (self.book_interval,) * 2 if self.book_interval else every_1_to_2,
+                        phased=not self.books_together,
                     )
                 )
             for range_ms in KLINE_RANGES.values():
@@ -180,7 +186,9 @@ class Simulator:
         loop = asyncio.get_running_loop()
         start = loop.time()
         for schedule in self.schedules:
-            schedule.due = start + self.rng.uniform(0, schedule.interval[0])
+            schedule.due = start + (
+                self.rng.uniform(0, schedule.interval[0]) if schedule.phased else 0.0
+            )
         while True:
             await asyncio.sleep(TICK_S)
             now = loop.time()
