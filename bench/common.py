@@ -118,7 +118,11 @@ def start_nginx(workdir: Path, *, server: str, ready: Callable[[str], bool], htt
     conf.write_text(NGINX_CONF.format(dir=workdir, port=port, server=server, http=http, modules=modules))
     process = subprocess.Popen([nginx, "-c", str(conf), "-p", str(workdir)], stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
-    wait_until(lambda: ready(base), 10, "nginx")
+    try:
+        wait_until(lambda: ready(base), 10, "nginx")
+    except SystemExit:
+        stop_all([process])
+        raise
     return process, base
 
 

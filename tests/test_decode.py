@@ -171,7 +171,8 @@ def replaced(doc: object, path: tuple[object, ...], value: object) -> object:
     return copy
 
 
-# Fields the gateway ignores (deprecated or informational): any value passes.
+# Fields the gateway ignores (deprecated or informational): any JSON value passes
+# (but a number no parser takes, or a lone surrogate, rejects the payload).
 IGNORED = {"amount", "stepValue", "limitSize", "email"}
 
 
@@ -262,6 +263,8 @@ ODD_VALUES = [
     "0.8490\n", "a:b", "BTC/USD", "ETH/USD", "BUY", "SELL", "sell", "", 0, 1, -1, 1.5, 10**12, 10**13,
     10**30, True, None, [], {}, ["6650.01", "1"],
 ]
+# Values written into the text as they are: numbers no parser should take, a lone surrogate.
+RAW_VALUES = ["1" + "0" * 4400, "1e9999999999999999999999", "-1e-9999999999999999999999", '"\\ud800"', "1.5e3"]
 
 
 def checked_only(channel: object, payload: bytes) -> object:
@@ -292,13 +295,16 @@ def mutated(draw: st.DrawFn) -> tuple[object, bytes]:
     else:
         channel, raw = draw(st.sampled_from(SIMULATED))
         doc = json.loads(raw)
-    how = draw(st.sampled_from(["none", "value", "swap", "drop", "extra", "duplicate", "text"]))
+    how = draw(st.sampled_from(["none", "value", "raw", "swap", "drop", "extra", "duplicate", "text"]))
     objects = [doc] if isinstance(doc, dict) else []
     objects += [item for v in (doc.values() if isinstance(doc, dict) else [doc]) if isinstance(v, list)
                 for item in v if isinstance(item, dict)]
     text = None
     if how == "value":
         doc = replaced(doc, draw(st.sampled_from(paths(doc))), draw(st.sampled_from(ODD_VALUES)))
+    elif how == "raw":
+        doc = replaced(doc, draw(st.sampled_from(paths(doc))), "@raw@")
+        text = json.dumps(doc).replace('"@raw@"', draw(st.sampled_from(RAW_VALUES)))
     elif how == "swap":
         side = doc if isinstance(doc, list) else doc[draw(st.sampled_from(["bids", "asks"]))]
         if len(side) >= 2:
@@ -347,3 +353,13 @@ def test_a_value_is_checked_against_each_step_it_is_used_with() -> None:
     doc["step"] = "0.1"  # the same prices, now off the book's grid
     coarse = parse_channel("orderbook:BTC_USD:0.1")
     assert "off the book's step 0.1" in rejected((coarse, json.dumps(doc).encode()))
+
+
+def test_numbers_past_any_parser_are_rejected_on_every_channel_never_raised() -> None:
+    for raw in RAW_VALUES[:3]:
+        for channel, name in SAMPLES.items():
+            doc = json.loads(sample(name))
+            for path in paths(doc):
+                payload = json.dumps(replaced(doc, path, "@raw@")).replace('"@raw@"', raw).encode()
+                result = decode(channel, payload)
+                assert isinstance(result, Rejection), (name, path, raw)

@@ -124,7 +124,14 @@ def decode(
 # Standard JSON only (no NaN or Infinity), every number with a fraction or an
 # exponent parsed straight to a Decimal, never a float; a lone surrogate is
 # refused. msgspec parses a book in a third of the json module's time.
-_JSON = msgspec.json.Decoder(float_hook=Decimal)
+def _decimal(text: str) -> Decimal:
+    try:
+        return Decimal(text)
+    except ArithmeticError:  # an exponent past the decimal module's range
+        raise ValueError(text[:20]) from None
+
+
+_JSON = msgspec.json.Decoder(float_hook=_decimal)
 
 
 class _DuplicateKey(ValueError):
@@ -152,7 +159,7 @@ def _has_duplicate_keys(payload: bytes, doc: Any) -> bool:
     if _shallow_keys(doc) == payload.count(b":"):  # no UTF-8 sequence holds a colon's byte
         return False
     try:
-        json.loads(payload, parse_float=Decimal, object_pairs_hook=_unique_keys)
+        json.loads(payload, parse_float=_decimal, object_pairs_hook=_unique_keys)
     except _DuplicateKey:
         return True
     return False
@@ -578,7 +585,7 @@ _DECODERS: dict[Kind, Callable[[Channel, Any], Update]] = {
 class _BookLevel(msgspec.Struct, gc=False):
     limitPrice: str
     quantity: str
-    amount: msgspec.Raw
+    amount: Any  # ignored, but parsed as the checked path parses it
 
 
 class _Book(msgspec.Struct, gc=False):
@@ -587,13 +594,13 @@ class _Book(msgspec.Struct, gc=False):
     timestamp: int
     bids: list[_BookLevel]
     asks: list[_BookLevel]
-    limitSize: msgspec.Raw
+    limitSize: Any
 
 
 class _DepthLevel(msgspec.Struct, gc=False):
     price: str
     quantity: str
-    stepValue: msgspec.Raw
+    stepValue: Any
 
 
 class _Depth(msgspec.Struct, gc=False):
@@ -613,9 +620,9 @@ class _Trade(msgspec.Struct, frozen=True, gc=False):
     timestamp: int
 
 
-_BOOK_JSON = msgspec.json.Decoder(_Book)
-_DEPTH_JSON = msgspec.json.Decoder(_Depth)
-_TRADES_JSON = msgspec.json.Decoder(list[_Trade])
+_BOOK_JSON = msgspec.json.Decoder(_Book, float_hook=_decimal)
+_DEPTH_JSON = msgspec.json.Decoder(_Depth, float_hook=_decimal)
+_TRADES_JSON = msgspec.json.Decoder(list[_Trade], float_hook=_decimal)
 
 # The keys of each shape: with every key present (msgspec checks that), the
 # payload's colons number exactly these unless a key came twice, a key is not
@@ -625,9 +632,11 @@ _BOOK_KEYS, _LEVEL_KEYS, _DEPTH_KEYS, _TRADE_KEYS = 6, 3, 6, 5
 _CACHE_MAX = 16_384
 _DECIMALS: dict[str, Decimal] = {}  # plain decimal strings checked, and their values
 _ON_GRID: dict[int, set[str]] = {}  # prices checked to have no digit past that many places
-# Trades checked, by symbol, for the windows that repeat them.
+# Trades checked, by symbol, for the windows that repeat them: a window
+# repeats the previous one's, so a few windows' worth is all that is ever hit.
 _TRADES: dict[str | None, dict[_Trade, Trade]] = {}
-_SYMBOLS_MAX = 256
+_TRADES_MAX = 4 * TRADE_WINDOW_MAX  # a symbol's, emptied when full
+_SYMBOLS_MAX = 64
 
 
 def _decode_fast(channel: Channel, payload: bytes) -> Update | None:
@@ -762,7 +771,7 @@ def _trades_fast_typed(channel: Channel, payload: bytes) -> TradeWindow | None:
             trade = _trade_checked(channel, entry)
             if trade is None:
                 return None
-            if len(seen) >= _CACHE_MAX:
+            if len(seen) >= _TRADES_MAX:
                 seen.clear()
             seen[entry] = trade
         trades.append(trade)
