@@ -103,7 +103,7 @@ def decode(
             doc = _JSON.decode(payload)
             if _has_duplicate_keys(payload, doc):
                 return Rejection("payload has a duplicate key")
-        except (ValueError, RecursionError):  # msgspec.DecodeError is a ValueError
+        except (ValueError, RecursionError, msgspec.MsgspecError):
             return Rejection("payload is not JSON")
         decoder = _DECODERS.get(channel.kind)
         if decoder is None:
@@ -645,7 +645,7 @@ def _decode_fast(channel: Channel, payload: bytes) -> Update | None:
         return None
     try:
         return fast(channel, payload)
-    except (ValueError, RecursionError):  # msgspec's DecodeError and ValidationError
+    except (ValueError, RecursionError, msgspec.MsgspecError):  # a ValueError since msgspec 0.20
         return None
 
 
