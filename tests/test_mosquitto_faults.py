@@ -3,15 +3,20 @@ malformed payloads on every topic."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from app.config import load_settings
+from app.ingest.credentials import Login, public_client_id
+from app.ingest.links import Backoff, Endpoint, LinkState, UpstreamLink
 from tests.support import (
     ENV,
     EventStream,
@@ -250,3 +255,44 @@ def test_a_release_waiting_on_a_frozen_broker_never_delays_heartbeats(mosquitto:
         finally:
             mosquitto.thaw()
             stream.close()
+
+
+async def waited(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """wait_for, for a test whose subject runs on this event loop."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+class CountingBackoff:
+    """A link's backoff, with a count of the waits it was asked for."""
+
+    def __init__(self) -> None:
+        self.backoff = Backoff(0.05, 0.05)
+        self.waits = 0
+
+    def delay(self, attempt: int) -> float:
+        self.waits += 1
+        return self.backoff.delay(attempt)
+
+
+async def test_a_silent_link_logs_in_again_at_once_and_a_refused_one_backs_off(mosquitto: Mosquitto) -> None:
+    """A link silent past silence_s was logged in and subscribed: it tries again
+    with no backoff, so that the reconnect loses as few pushes as it can; a
+    connection the broker refuses waits as before."""
+    settings = load_settings()
+    login = Login(public_client_id("key", "user@example.com", BOOK_TOPIC), settings.coinsuper_public_username,
+                  settings.coinsuper_public_password.get_secret_value())
+    backoff = CountingBackoff()
+    link = UpstreamLink("public", Endpoint.from_url(mosquitto.url("tcp")), lambda: login, {BOOK_TOPIC},
+                        lambda *_: None, silence_s=0.3, backoff=backoff)  # type: ignore[arg-type]
+    link.start()
+    try:
+        await waited(lambda: link.connects >= 4, 20, "three reconnects after silences")
+        assert backoff.waits == 0  # every reconnect followed a silence: none waited
+        assert link.reason == "no message for 0.3 s: link taken as dead" or link.state is LinkState.UP
+        mosquitto.kill()  # now the broker refuses: the attempts back off
+        await waited(lambda: backoff.waits >= 2, 20, "backoff once the broker is gone")
+    finally:
+        await link.stop()

@@ -137,10 +137,11 @@ def tls_refusal(exc: BaseException) -> str | None:
 class LinkFailure(Exception):
     """Why a session ended; the reason is safe to show (no secret in it)."""
 
-    def __init__(self, reason: str, *, refused: bool = False) -> None:
+    def __init__(self, reason: str, *, refused: bool = False, silent: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.refused = refused
+        self.silent = silent  # a subscribed session that received nothing for silence_s
 
 
 class UpstreamLink:
@@ -228,9 +229,11 @@ class UpstreamLink:
         while True:
             self.attempts += 1
             self._subscribed = False
+            silent = False
             try:
                 await self._session()
             except LinkFailure as exc:
+                silent = exc.silent
                 self._set_state(
                     LinkState.FAILED if exc.refused else LinkState.CONNECTING, exc.reason
                 )
@@ -253,6 +256,12 @@ class UpstreamLink:
                 self._client = None
             if self._subscribed:
                 failures = 0
+            if silent:
+                # The broker took the last login and subscription: try again at
+                # once, so that as few pushes as can be are lost to the
+                # reconnect (a clean session keeps nothing across it). A failed
+                # attempt after it backs off as any other.
+                continue
             delay = self.backoff.delay(failures)
             failures += 1
             await asyncio.sleep(delay)
@@ -309,7 +318,9 @@ class UpstreamLink:
                     if silence is not None:
                         deadline.reschedule(loop.time() + silence)
         except TimeoutError:
-            raise LinkFailure(f"no message for {silence:g} s: link taken as dead") from None
+            raise LinkFailure(
+                f"no message for {silence:g} s: link taken as dead", silent=True
+            ) from None
         raise LinkFailure("message stream ended")
 
     def describe(self) -> dict[str, object]:
