@@ -320,7 +320,10 @@ def _not_crossed(bids: _Side, asks: _Side) -> None:
 @functools.lru_cache(maxsize=64)
 def _step_places(step: str) -> int | None:
     """Decimal places of a power-of-ten step (0.01 → 2, 1.0 → 0); None for another step."""
-    number = Decimal(step).normalize()
+    try:
+        number = Decimal(step).normalize()
+    except ArithmeticError:  # not a number at all: no grid to check against
+        return None
     sign, digits, exponent = number.as_tuple()
     if sign or digits != (1,) or not isinstance(exponent, int):
         return None

@@ -7,7 +7,11 @@ session fails (refused login, refused subscription, broken transport, or a
 public link silent for longer than ``silence_s``) the supervisor logs the change
 once, waits with capped exponential backoff and jitter, and starts again with a
 fresh login (the private login is signed anew each time). The backoff is reset
-once a subscription succeeds. Nothing here waits forever.
+once a subscription succeeds. A session that ends in silence after a session
+that did not is followed by a new login at once, with no wait, so that the
+reconnect loses as few pushes as it can; a second silent session in a row
+backs off as any failure does (no tight loop, whatever ``silence_s``).
+Nothing here waits forever.
 
 aiomqtt (on paho) does every MQTT packet and the session; its errors become a
 link state with a reason here and nowhere else.
@@ -226,10 +230,11 @@ class UpstreamLink:
 
     async def _supervise(self) -> None:
         failures = 0
+        silent = False
         while True:
             self.attempts += 1
             self._subscribed = False
-            silent = False
+            silent_before, silent = silent, False
             try:
                 await self._session()
             except LinkFailure as exc:
@@ -256,11 +261,11 @@ class UpstreamLink:
                 self._client = None
             if self._subscribed:
                 failures = 0
-            if silent:
+            if silent and not silent_before:
                 # The broker took the last login and subscription: try again at
                 # once, so that as few pushes as can be are lost to the
                 # reconnect (a clean session keeps nothing across it). A failed
-                # attempt after it backs off as any other.
+                # or silent attempt after it backs off as any other.
                 continue
             delay = self.backoff.delay(failures)
             failures += 1
