@@ -363,3 +363,9 @@ def test_numbers_past_any_parser_are_rejected_on_every_channel_never_raised() ->
                 payload = json.dumps(replaced(doc, path, "@raw@")).replace('"@raw@"', raw).encode()
                 result = decode(channel, payload)
                 assert isinstance(result, Rejection), (name, path, raw)
+
+
+def test_a_currency_with_a_trailing_newline_is_no_currency_code() -> None:
+    doc = json.loads(sample("asset_change.json"))
+    doc["asset"][0]["currency"] = doc["asset"][0]["currency"] + "\n"
+    assert rejected((ASSETS, json.dumps(doc).encode())) == "'currency' is not a currency code"

@@ -481,6 +481,7 @@ def _all_decimals(values: list[Any]) -> bool:
 _ID_RE = re.compile(r"^[0-9]{1,40}\Z")
 _STATE_RE = re.compile(r"^[A-Z_]{1,20}\Z")
 _PAIR_RE = re.compile(r"^[A-Za-z0-9]{2,12}/[A-Za-z0-9]{2,12}\Z")
+_CURRENCY_RE = re.compile(r"[A-Za-z0-9]{1,12}")  # whole: "$" would let a trailing newline in
 
 
 def _ident(doc: dict[str, Any], key: str) -> str:
@@ -507,7 +508,7 @@ def _assets(channel: Channel, doc: Any) -> Balances:
     for entry in _list(push, "asset"):
         item = _obj(entry, "an entry of 'asset'")
         currency = item.get("currency")
-        if not isinstance(currency, str) or not re.match(r"^[A-Za-z0-9]{1,12}$", currency):
+        if not isinstance(currency, str) or not _CURRENCY_RE.fullmatch(currency):
             raise _Bad("'currency' is not a currency code")
         balances[currency.upper()] = Balance(
             total=_dec_number(item, "total"),
