@@ -287,7 +287,7 @@ def _levels(doc: dict[str, Any], key: str, price_key: str, *, descending: bool) 
         return _levels_checked(entries, key, price_key, descending=descending)
     if not _all_decimals(prices + quantities):
         return _levels_checked(entries, key, price_key, descending=descending)
-    return _best_first([[p, q] for p, q in zip(prices, quantities, strict=True)], key, descending)
+    return _best_first(_pairs(prices, quantities), key, descending)
 
 
 def _levels_checked(entries: list[Any], key: str, price_key: str, *, descending: bool) -> _Side:
@@ -300,15 +300,29 @@ def _levels_checked(entries: list[Any], key: str, price_key: str, *, descending:
 
 def _best_first(levels: list[list[str]], key: str, descending: bool) -> _Side:
     prices = list(map(Decimal, map(_first, levels)))
-    # Strictly best first, checked pairwise in C (map over two shifted lists).
-    ordered = all(map(operator.gt if descending else operator.lt, prices, prices[1:]))
-    if not ordered:  # the exchange sends them best first; sort only if it did not
+    # The exchange sends them best first; sort only if it did not.
+    if not _ordered(prices, descending):
         if len(set(prices)) != len(prices):
             raise _Bad(f"'{key}' has two levels at one price")
         pairs = sorted(zip(prices, levels, strict=True), key=_first, reverse=descending)
         levels = [level for _, level in pairs]
         prices = [price for price, _ in pairs]
     return _Side(levels, prices)
+
+
+def _pairs(prices: list[str], quantities: list[str]) -> list[list[str]]:
+    """Levels as the wire has them: ``[price, quantity]``."""
+    return list(map(list, zip(prices, quantities, strict=True)))
+
+
+def _ordered(prices: list[Decimal], descending: bool) -> bool:
+    """Strictly best first, checked pairwise in C (map over two shifted lists)."""
+    return all(map(operator.gt if descending else operator.lt, prices, prices[1:]))
+
+
+def _adding_up(quantities: list[Decimal]) -> bool:
+    """Cumulative: no quantity smaller than the one before it."""
+    return not any(map(operator.gt, quantities, quantities[1:]))
 
 
 def _not_crossed(bids: _Side, asks: _Side) -> None:
@@ -356,8 +370,7 @@ def _no_zero_quantity(side: _Side, key: str) -> None:
 
 def _cumulative(side: _Side, key: str) -> None:
     """A depth chart's quantities add up away from the mid price."""
-    quantities = list(map(Decimal, map(_second, side.levels)))
-    if any(map(operator.gt, quantities, quantities[1:])):
+    if not _adding_up(list(map(Decimal, map(_second, side.levels)))):
         raise _Bad(f"the quantities of '{key}' are not cumulative")
 
 
@@ -649,7 +662,8 @@ def _decode_fast(channel: Channel, payload: bytes) -> Update | None:
         return None
     try:
         return fast(channel, payload)
-    except (ValueError, RecursionError, msgspec.MsgspecError):  # a ValueError since msgspec 0.20
+    # msgspec's errors are ValueErrors from 0.20 on; _Bad: a check the checked path words.
+    except (_Bad, ValueError, RecursionError, msgspec.MsgspecError):
         return None
 
 
@@ -687,10 +701,6 @@ def _known_on_grid(prices: list[str], step: str) -> bool:
     return True
 
 
-def _ordered(prices: list[Decimal], descending: bool) -> bool:
-    return all(map(operator.gt if descending else operator.lt, prices, prices[1:]))
-
-
 def _orderbook_fast(channel: Channel, payload: bytes) -> OrderBook | None:
     book = _BOOK_JSON.decode(payload)
     bids, asks, step = book.bids, book.asks, book.step
@@ -701,7 +711,7 @@ def _orderbook_fast(channel: Channel, payload: bytes) -> OrderBook | None:
         or not _TS_MIN <= book.timestamp <= _TS_MAX
     ):
         return None
-    sides = []
+    sides: list[_Side] = []
     for levels, descending in ((bids, True), (asks, False)):
         prices = [level.limitPrice for level in levels]
         quantities = [level.quantity for level in levels]
@@ -715,11 +725,10 @@ def _orderbook_fast(channel: Channel, payload: bytes) -> OrderBook | None:
             or not _known_on_grid(prices, step)
         ):
             return None
-        sides.append((list(map(list, zip(prices, quantities, strict=True))), values))
-    (bid_levels, bid_prices), (ask_levels, ask_prices) = sides
-    if bid_prices and ask_prices and bid_prices[0] >= ask_prices[0]:
-        return None
-    return OrderBook(step, bid_levels, ask_levels, book.timestamp)
+        sides.append(_Side(_pairs(prices, quantities), values))
+    bid_side, ask_side = sides
+    _not_crossed(bid_side, ask_side)  # a _Bad: the checked path says so
+    return OrderBook(step, bid_side.levels, ask_side.levels, book.timestamp)
 
 
 def _depth_fast(channel: Channel, payload: bytes) -> DepthChart | None:
@@ -731,7 +740,7 @@ def _depth_fast(channel: Channel, payload: bytes) -> DepthChart | None:
         or _known([depth.depthPercent, depth.asksMinPrice, depth.bidsMaxPrice]) is None
     ):
         return None
-    sides = []
+    sides: list[_Side] = []
     for levels, descending in ((bids, True), (asks, False)):
         prices = [level.price for level in levels]
         quantities = [level.quantity for level in levels]
@@ -741,21 +750,17 @@ def _depth_fast(channel: Channel, payload: bytes) -> DepthChart | None:
             return None
         values = list(map(Decimal, prices))
         amounts = list(map(Decimal, quantities))
-        if (
-            not _ordered(values, descending)
-            or any(map(operator.gt, amounts, amounts[1:]))  # not cumulative
-        ):
+        if not _ordered(values, descending) or not _adding_up(amounts):
             return None
-        sides.append((list(map(list, zip(prices, quantities, strict=True))), values))
-    (bid_levels, bid_prices), (ask_levels, ask_prices) = sides
-    if bid_prices and ask_prices and bid_prices[0] >= ask_prices[0]:
-        return None
+        sides.append(_Side(_pairs(prices, quantities), values))
+    bid_side, ask_side = sides
+    _not_crossed(bid_side, ask_side)  # a _Bad: the checked path says so
     return DepthChart(
         depth_percent=depth.depthPercent,
         asks_min_price=depth.asksMinPrice,
         bids_max_price=depth.bidsMaxPrice,
-        bids=bid_levels,
-        asks=ask_levels,
+        bids=bid_side.levels,
+        asks=ask_side.levels,
     )
 
 
