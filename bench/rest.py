@@ -92,7 +92,10 @@ def main() -> int:
     auth = f"Authorization: Bearer {TOKEN}"
     try:
         gateway, base = start_gateway(broker_port, CHANNELS, **env)
-        framework, framework_base = start_gateway(broker_port, CHANNELS, GATEWAY_FAST_ROUTES="false", **env)
+        # The framework's gateway answers only the book: it has no private link
+        # (one login per account: two would take the exchange's session in turns).
+        public = {name: value for name, value in env.items() if name != "COINSUPER_SECRET_KEY"}
+        framework, framework_base = start_gateway(broker_port, CHANNELS[:1], GATEWAY_FAST_ROUTES="false", **public)
         processes += [gateway, framework]
         http = httpx.Client(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
         for route in ROUTES:

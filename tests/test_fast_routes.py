@@ -28,14 +28,15 @@ import uvicorn
 from app.asgi import create_app
 from app.cli import free_port, server_config
 from app.config import load_settings
-from app.http.fast import FastRoutes
-from app.protocols.http import FastAnswer
+from app.http.fast import _PREPARED_MAX, FastRoutes
+from app.protocols.http import WHOLES_MAX, FastAnswer
 from app.simulator import Simulator
 from app.simulator.broker import BrokerPorts, DemoAccount
 
 pytestmark = pytest.mark.timeout(120)
 
 ACCOUNT = DemoAccount()
+KEEPALIVE_S = 2  # the served gateway's keep-alive timeout
 TOKEN = "tok-" + "f" * 24
 AUTH = f"Authorization: Bearer {TOKEN}"
 SUBSCRIBED = (
@@ -64,8 +65,9 @@ class Recording:
         self.fast = fast
         self.answered: list[tuple[bytes, str]] = []
 
-    def answer(self, path: bytes, query: bytes, headers: list[tuple[bytes, bytes]]) -> FastAnswer | None:
-        answer = self.fast.answer(path, query, headers)
+    def answer(self, path: bytes, query: bytes, headers: list[tuple[bytes, bytes]],
+               key: bytes | None = None) -> FastAnswer | None:
+        answer = self.fast.answer(path, query, headers, key)
         if answer is not None:
             caller = inspect.currentframe().f_back.f_code.co_name  # type: ignore[union-attr]
             self.answered.append((path + b"?" + query, caller))
@@ -164,6 +166,7 @@ async def _serve(ready: queue.Queue[Served | BaseException], stop: threading.Eve
             coinsuper_subscribe=SUBSCRIBED,
             gateway_tokens=TOKEN,
             gateway_stale_factor=1000,
+            gateway_keepalive_timeout_s=KEEPALIVE_S,
         )
         app = create_app(settings)
         port = free_port()
@@ -368,6 +371,42 @@ def test_a_kept_alive_connection_goes_back_and_forth_between_the_paths(served: S
                 assert answer == alone[index], target
             assert answer.startswith(b"HTTP/1.1 200 ") or "step=0.5" in target
     assert len(served.fast.answered) - answered == 5  # every one it can answer, on the one connection
+
+
+def test_fast_answers_keep_a_connection_open_for_the_keep_alive_timeout_after_the_last(
+        served: Served) -> None:
+    """The fast path moves the keep-alive timer on rather than arming a new
+    one per answer: answers that come within the timeout of each other keep
+    the connection open past the first answer's timeout, and the connection is
+    closed once idle for the timeout after the last."""
+    book = request("/v1/orderbook/BTC_USD?step=0.01", (AUTH,), keep_alive=True)
+    answered = len(served.fast.answered)
+    with socket.create_connection(("127.0.0.1", served.port), timeout=10) as sock:
+        first = time.monotonic()
+        while time.monotonic() - first < 1.5 * KEEPALIVE_S:
+            sock.sendall(book)
+            assert response_of(sock, keep_alive=True).startswith(b"HTTP/1.1 200 ")
+            last = time.monotonic()
+            time.sleep(KEEPALIVE_S / 4)
+        assert sock.recv(1) == b""  # closed by the gateway, once idle
+        idle = time.monotonic() - last
+    assert idle >= KEEPALIVE_S - 0.1, idle
+    kept = served.fast.answered[answered:]
+    assert len(kept) >= 6 and all(path == WHOLE for _, path in kept), kept
+
+
+def test_what_the_fast_path_keeps_of_requests_stays_bounded(served: Served) -> None:
+    """Requests of bytes never seen before (a Host of their own each) are
+    answered alike, and what is kept of them (the requests read, the requests
+    prepared) never grows past its bound."""
+    guard, fast = served.connections, served.fast.fast
+    with socket.create_connection(("127.0.0.1", served.port), timeout=10) as sock:
+        for index in range(WHOLES_MAX + 100):
+            data = request("/v1/kline/BTC_USD?range=1m", (AUTH,), keep_alive=True)
+            sock.sendall(data.replace(b"Host: 127.0.0.1", b"Host: h%d" % index))
+            assert response_of(sock, keep_alive=True).startswith(b"HTTP/1.1 200 ")
+            assert len(guard.wholes) <= WHOLES_MAX and len(fast._prepared) <= _PREPARED_MAX
+    assert len(guard.wholes) < WHOLES_MAX  # it was forgotten once, and filled again
 
 
 def test_a_head_built_to_make_a_pattern_backtrack_harms_nothing(served: Served) -> None:

@@ -17,8 +17,13 @@ name), the data there already, and nothing for CORS or a proxy's forwarded
 headers to do. Anything else (a bad parameter, a missing or wrong token, no
 data yet and so a ``wait``, a cap) declines, and the framework answers it: its
 problems, messages and headers are then the only ones there are.
-A request target's resolution (route, channel, rendering, or a decline) is
-pure, so it is kept for targets seen before (bounded). ``tests/test_fast_routes.py``
+What a request asks for and may have (route, channel, rendering, the ETags
+it holds, its token checked, or a decline) depends on its bytes alone, so it is
+kept for requests of the same bytes (a poller sends the same bytes again and
+again), as are a target's resolution and an answer's header lines (each
+bounded). Only what can change is read per request: whether the private link
+is up, the channel's state, its rendering (the store's cached bytes). The
+tokens are read once, at start, so a token checked stays checked. ``tests/test_fast_routes.py``
 checks, route by route, good and bad input, that both paths answer the same
 bytes and count the same metric. ``GATEWAY_FAST_ROUTES=false`` turns it off.
 """
@@ -59,6 +64,19 @@ Resolved = tuple[str, Channel, rest.Render]
 # Targets kept resolved: at most this many (then forgotten at once), each at most this long.
 _RESOLVED_MAX = 4096
 _RESOLVED_KEY_MAX = 256
+# A request prepared: its route's template (the metric's label), channel and
+# rendering, and the ETags its If-None-Match holds.
+Prepared = tuple[str, Channel, rest.Render, frozenset[str]]
+
+
+class _Declined:
+    """A request prepared to be declined (the framework answers it)."""
+
+
+_DECLINED = _Declined()
+# Requests kept prepared, by their bytes, and header lines kept made, by ETag
+# and length: at most this many of each (then forgotten at once).
+_PREPARED_MAX = 1024
 
 
 class FastRoutes:
@@ -76,6 +94,10 @@ class FastRoutes:
         self._timers: dict[tuple[str, int], Callable[[float], None]] = {}
         # Request target → what it resolves to (None: the framework's), for repeated targets.
         self._resolved: dict[bytes, Resolved | None] = {}
+        # A request's bytes → what it was prepared to (see :meth:`_prepare`).
+        self._prepared: dict[bytes, Prepared | _Declined] = {}
+        # (ETag, body length, or -1 for a 304) → the answer's header lines.
+        self._heads: dict[tuple[str, int], bytes] = {}
         # Path prefix (a symbol follows) or whole path → (route template, target).
         self.routes: dict[bytes, tuple[str, Route]] = {
             b"/v1/orderbook/": (
@@ -108,8 +130,44 @@ class FastRoutes:
             ),
         }
 
-    def answer(self, path: bytes, query: bytes, headers: Headers) -> FastAnswer | None:
+    def answer(
+        self, path: bytes, query: bytes, headers: Headers, key: bytes | None = None
+    ) -> FastAnswer | None:
         started = time.perf_counter()
+        prepared = self._prepared.get(key) if key is not None else None
+        if prepared is None:
+            prepared = self._prepare(path, query, headers)
+            if key is not None:
+                if len(self._prepared) >= _PREPARED_MAX:
+                    self._prepared.clear()
+                self._prepared[key] = prepared
+        if isinstance(prepared, _Declined):
+            return None
+        template, channel, render, tags = prepared
+        try:
+            reading = self._read(channel)
+        except (_Decline, GatewayError):
+            return None
+        etag = reading.etag
+        if etag in tags:
+            status, body = 304, b""
+        else:
+            status, body = 200, render(reading)
+        head_key = (etag, len(body) if status == 200 else -1)
+        head = self._heads.get(head_key)
+        if head is None:
+            head = _head_lines(etag, body if status == 200 else None)
+            if len(self._heads) >= _PREPARED_MAX:
+                self._heads.clear()
+            self._heads[head_key] = head
+        self._timer(template, status)(time.perf_counter() - started)
+        return status, head, body
+
+    def _prepare(self, path: bytes, query: bytes, headers: Headers) -> Prepared | _Declined:
+        """What a request asks for and may have (its route, channel,
+        rendering and the ETags it holds), worked out once: it depends on
+        nothing but the request (and this process's settings and tokens), so
+        answers keep it for requests of the same bytes (:data:`_PREPARED_MAX`)."""
         key = path + b"?" + query
         try:
             resolved = self._resolved[key]
@@ -120,23 +178,15 @@ class FastRoutes:
                     self._resolved.clear()
                 self._resolved[key] = resolved
         if resolved is None:
-            return None
+            return _DECLINED
         template, channel, render = resolved
         try:
             request = _head(headers, self.cors)
-            reading = self._read(channel, request)
-        except (_Decline, GatewayError):
-            return None
-        etag = reading.etag
-        head = [(b"etag", etag.encode("latin-1")), (b"cache-control", b"no-cache")]
-        if etag in rest.etags(request.get(b"if-none-match")):
-            status, body = 304, b""
-        else:
-            body = render(reading)
-            status = 200
-            head += [(b"content-length", b"%d" % len(body)), (b"content-type", JSON)]
-        self._timer(template, status)(time.perf_counter() - started)
-        return status, head, body
+            if channel.is_private or self.ports.settings.gateway_require_token:
+                self._token(request)
+        except _Decline:
+            return _DECLINED
+        return template, channel, render, frozenset(rest.etags(request.get(b"if-none-match")))
 
     def _resolve(self, path: bytes, query: bytes) -> Resolved | None:
         """What a request target asks for (its route, channel and rendering),
@@ -161,17 +211,14 @@ class FastRoutes:
             return None
         return template, channel, render
 
-    def _read(self, channel: Channel, request: dict[bytes, str]) -> Reading:
+    def _read(self, channel: Channel) -> Reading:
         """What the route's ``answer`` reads, or a decline wherever it would
         do anything else (a problem, a wait)."""
         ports = self.ports
         if channel.is_private:
             if not ports.report.private_enabled():
                 raise _Decline
-            self._token(request)
         else:
-            if ports.settings.gateway_require_token:
-                self._token(request)
             ports.demand.demand(channel)
         reading = ports.view.read(channel)
         if reading is None:
@@ -190,6 +237,15 @@ class FastRoutes:
             labelled = self.histogram.labels(template, "GET", str(status), self.node)
             timer = self._timers[(template, status)] = labelled.observe
         return timer
+
+
+def _head_lines(etag: str, body: bytes | None) -> bytes:
+    """A snapshot's header lines as the routes send them: for a body (a
+    ``200``), or None (a ``304``)."""
+    lines = b"etag: %s\r\ncache-control: no-cache\r\n" % etag.encode("latin-1")
+    if body is not None:
+        lines += b"content-length: %d\r\ncontent-type: %s\r\n" % (len(body), JSON)
+    return lines
 
 
 def _params(query: bytes) -> Params:

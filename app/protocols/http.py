@@ -100,15 +100,55 @@ NOT_PLAIN = frozenset(
     )
 )
 
-# A response the connection layer writes itself: status, headers (after
-# uvicorn's default ones), body.
-FastAnswer = tuple[int, list[tuple[bytes, bytes]], bytes]
+# A request that came whole, as this layer reads it: its path, its query, its
+# headers (names in lower case) and whether the connection stays open after it.
+Whole = tuple[bytes, bytes, list[tuple[bytes, bytes]], bool]
+# Requests read before, by their bytes (a poller sends the same bytes again and
+# again): at most this many, then forgotten at once.
+WHOLES_MAX = 1024
+
+# A response the connection layer writes itself: status, its header lines
+# (after uvicorn's default ones, each ending in CRLF), body.
+FastAnswer = tuple[int, bytes, bytes]
 
 
 class FastRoutes(Protocol):
     def answer(
-        self, path: bytes, query: bytes, headers: list[tuple[bytes, bytes]]
-    ) -> FastAnswer | None: ...
+        self,
+        path: bytes,
+        query: bytes,
+        headers: list[tuple[bytes, bytes]],
+        key: bytes | None = None,
+    ) -> FastAnswer | None:
+        """The answer, or None for the framework's. ``key``: the request's
+        bytes, when they are all it depends on (an answer may keep what it
+        worked out of them)."""
+        ...
+
+
+def read_whole(data: bytes, max_request_line: int) -> Whole | None:
+    """A request that came whole in ``data``, if it has strictly the plainest
+    form: :data:`WHOLE_GET`, a request line within ``max_request_line``, none
+    of the headers of :data:`NOT_PLAIN`, a ``Connection`` of ``keep-alive``
+    or ``close`` if any; else None (the parser and the app judge it)."""
+    match = WHOLE_GET.fullmatch(data)
+    if match is None or len(match[1]) > max_request_line:
+        return None
+    headers = [
+        (name.lower(), value.rstrip(b" \t")) for name, value in WHOLE_HEADER.findall(match[2])
+    ]
+    keep_alive = True
+    for name, value in headers:
+        if name in NOT_PLAIN:
+            return None
+        if name == b"connection":
+            token = value.lower()
+            if token == b"close":
+                keep_alive = False
+            elif token != b"keep-alive":
+                return None
+    path, _, query = match[1].partition(b"?")
+    return path, query, headers, keep_alive
 
 
 class _Answered:
@@ -183,6 +223,26 @@ class ConnectionGuard:
     refused: Counter[str] = field(default_factory=Counter)  # by reason, for /metrics
     # The routes this layer answers itself (app/http/fast.py); None: every one goes to the app.
     fast: FastRoutes | None = None
+    # Requests that came whole, read (:data:`WHOLES_MAX`); None: not plain.
+    wholes: dict[bytes, Whole | None] = field(default_factory=dict)
+    # A status line and uvicorn's default headers, joined, by status, for
+    # the default headers of the moment (uvicorn makes a new list each second).
+    _heads: dict[int, bytes] = field(default_factory=dict)
+    _heads_of: object = None
+
+    def head(self, status: int, defaults: list[tuple[bytes, bytes]]) -> bytes:
+        """The status line and ``defaults`` (uvicorn's date and server
+        headers), as uvicorn writes them."""
+        if defaults is not self._heads_of:
+            self._heads_of = defaults
+            self._heads = {}
+        head = self._heads.get(status)
+        if head is None:
+            lines = [STATUS_LINE[status]]
+            for name, value in defaults:
+                lines += (name, b": ", value, b"\r\n")
+            head = self._heads[status] = b"".join(lines)
+        return head
 
     def protocol(self) -> type[GuardedProtocol]:
         """The protocol class for uvicorn's ``http`` setting, bound to this guard."""
@@ -269,6 +329,8 @@ class GuardedProtocol(TakenOver, HttpToolsProtocol):
     # The parser stands between two messages (nothing of a request buffered in it).
     _between = True
     _deadline: asyncio.TimerHandle | None = None
+    # The keep-alive timeout runs to this loop time at least (a fast answer's).
+    _kept_until = 0.0
     # What the client of a connection a stream took over sent since.
     _unsolicited = 0
 
@@ -471,8 +533,7 @@ class GuardedProtocol(TakenOver, HttpToolsProtocol):
     def _answer_whole(self, fast: FastRoutes, data: bytes) -> bool:
         """Answer a plain ``GET`` that came whole in ``data`` here, before the
         parser sees it, if ``fast`` can (the module docstring): a request of
-        strictly the plainest form (:data:`WHOLE_GET`, none of the headers of
-        :data:`NOT_PLAIN`, within the head limits), else the parser has it."""
+        strictly the plainest form (:func:`read_whole`), else the parser has it."""
         limits = self.guard.limits
         if (
             len(data) > min(limits.max_header_bytes, WHOLE_MAX)
@@ -480,31 +541,24 @@ class GuardedProtocol(TakenOver, HttpToolsProtocol):
             or not self._idle()
         ):
             return False
-        match = WHOLE_GET.fullmatch(data)
-        if match is None or len(match[1]) > limits.max_request_line:
-            return False
-        headers = [
-            (name.lower(), value.rstrip(b" \t")) for name, value in WHOLE_HEADER.findall(match[2])
-        ]
-        keep_alive = True
-        for name, value in headers:
-            if name in NOT_PLAIN:
-                return False
-            if name == b"connection":
-                token = value.lower()
-                if token == b"close":
-                    keep_alive = False
-                elif token != b"keep-alive":
-                    return False
-        path, _, query = match[1].partition(b"?")
+        wholes = self.guard.wholes
         try:
-            answer = fast.answer(path, query, headers)
+            whole = wholes[data]
+        except KeyError:
+            whole = read_whole(data, limits.max_request_line)
+            if len(wholes) >= WHOLES_MAX:
+                wholes.clear()
+            wholes[data] = whole
+        if whole is None:
+            return False
+        path, query, headers, keep_alive = whole
+        try:
+            answer = fast.answer(path, query, headers, data)
         except Exception:  # a fault of ours: the framework answers it, as it would have
-            log.exception("the fast path failed on %r; FastAPI answers it", match[1][:200])
+            log.exception("the fast path failed on %r; FastAPI answers it", path[:200])
             return False
         if answer is None:
             return False
-        self._unset_keepalive_if_required()
         self._in_head = False
         self._stop_deadline()
         self._write_fast(answer, keep_alive, path, query, "1.1")
@@ -529,16 +583,15 @@ class GuardedProtocol(TakenOver, HttpToolsProtocol):
         self, answer: FastAnswer, keep_alive: bool, path: bytes, query: bytes, version: str
     ) -> None:
         """Write a fast answer as uvicorn writes a response (its access line
-        made only when it is logged), and complete it."""
-        status, headers, body = answer
-        content = [STATUS_LINE[status]]
-        for name, value in self.server_state.default_headers:
-            content += (name, b": ", value, b"\r\n")
-        for name, value in headers:
-            content += (name, b": ", value, b"\r\n")
-        if not keep_alive:
-            content.append(b"connection: close\r\n")
-        content += (b"\r\n", body)
+        made only when it is logged), and complete it as uvicorn completes one."""
+        status, head, body = answer
+        content = (
+            self.guard.head(status, self.server_state.default_headers),
+            head,
+            b"" if keep_alive else b"connection: close\r\n",
+            b"\r\n",
+            body,
+        )
         if self.access_log and self.access_logger.isEnabledFor(logging.INFO):
             # As uvicorn logs it (a request's scope holds this connection's client).
             client = get_client_addr({"client": self.client})  # type: ignore[arg-type]
@@ -549,9 +602,28 @@ class GuardedProtocol(TakenOver, HttpToolsProtocol):
         self.cycle = ANSWERED
         transport = self.transport
         transport.write(b"".join(content))
+        self.server_state.total_requests += 1
         if not keep_alive:
             transport.close()
-        self.on_response_complete()
+        elif not transport.is_closing():
+            # Idle again (first to go at the cap), for the keep-alive timeout
+            # from now: a timer already armed is moved on when it fires
+            # (:meth:`timeout_keep_alive_handler`) rather than made anew.
+            self._kept_until = self.loop.time() + self.timeout_keep_alive
+            if self.timeout_keep_alive_task is None:
+                self.timeout_keep_alive_task = self.loop.call_later(
+                    self.timeout_keep_alive, self.timeout_keep_alive_handler
+                )
+            self.guard.waiting[self] = time.monotonic()
+
+    def timeout_keep_alive_handler(self) -> None:
+        left = self._kept_until - self.loop.time()
+        if left > 0:  # a fast answer since the timer was armed
+            self.timeout_keep_alive_task = self.loop.call_later(
+                left, self.timeout_keep_alive_handler
+            )
+            return
+        super().timeout_keep_alive_handler()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
