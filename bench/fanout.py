@@ -147,9 +147,11 @@ def run_loadgen(base: str, path: str, channels: list[str], args: argparse.Namesp
         generator = ProcessStats(loadgen.pid)
         gc_before = gc_counts(gc_of) if gc_of else {}
         cpu_start, wall_start, generator_start = server.cpu_seconds(), time.monotonic(), generator.cpu_seconds()
+        simulator_start = args.simulator.cpu_seconds()
         result: dict[str, Any] = json.loads(loadgen.stdout.readline())
         cpu = server.cpu_seconds() - cpu_start
         generator_cpu = generator.cpu_seconds() - generator_start
+        simulator_cpu = args.simulator.cpu_seconds() - simulator_start
         if gc_of:
             after = gc_counts(gc_of)
             result["gc_in_window"] = {key: round(after[key] - gc_before[key], 3) for key in after if key in gc_before}
@@ -166,6 +168,7 @@ def run_loadgen(base: str, path: str, channels: list[str], args: argparse.Namesp
         kib_per_client=round((rss_connected - rss_before) / max(1, connected["clients"]), 1),
         server_cpu_share=round(cpu / wall, 2),
         loadgen_cpu_share=round(generator_cpu / wall, 2),
+        simulator_cpu_share=round(simulator_cpu / wall, 2),
         deliveries_per_core_second=round(result["events_per_second"] / max(cpu / wall, 0.01)),
     )
     return result
@@ -178,7 +181,7 @@ def report(name: str, result: dict[str, Any], final: dict[str, int]) -> None:
     print(f"    {result['bytes_per_client_per_second']} bytes per client per second; "
           f"deliveries {result['events_per_second']}/s at {result['server_cpu_share']} of a core: "
           f"{result['deliveries_per_core_second']} per core-second (load generator at "
-          f"{result['loadgen_cpu_share']} of a core)")
+          f"{result['loadgen_cpu_share']} of a core, the simulated exchange at {result['simulator_cpu_share']})")
     print(f"    fan-out lag (server's receipt → client): p50 {result['fanout_lag_ms']['p50']} ms, "
           f"p99 {result['fanout_lag_ms']['p99']} ms, max {result['fanout_lag_ms']['max']} ms; end to end "
           f"(exchange → client): p50 {result['lag_ms']['p50']} ms, p99 {result['lag_ms']['p99']} ms")
@@ -324,6 +327,7 @@ def main() -> int:
     simulator, broker_port = start_simulator(extra_symbols=args.channels, book_interval=args.interval,
                                              activity=activity, books_together=args.pattern == "burst")
     processes: list[subprocess.Popen[bytes]] = [simulator]
+    args.simulator = ProcessStats(simulator.pid)  # its CPU in each measured window
     ws = args.transport == "ws"
     runs: list[dict[str, dict[str, Any]]] = []
     try:

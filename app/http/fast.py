@@ -76,12 +76,13 @@ class _Declined:
 _DECLINED = _Declined()
 # Requests kept prepared, by their bytes, and header lines kept made, by ETag
 # and length: at most this many of each (then forgotten at once).
-_PREPARED_MAX = 1024
+_KEPT_MAX = 1024
 
 
 class FastRoutes:
     """The hot snapshot routes, for the connection layer: ``answer(path,
-    query, headers)`` is the response's status, headers and body, or None."""
+    query, headers, key)`` is the response's status, header lines and body,
+    or None (``key``: the request's bytes, when what it asks may be kept)."""
 
     def __init__(
         self, ports: Ports, tokens: TokenCheck, histogram: Histogram, *, cors: bool
@@ -97,7 +98,7 @@ class FastRoutes:
         # A request's bytes → what it was prepared to (see :meth:`_prepare`).
         self._prepared: dict[bytes, Prepared | _Declined] = {}
         # (ETag, body length, or -1 for a 304) → the answer's header lines.
-        self._heads: dict[tuple[str, int], bytes] = {}
+        self._header_lines: dict[tuple[str, int], bytes] = {}
         # Path prefix (a symbol follows) or whole path → (route template, target).
         self.routes: dict[bytes, tuple[str, Route]] = {
             b"/v1/orderbook/": (
@@ -138,7 +139,7 @@ class FastRoutes:
         if prepared is None:
             prepared = self._prepare(path, query, headers)
             if key is not None:
-                if len(self._prepared) >= _PREPARED_MAX:
+                if len(self._prepared) >= _KEPT_MAX:
                     self._prepared.clear()
                 self._prepared[key] = prepared
         if isinstance(prepared, _Declined):
@@ -154,12 +155,12 @@ class FastRoutes:
         else:
             status, body = 200, render(reading)
         head_key = (etag, len(body) if status == 200 else -1)
-        head = self._heads.get(head_key)
+        head = self._header_lines.get(head_key)
         if head is None:
             head = _head_lines(etag, body if status == 200 else None)
-            if len(self._heads) >= _PREPARED_MAX:
-                self._heads.clear()
-            self._heads[head_key] = head
+            if len(self._header_lines) >= _KEPT_MAX:
+                self._header_lines.clear()
+            self._header_lines[head_key] = head
         self._timer(template, status)(time.perf_counter() - started)
         return status, head, body
 
@@ -167,7 +168,7 @@ class FastRoutes:
         """What a request asks for and may have (its route, channel,
         rendering and the ETags it holds), worked out once: it depends on
         nothing but the request (and this process's settings and tokens), so
-        answers keep it for requests of the same bytes (:data:`_PREPARED_MAX`)."""
+        answers keep it for requests of the same bytes (:data:`_KEPT_MAX`)."""
         key = path + b"?" + query
         try:
             resolved = self._resolved[key]

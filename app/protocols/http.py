@@ -104,8 +104,11 @@ NOT_PLAIN = frozenset(
 # headers (names in lower case) and whether the connection stays open after it.
 Whole = tuple[bytes, bytes, list[tuple[bytes, bytes]], bool]
 # Requests read before, by their bytes (a poller sends the same bytes again and
-# again): at most this many, then forgotten at once.
+# again): at most this many, then forgotten at once; only heads of at most
+# WHOLE_KEPT_BYTES and WHOLE_KEPT_HEADERS are kept (a big head is read anew).
 WHOLES_MAX = 1024
+WHOLE_KEPT_BYTES = 1024
+WHOLE_KEPT_HEADERS = 32
 
 # A response the connection layer writes itself: status, its header lines
 # (after uvicorn's default ones, each ending in CRLF), body.
@@ -213,7 +216,8 @@ class Limits:
 
 @dataclass
 class ConnectionGuard:
-    """What every connection of the server shares: counts, and who waits for a head."""
+    """What every connection of the server shares: counts, who waits for a
+    head, and what the fast path keeps of requests and heads it wrote."""
 
     limits: Limits
     open: int = 0
@@ -224,24 +228,24 @@ class ConnectionGuard:
     # The routes this layer answers itself (app/http/fast.py); None: every one goes to the app.
     fast: FastRoutes | None = None
     # Requests that came whole, read (:data:`WHOLES_MAX`); None: not plain.
-    wholes: dict[bytes, Whole | None] = field(default_factory=dict)
+    wholes: dict[bytes, Whole | None] = field(default_factory=dict, init=False, repr=False)
     # A status line and uvicorn's default headers, joined, by status, for
     # the default headers of the moment (uvicorn makes a new list each second).
-    _heads: dict[int, bytes] = field(default_factory=dict)
-    _heads_of: object = None
+    _status_heads: dict[int, bytes] = field(default_factory=dict, init=False, repr=False)
+    _status_heads_of: object = field(default=None, init=False, repr=False)
 
     def head(self, status: int, defaults: list[tuple[bytes, bytes]]) -> bytes:
         """The status line and ``defaults`` (uvicorn's date and server
         headers), as uvicorn writes them."""
-        if defaults is not self._heads_of:
-            self._heads_of = defaults
-            self._heads = {}
-        head = self._heads.get(status)
+        if defaults is not self._status_heads_of:
+            self._status_heads_of = defaults
+            self._status_heads = {}
+        head = self._status_heads.get(status)
         if head is None:
             lines = [STATUS_LINE[status]]
             for name, value in defaults:
                 lines += (name, b": ", value, b"\r\n")
-            head = self._heads[status] = b"".join(lines)
+            head = self._status_heads[status] = b"".join(lines)
         return head
 
     def protocol(self) -> type[GuardedProtocol]:
@@ -542,18 +546,22 @@ class GuardedProtocol(TakenOver, HttpToolsProtocol):
         ):
             return False
         wholes = self.guard.wholes
+        key: bytes | None = data
         try:
             whole = wholes[data]
         except KeyError:
             whole = read_whole(data, limits.max_request_line)
-            if len(wholes) >= WHOLES_MAX:
-                wholes.clear()
-            wholes[data] = whole
+            if len(data) > WHOLE_KEPT_BYTES or (whole and len(whole[2]) > WHOLE_KEPT_HEADERS):
+                key = None  # read anew each time, and not kept prepared either
+            else:
+                if len(wholes) >= WHOLES_MAX:
+                    wholes.clear()
+                wholes[data] = whole
         if whole is None:
             return False
         path, query, headers, keep_alive = whole
         try:
-            answer = fast.answer(path, query, headers, data)
+            answer = fast.answer(path, query, headers, key)
         except Exception:  # a fault of ours: the framework answers it, as it would have
             log.exception("the fast path failed on %r; FastAPI answers it", path[:200])
             return False
@@ -618,7 +626,7 @@ class GuardedProtocol(TakenOver, HttpToolsProtocol):
 
     def timeout_keep_alive_handler(self) -> None:
         left = self._kept_until - self.loop.time()
-        if left > 0:  # a fast answer since the timer was armed
+        if left > 0 and not self.transport.is_closing():  # a fast answer since it was armed
             self.timeout_keep_alive_task = self.loop.call_later(
                 left, self.timeout_keep_alive_handler
             )
