@@ -3,12 +3,15 @@ in one process, each from a loopback address of its own (127.1.x.y).
 
 Each client sends one GET (a WebSocket client: the upgrade, then, with
 ``--subscribe``, one subscribe op for its channel, and a pong for each ping),
-then reads. It does no JSON work: it finds each
-event's `"seq":N,"exchange_ts":T` with one regular expression over what it
-read, and records the lag from T (the simulator stamps it with the publish
-time) to receipt, and the last seq it saw of its channel. At the end it prints
-one JSON object: clients connected, events, lag percentiles, last seq per
-channel, clients that ended early.
+then reads in a reader callback of the loop (no task per read). It does no
+JSON work: it finds each event's `"seq":N,"exchange_ts":T,"received_ts":R`
+with one regular expression over what it read, and records the lag from T
+(the simulator stamps it with the publish time) and from R (the server's
+receipt) to receipt, twice: to this process's receipt, and to the kernel's
+(``SO_TIMESTAMPNS`` on each read), which leaves out this process's own delays
+(a read waiting behind the 499 others of the same push, the scheduler). At
+the end it prints one JSON object: clients connected, events, lag
+percentiles, last seq per channel, clients that ended early.
 
     python bench/loadgen.py --url http://127.0.0.1:8000 --clients 10000 \\
         --path '/v1/stream?channels={channel}' --channels orderbook:SIM00_USD:0.01,... --seconds 60
@@ -22,12 +25,15 @@ import gc
 import json
 import re
 import resource
+import socket
+import struct
 import sys
 import time
 from urllib.parse import urlsplit
 
 from websockets.frames import Frame, Opcode
 
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux's
 # A whole event's head, or a book diff's (which has a prev_seq).
 EVENT = re.compile(rb'"seq":(\d+),(?:"prev_seq":\d+,)?"exchange_ts":(\d+),"received_ts":(\d+)')
 
@@ -47,6 +53,10 @@ class Stats:
     def __init__(self) -> None:
         self.lags: list[int] = []  # from the exchange's stamp (the simulator's publish)
         self.fanout_lags: list[int] = []  # from the server's receipt of the message
+        # The same two, to the kernel's receipt (SO_TIMESTAMPNS) rather than
+        # this process's: what the server did, without this process's delays.
+        self.kernel_lags: list[int] = []
+        self.kernel_fanout_lags: list[int] = []
         self.measure = False
         self.bytes = 0  # read in the measured window, all clients together
 
@@ -81,64 +91,119 @@ def frames(data: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
     return out, data[at:]
 
 
-def count(client: Client, stats: Stats, payload: bytes, now: int) -> None:
+def count(client: Client, stats: Stats, payload: bytes, now: int, kernel: int) -> None:
     for match in EVENT.finditer(payload):
         client.events += 1
         client.last_seq = int(match.group(1))
         if stats.measure:
-            stats.lags.append(now - int(match.group(2)))
-            stats.fanout_lags.append(now - int(match.group(3)))
+            exchange, received = int(match.group(2)), int(match.group(3))
+            stats.lags.append(now - exchange)
+            stats.fanout_lags.append(now - received)
+            stats.kernel_lags.append(kernel - exchange)
+            stats.kernel_fanout_lags.append(kernel - received)
+
+
+# Room for one SCM_TIMESTAMPNS (a struct timespec) in recvmsg's ancillary data.
+STAMP_SPACE = socket.CMSG_SPACE(16)
+
+
+def kernel_ms(ancillary: list[tuple[int, int, bytes]], fallback: int) -> int:
+    """The kernel's receipt of what recvmsg read (ms since the epoch), from
+    its SCM_TIMESTAMPNS; ``fallback`` when it gave none."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
+            seconds, nanoseconds = struct.unpack("qq", data[:16])
+            return seconds * 1000 + nanoseconds // 1_000_000
+    return fallback
 
 
 async def run_client(host: str, port: int, path: str, client: Client, stats: Stats, stop: asyncio.Event,
                      index: int, ws: bool, subscribe: bool, books: dict[str, str]) -> None:
+    """One client on a raw non-blocking socket: the request and its answer's
+    head through the loop's socket calls, then every read in a reader
+    callback (no task wake-up between the read and its stamps), with the
+    kernel's receive time of each read."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
     try:
-        reader, writer = await asyncio.open_connection(host, port, local_addr=(source_address(index), 0))
+        sock.bind((source_address(index), 0))
+        await loop.sock_connect(sock, (host, port))
+        if ws:
+            request = (f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                       f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        else:
+            request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n"
+        await loop.sock_sendall(sock, request.encode())
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        received = b""
+        while b"\r\n\r\n" not in received:
+            part = await loop.sock_recv(sock, 65536)
+            if not part:
+                raise ConnectionError("closed before the head")
+            received += part
     except OSError:
         client.ended = True
+        sock.close()
         return
-    if ws:
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
-    else:
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n".encode())
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-        if (b" 101 " if ws else b" 200 ") not in head.split(b"\r\n", 1)[0]:
-            client.ended = True
+    head, _, rest = received.partition(b"\r\n\r\n")
+    if (b" 101 " if ws else b" 200 ") not in head.split(b"\r\n", 1)[0]:
+        client.ended = True
+        sock.close()
+        return
+    client.connected = True
+    if ws and subscribe:
+        op = json.dumps({"op": "subscribe", "channels": [client.channel], **books}).encode()
+        sock.send(masked(Opcode.TEXT, op))
+    done = loop.create_future()
+    carry = b""
+
+    def take(chunk: bytes, now: int, kernel: int) -> bool:
+        """What a read brought; False once the stream ended."""
+        nonlocal carry
+        if stats.measure:
+            stats.bytes += len(chunk)
+        if not ws:
+            data = carry + chunk
+            cut = data.rfind(b"\n\n")
+            carry = data[cut + 2 :] if cut >= 0 else data
+            count(client, stats, data[: max(cut, 0)], now, kernel)
+            return True
+        whole, carry = frames(carry + chunk)
+        for opcode, payload in whole:
+            if opcode == 0x9:
+                sock.send(masked(Opcode.PONG, payload))
+            elif opcode == 0x8:
+                return False
+            elif opcode == 0x1:
+                count(client, stats, payload, now, kernel)
+        return True
+
+    def readable() -> None:
+        try:
+            chunk, ancillary, _flags, _address = sock.recvmsg(65536, STAMP_SPACE)
+        except (BlockingIOError, InterruptedError):
             return
-        client.connected = True
-        if ws and subscribe:
-            op = json.dumps({"op": "subscribe", "channels": [client.channel], **books}).encode()
-            writer.write(masked(Opcode.TEXT, op))
-        carry = b""
-        while not stop.is_set():
-            chunk = await reader.read(65536)
-            if not chunk:
-                client.ended = not stop.is_set()
-                return
-            now = time.time_ns() // 1_000_000
-            if stats.measure:
-                stats.bytes += len(chunk)
-            if not ws:
-                data = carry + chunk
-                cut = data.rfind(b"\n\n")
-                carry = data[cut + 2 :] if cut >= 0 else data
-                count(client, stats, data[: max(cut, 0)], now)
-                continue
-            whole, carry = frames(carry + chunk)
-            for opcode, payload in whole:
-                if opcode == 0x9:
-                    writer.write(masked(Opcode.PONG, payload))
-                elif opcode == 0x8:
-                    client.ended = not stop.is_set()
-                    return
-                elif opcode == 0x1:
-                    count(client, stats, payload, now)
-    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-        client.ended = not stop.is_set()
+        except OSError:
+            chunk, ancillary = b"", []
+        now = time.time_ns() // 1_000_000
+        if not chunk or not take(chunk, now, kernel_ms(ancillary, now)):
+            client.ended = not stop.is_set()
+            if not done.done():
+                done.set_result(None)
+
+    try:
+        now = time.time_ns() // 1_000_000
+        if not rest or take(rest, now, now):
+            loop.add_reader(sock.fileno(), readable)
+            stopping = asyncio.ensure_future(stop.wait())
+            await asyncio.wait([done, stopping], return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+        else:
+            client.ended = not stop.is_set()
     finally:
-        writer.close()
+        loop.remove_reader(sock.fileno())
+        sock.close()
 
 
 def percentile(values: list[int], q: float) -> float:
@@ -208,6 +273,16 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
             "p50": percentile(stats.fanout_lags, 0.5),
             "p99": percentile(stats.fanout_lags, 0.99),
             "max": float(max(stats.fanout_lags)) if stats.fanout_lags else float("nan"),
+        },
+        "kernel_lag_ms": {
+            "p50": percentile(stats.kernel_lags, 0.5),
+            "p99": percentile(stats.kernel_lags, 0.99),
+            "max": float(max(stats.kernel_lags)) if stats.kernel_lags else float("nan"),
+        },
+        "kernel_fanout_lag_ms": {
+            "p50": percentile(stats.kernel_fanout_lags, 0.5),
+            "p99": percentile(stats.kernel_fanout_lags, 0.99),
+            "max": float(max(stats.kernel_fanout_lags)) if stats.kernel_fanout_lags else float("nan"),
         },
         "last_seq": {channel: [min(v), max(v)] for channel, v in last_seq.items()},
     }
