@@ -180,6 +180,11 @@ def start_gateway(broker_port: int, channels: list[str], server: str = "uvicorn"
         command = [sys.executable, "-m", "app", "serve"]
     process = subprocess.Popen(command, cwd=REPO, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
-    wait_until(lambda: all(c["status"] == "live" for c in httpx.get(base + "/v1/channels").json()["channels"])
-               and len(httpx.get(base + "/v1/channels").json()["channels"]) == len(channels), 60, "channels live")
+    try:
+        wait_until(lambda: all(c["status"] == "live" for c in httpx.get(base + "/v1/channels").json()["channels"])
+                   and len(httpx.get(base + "/v1/channels").json()["channels"]) == len(channels), 60,
+                   "channels live")
+    except SystemExit:
+        stop_all([process])  # not yet the caller's to stop
+        raise
     return process, base

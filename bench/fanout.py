@@ -10,20 +10,25 @@ nginx + nchan fed the same events; the figures side by side, with ratios.
     .venv/bin/python bench/fanout.py --target gateway ...        # one side only
     .venv/bin/python bench/fanout.py --books diff ...            # the gateway's diffs beside its full books
 
-With ``--books diff`` the gateway is measured twice in the run, whole books
-then diffs (``books=diff``), then whole books again (each on a gateway
-process of its own; diffs are set beside the mean of the two whole-book runs), with the simulator's market busy enough that each
-push changes about as much of a book as the default market does between two
-of the exchange's pushes (1–2 s apart); bytes per client per second side by side.
+With ``--books diff`` the gateway is measured three times in the run, whole
+books, then diffs (``books=diff``), then whole books again (diffs are set
+beside the mean of the two whole-book runs), with the simulator's market busy
+enough that each push changes about as much of a book as the default market
+does between two of the exchange's pushes (1–2 s apart); bytes per client per
+second side by side.
 
-The simulator publishes the books (stamped with the publish time), the gateway
-follows them, and bench/loadgen.py (a process of its own) opens the clients and
-reports deliveries, lag from publish to receipt, and clients that ended early.
-This driver samples the server's CPU and resident memory (before the clients,
-after they connected, during the measured window) and prints the figures with
-the machine they ran on. For nchan, a bridge reads the gateway's stream of the
-same channels and publishes each event, as is, to nchan's publisher location;
-the clients then read nchan, so its lag includes the bridge's hop.
+Every measurement runs on processes of its own: a fresh simulator (the same
+seed: the same market) and a fresh gateway. The simulator publishes the books
+(stamped with the publish time), the gateway follows them, and
+bench/loadgen.py (a process of its own) opens the clients and reports
+deliveries, lag from publish to receipt, and clients that ended early. This
+driver samples the server's CPU and resident memory (before the clients,
+after they connected, during the measured window) and the simulator's and the
+load generator's CPU, and prints the figures with the machine they ran on.
+For nchan and the floor, a bridge reads a fresh gateway's stream of the same
+channels and publishes each event, as is, to the server's publisher location;
+the clients then read that server, so its end to end lag includes the
+gateway's hop and the bridge's.
 """
 
 from __future__ import annotations
@@ -245,7 +250,7 @@ def fresh_gateway(channels: list[str], args: argparse.Namespace,
     gateway, base = start_gateway(broker_port, channels, server=args.server)
     processes.append(gateway)
     serving = nchan_worker(gateway) if args.server == "granian" else gateway.pid
-    return [gateway, simulator], base, serving
+    return [simulator, gateway], base, serving
 
 
 def bridged(start: Any, channels: list[str], args: argparse.Namespace, ws: bool,
@@ -349,7 +354,7 @@ def main() -> int:
                         help="each book at a phase of its own, or all of them stamped at once (a burst)")
     parser.add_argument("--runs", type=int, default=1, help="measure every target this many times, in turn")
     parser.add_argument("--books", choices=["full", "diff"], default="full",
-                        help="diff: the gateway twice, whole books then diffs, in the same run")
+                        help="diff: the gateway three times, whole books, diffs, whole books again")
     parser.add_argument("--server", choices=["uvicorn", "granian"], default="uvicorn",
                         help="what serves the gateway: its own (uvicorn and its protocols) or granian (pip install granian)")
     args, channels = book_load(parser)

@@ -9,7 +9,9 @@ with one regular expression over what it read, and records the lag from T
 (the simulator stamps it with the publish time) and from R (the server's
 receipt) to receipt, twice: to this process's receipt, and to the kernel's
 (``SO_TIMESTAMPNS`` on each read), which leaves out this process's own delays
-(a read waiting behind the 499 others of the same push, the scheduler). At
+(a read waiting behind the others of the same push, the scheduler) while it
+keeps up: a read that takes several events stamps them all with the newest
+segment's time, so the kernel's figure is an upper bound. At
 the end it prints one JSON object: clients connected, events, lag
 percentiles, last seq per channel, clients that ended early.
 
@@ -59,6 +61,7 @@ class Stats:
         self.kernel_fanout_lags: list[int] = []
         self.measure = False
         self.bytes = 0  # read in the measured window, all clients together
+        self.unstamped = 0  # reads the kernel gave no timestamp for (their kernel lag is this process's)
 
 
 def source_address(index: int) -> str:
@@ -107,14 +110,16 @@ def count(client: Client, stats: Stats, payload: bytes, now: int, kernel: int) -
 STAMP_SPACE = socket.CMSG_SPACE(16)
 
 
-def kernel_ms(ancillary: list[tuple[int, int, bytes]], fallback: int) -> int:
+def kernel_ms(ancillary: list[tuple[int, int, bytes]]) -> int | None:
     """The kernel's receipt of what recvmsg read (ms since the epoch), from
-    its SCM_TIMESTAMPNS; ``fallback`` when it gave none."""
+    its SCM_TIMESTAMPNS; None when it gave none. For TCP it is the newest
+    segment's of the read: a read that takes several events stamps them all
+    with the last one's time (an upper bound on each one's lag)."""
     for level, kind, data in ancillary:
         if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
             seconds, nanoseconds = struct.unpack("qq", data[:16])
             return seconds * 1000 + nanoseconds // 1_000_000
-    return fallback
+    return None
 
 
 async def run_client(host: str, port: int, path: str, client: Client, stats: Stats, stop: asyncio.Event,
@@ -151,12 +156,43 @@ async def run_client(host: str, port: int, path: str, client: Client, stats: Sta
         client.ended = True
         sock.close()
         return
-    client.connected = True
     if ws and subscribe:
         op = json.dumps({"op": "subscribe", "channels": [client.channel], **books}).encode()
-        sock.send(masked(Opcode.TEXT, op))
+        try:
+            await loop.sock_sendall(sock, masked(Opcode.TEXT, op))
+        except OSError:
+            client.ended = True
+            sock.close()
+            return
+    client.connected = True
     done = loop.create_future()
     carry = b""
+    outgoing = bytearray()  # pongs the socket did not take at once
+
+    def end() -> None:
+        client.ended = not stop.is_set()
+        if not done.done():
+            done.set_result(None)
+
+    def flush() -> None:
+        try:
+            sent = sock.send(outgoing)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            end()
+            return
+        del outgoing[:sent]
+        if outgoing:
+            loop.add_writer(sock.fileno(), flush)
+        else:
+            loop.remove_writer(sock.fileno())
+
+    def pong(payload: bytes) -> None:
+        waiting = bool(outgoing)
+        outgoing.extend(masked(Opcode.PONG, payload))
+        if not waiting:
+            flush()
 
     def take(chunk: bytes, now: int, kernel: int) -> bool:
         """What a read brought; False once the stream ended."""
@@ -172,7 +208,7 @@ async def run_client(host: str, port: int, path: str, client: Client, stats: Sta
         whole, carry = frames(carry + chunk)
         for opcode, payload in whole:
             if opcode == 0x9:
-                sock.send(masked(Opcode.PONG, payload))
+                pong(payload)
             elif opcode == 0x8:
                 return False
             elif opcode == 0x1:
@@ -187,10 +223,12 @@ async def run_client(host: str, port: int, path: str, client: Client, stats: Sta
         except OSError:
             chunk, ancillary = b"", []
         now = time.time_ns() // 1_000_000
-        if not chunk or not take(chunk, now, kernel_ms(ancillary, now)):
-            client.ended = not stop.is_set()
-            if not done.done():
-                done.set_result(None)
+        kernel = kernel_ms(ancillary)
+        if kernel is None:
+            stats.unstamped += 1
+            kernel = now
+        if not chunk or not take(chunk, now, kernel):
+            end()
 
     try:
         now = time.time_ns() // 1_000_000
@@ -200,9 +238,10 @@ async def run_client(host: str, port: int, path: str, client: Client, stats: Sta
             await asyncio.wait([done, stopping], return_when=asyncio.FIRST_COMPLETED)
             stopping.cancel()
         else:
-            client.ended = not stop.is_set()
+            end()
     finally:
         loop.remove_reader(sock.fileno())
+        loop.remove_writer(sock.fileno())
         sock.close()
 
 
@@ -274,6 +313,7 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
             "p99": percentile(stats.fanout_lags, 0.99),
             "max": float(max(stats.fanout_lags)) if stats.fanout_lags else float("nan"),
         },
+        "unstamped_reads": stats.unstamped,
         "kernel_lag_ms": {
             "p50": percentile(stats.kernel_lags, 0.5),
             "p99": percentile(stats.kernel_lags, 0.99),
