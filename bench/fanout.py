@@ -198,7 +198,9 @@ def report(name: str, result: dict[str, Any], final: dict[str, int]) -> None:
     print(f"    to the client's kernel (SO_TIMESTAMPNS, without the load generator's own delays): fan-out "
           f"p50 {result['kernel_fanout_lag_ms']['p50']} ms, p99 {result['kernel_fanout_lag_ms']['p99']} ms, "
           f"max {result['kernel_fanout_lag_ms']['max']} ms; end to end p50 {result['kernel_lag_ms']['p50']} ms, "
-          f"p99 {result['kernel_lag_ms']['p99']} ms")
+          f"p99 {result['kernel_lag_ms']['p99']} ms"
+          + (f" ({result['unstamped_reads']} reads had no kernel stamp: their own receipt counted)"
+             if result.get("unstamped_reads") else ""))
     if final:
         behind = {ch: final.get(ch, 0) - low for ch, (low, _high) in result["last_seq"].items()}
         print(f"    every client's last book vs the channel's at the end: at most {max(behind.values())} behind")
