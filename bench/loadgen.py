@@ -252,6 +252,15 @@ def percentile(values: list[int], q: float) -> float:
     return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])
 
 
+def spread(values: list[int]) -> dict[str, float]:
+    """p50, p99 and max of ``values`` (ms)."""
+    return {
+        "p50": percentile(values, 0.5),
+        "p99": percentile(values, 0.99),
+        "max": float(max(values)) if values else float("nan"),
+    }
+
+
 async def main(args: argparse.Namespace) -> dict[str, object]:
     parts = urlsplit(args.url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
@@ -303,27 +312,11 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         "events": events,
         "events_per_second": round(events / measured),
         "bytes_per_client_per_second": round(stats.bytes / measured / max(1, len(clients))),
-        "lag_ms": {
-            "p50": percentile(stats.lags, 0.5),
-            "p99": percentile(stats.lags, 0.99),
-            "max": float(max(stats.lags)) if stats.lags else float("nan"),
-        },
-        "fanout_lag_ms": {
-            "p50": percentile(stats.fanout_lags, 0.5),
-            "p99": percentile(stats.fanout_lags, 0.99),
-            "max": float(max(stats.fanout_lags)) if stats.fanout_lags else float("nan"),
-        },
+        "lag_ms": spread(stats.lags),
+        "fanout_lag_ms": spread(stats.fanout_lags),
         "unstamped_reads": stats.unstamped,
-        "kernel_lag_ms": {
-            "p50": percentile(stats.kernel_lags, 0.5),
-            "p99": percentile(stats.kernel_lags, 0.99),
-            "max": float(max(stats.kernel_lags)) if stats.kernel_lags else float("nan"),
-        },
-        "kernel_fanout_lag_ms": {
-            "p50": percentile(stats.kernel_fanout_lags, 0.5),
-            "p99": percentile(stats.kernel_fanout_lags, 0.99),
-            "max": float(max(stats.kernel_fanout_lags)) if stats.kernel_fanout_lags else float("nan"),
-        },
+        "kernel_lag_ms": spread(stats.kernel_lags),
+        "kernel_fanout_lag_ms": spread(stats.kernel_fanout_lags),
         "last_seq": {channel: [min(v), max(v)] for channel, v in last_seq.items()},
     }
 
