@@ -351,12 +351,15 @@ def _grid_re(places: int) -> re.Pattern[str]:
     return re.compile(rf"(?:{one}\n)*{one}")
 
 
+def _all_on_grid(prices: list[str], places: int) -> bool:
+    """Every one of ``prices`` (checked decimals) with no digit past ``places``."""
+    return not prices or _grid_re(places).fullmatch("\n".join(prices)) is not None
+
+
 def _on_grid(side: _Side, key: str, step: str) -> None:
     """Every price a multiple of the step: no digit past the step's places."""
     places = _step_places(step)
-    if places is None or not side.levels:
-        return
-    if _grid_re(places).fullmatch("\n".join(map(_first, side.levels))) is None:
+    if places is not None and not _all_on_grid(list(map(_first, side.levels)), places):
         raise _Bad(f"a price of '{key}' is off the book's step {step}")
 
 
@@ -693,7 +696,7 @@ def _known_on_grid(prices: list[str], step: str) -> bool:
     if seen.issuperset(prices):
         return True
     fresh = [price for price in prices if price not in seen]
-    if _grid_re(places).fullmatch("\n".join(fresh)) is None:
+    if not _all_on_grid(fresh, places):
         return False
     if len(seen) + len(fresh) > _CACHE_MAX:
         seen.clear()
