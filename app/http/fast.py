@@ -33,6 +33,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from prometheus_client import Histogram
 
@@ -97,8 +98,8 @@ class FastRoutes:
         self._resolved: dict[bytes, Resolved | None] = {}
         # A request's bytes → what it was prepared to (see :meth:`_prepare`).
         self._prepared: dict[bytes, Prepared | _Declined] = {}
-        # (ETag, body length, or -1 for a 304) → the answer's header lines.
-        self._header_lines: dict[tuple[str, int], bytes] = {}
+        # (ETag, body length, or None for a 304) → the answer's header lines.
+        self._header_lines: dict[tuple[str, int | None], bytes] = {}
         # Path prefix (a symbol follows) or whole path → (route template, target).
         self.routes: dict[bytes, tuple[str, Route]] = {
             b"/v1/orderbook/": (
@@ -139,9 +140,7 @@ class FastRoutes:
         if prepared is None:
             prepared = self._prepare(path, query, headers)
             if key is not None:
-                if len(self._prepared) >= _KEPT_MAX:
-                    self._prepared.clear()
-                self._prepared[key] = prepared
+                _keep(self._prepared, key, prepared, _KEPT_MAX)
         if isinstance(prepared, _Declined):
             return None
         template, channel, render, tags = prepared
@@ -151,16 +150,13 @@ class FastRoutes:
             return None
         etag = reading.etag
         if etag in tags:
-            status, body = 304, b""
+            status, body, length = 304, b"", None
         else:
-            status, body = 200, render(reading)
-        head_key = (etag, len(body) if status == 200 else -1)
-        head = self._header_lines.get(head_key)
+            body = render(reading)
+            status, length = 200, len(body)
+        head = self._header_lines.get((etag, length))
         if head is None:
-            head = _head_lines(etag, body if status == 200 else None)
-            if len(self._header_lines) >= _KEPT_MAX:
-                self._header_lines.clear()
-            self._header_lines[head_key] = head
+            head = _keep(self._header_lines, (etag, length), _head_lines(etag, length), _KEPT_MAX)
         self._timer(template, status)(time.perf_counter() - started)
         return status, head, body
 
@@ -175,9 +171,7 @@ class FastRoutes:
         except KeyError:
             resolved = self._resolve(path, query)
             if len(key) <= _RESOLVED_KEY_MAX:
-                if len(self._resolved) >= _RESOLVED_MAX:
-                    self._resolved.clear()
-                self._resolved[key] = resolved
+                _keep(self._resolved, key, resolved, _RESOLVED_MAX)
         if resolved is None:
             return _DECLINED
         template, channel, render = resolved
@@ -240,13 +234,26 @@ class FastRoutes:
         return timer
 
 
-def _head_lines(etag: str, body: bytes | None) -> bytes:
-    """A snapshot's header lines as the routes send them: for a body (a
-    ``200``), or None (a ``304``)."""
+def _head_lines(etag: str, length: int | None) -> bytes:
+    """A snapshot's header lines as the routes send them: for a body of
+    ``length`` bytes (a ``200``), or None (a ``304``)."""
     lines = b"etag: %s\r\ncache-control: no-cache\r\n" % etag.encode("latin-1")
-    if body is not None:
-        lines += b"content-length: %d\r\ncontent-type: %s\r\n" % (len(body), JSON)
+    if length is not None:
+        lines += b"content-length: %d\r\ncontent-type: %s\r\n" % (length, JSON)
     return lines
+
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def _keep(cache: dict[_K, _V], key: _K, value: _V, most: int) -> _V:
+    """``value`` kept in ``cache`` under ``key``; a cache of ``most`` entries
+    is forgotten all at once first."""
+    if len(cache) >= most:
+        cache.clear()
+    cache[key] = value
+    return value
 
 
 def _params(query: bytes) -> Params:
