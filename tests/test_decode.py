@@ -260,7 +260,7 @@ FAST_KINDS = [BOOK, DEPTH, TRADES]
 ETH_TRADES = parse_channel("trades:ETH_USD")
 ODD_VALUES = [
     "0", "0.0", "01", "1.", ".5", "6650.015", "6650.01", "6674.90", "1e5", "+1", " 1", "1_0", "٣",
-    "0.8490\n", "a:b", "BTC/USD", "ETH/USD", "BUY", "SELL", "sell", "", 0, 1, -1, 1.5, 10**12, 10**13,
+    "0.8490\n", "a:b", "},{", '"},{"', "BTC/USD", "ETH/USD", "BUY", "SELL", "sell", "", 0, 1, -1, 1.5, 10**12, 10**13,
     10**30, True, None, [], {}, ["6650.01", "1"],
 ]
 # Values written into the text as they are: numbers no parser should take, a lone surrogate.

@@ -632,7 +632,7 @@ class _Depth(msgspec.Struct, gc=False):
     asks: list[_DepthLevel]
 
 
-class _Trade(msgspec.Struct, frozen=True, gc=False):
+class _Trade(msgspec.Struct, gc=False):
     symbol: str
     price: str
     quantity: str
@@ -642,7 +642,7 @@ class _Trade(msgspec.Struct, frozen=True, gc=False):
 
 _BOOK_JSON = msgspec.json.Decoder(_Book, float_hook=_decimal)
 _DEPTH_JSON = msgspec.json.Decoder(_Depth, float_hook=_decimal)
-_TRADES_JSON = msgspec.json.Decoder(list[_Trade], float_hook=_decimal)
+_TRADE_JSON = msgspec.json.Decoder(_Trade, float_hook=_decimal)
 
 # The keys of each shape: with every key present (msgspec checks that), the
 # payload's colons number exactly these unless a key came twice, a key is not
@@ -652,9 +652,10 @@ _BOOK_KEYS, _LEVEL_KEYS, _DEPTH_KEYS, _TRADE_KEYS = 6, 3, 6, 5
 _CACHE_MAX = 16_384
 _DECIMALS: dict[str, Decimal] = {}  # plain decimal strings checked, and their values
 _ON_GRID: dict[int, set[str]] = {}  # prices checked to have no digit past that many places
-# Trades checked, by symbol, for the windows that repeat them: a window
-# repeats the previous one's, so a few windows' worth is all that is ever hit.
-_TRADES: dict[str | None, dict[_Trade, Trade]] = {}
+# Trades checked, by symbol and by their bytes, for the windows that repeat
+# them: a window repeats the previous one's, so a few windows' worth is all
+# that is ever hit.
+_TRADES: dict[str | None, dict[bytes, Trade]] = {}
 _TRADES_MAX = 4 * TRADE_WINDOW_MAX  # a symbol's, emptied when full
 _SYMBOLS_MAX = 64
 
@@ -767,9 +768,23 @@ def _depth_fast(channel: Channel, payload: bytes) -> DepthChart | None:
     )
 
 
-def _trades_fast_typed(channel: Channel, payload: bytes) -> TradeWindow | None:
-    window = _TRADES_JSON.decode(payload)
-    if len(window) > TRADE_WINDOW_MAX or payload.count(b":") != _TRADE_KEYS * len(window):
+def _trades_fast_split(channel: Channel, payload: bytes) -> TradeWindow | None:
+    """A window of trades as the exchange writes it (compact, newest first).
+
+    A window repeats most of the one before it, so each trade is looked up by
+    its bytes and only the new ones are decoded. The payload is cut at every
+    ``},{``; each piece, braced again, must decode alone to one trade with
+    exactly its keys. Pieces that are each one whole JSON object, joined by
+    commas in brackets, are the array they were cut from, element by element,
+    so the window is what decoding the whole payload gives. A ``},{`` inside a
+    string leaves a piece that is no whole object: it fails, and the checked
+    path answers."""
+    if payload == b"[]":
+        return TradeWindow(())
+    if not (payload.startswith(b"[{") and payload.endswith(b"}]")):
+        return None
+    pieces = payload[2:-2].split(b"},{")
+    if len(pieces) > TRADE_WINDOW_MAX:
         return None
     seen = _TRADES.get(channel.symbol)  # per symbol: a hit proves the symbol too
     if seen is None:
@@ -777,15 +792,17 @@ def _trades_fast_typed(channel: Channel, payload: bytes) -> TradeWindow | None:
             _TRADES.clear()
         seen = _TRADES[channel.symbol] = {}
     trades = []
-    for entry in reversed(window):
-        trade = seen.get(entry)
+    for piece in reversed(pieces):
+        trade = seen.get(piece)
         if trade is None:
-            trade = _trade_checked(channel, entry)
+            if piece.count(b":") != _TRADE_KEYS:  # a key twice, or one not a trade's
+                return None
+            trade = _trade_checked(channel, _TRADE_JSON.decode(b"{" + piece + b"}"))
             if trade is None:
                 return None
             if len(seen) >= _TRADES_MAX:
                 seen.clear()
-            seen[entry] = trade
+            seen[piece] = trade
         trades.append(trade)
     if any(a.ts > b.ts for a, b in itertools.pairwise(trades)):
         return None
@@ -807,5 +824,5 @@ def _trade_checked(channel: Channel, entry: _Trade) -> Trade | None:
 _FAST: dict[Kind, Callable[[Channel, bytes], Update | None]] = {
     Kind.ORDERBOOK: _orderbook_fast,
     Kind.DEPTH: _depth_fast,
-    Kind.TRADES: _trades_fast_typed,
+    Kind.TRADES: _trades_fast_split,
 }
