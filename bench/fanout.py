@@ -19,7 +19,7 @@ second side by side.
 
 Every measurement runs on processes of its own: a fresh simulator (the same
 seed: the same market) and a fresh gateway. The simulator publishes the books
-(stamped with the publish time), the gateway follows them, and
+(each stamped when it is made, just before it is published), the gateway follows them, and
 bench/loadgen.py (a process of its own) opens the clients and reports
 deliveries, lag from publish to receipt, and clients that ended early. This
 driver samples the server's CPU and resident memory (before the clients,

@@ -201,5 +201,10 @@ class Simulator:
                 if schedule.due > now:
                     continue
                 schedule.due = now + self.rng.uniform(*schedule.interval)
-                await self._publish(schedule.topic, schedule.payload(now_ms))
+                # Stamped when it is made, as the exchange stamps a snapshot:
+                # the tick's other payloads are made and published before it,
+                # and their time is not the book's age (7 ms at the median,
+                # 17 at p99, with 20 extra books; 2026-12-07).
+                made_ms = time.time_ns() // 1_000_000
+                await self._publish(schedule.topic, schedule.payload(made_ms))
                 self.published += 1
