@@ -149,14 +149,14 @@ class Channel:
     # The canonical name, made once: every lookup by channel (the store, demand,
     # the fan-out, each REST request) reads it.
     name: str = field(init=False, repr=False, compare=False)
+    # ``BTC/USD``, made once too: ingest checks every payload's symbol against it.
+    display_symbol: str | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         name = ":".join(p for p in (self.kind.value, self.symbol, self.param) if p)
         object.__setattr__(self, "name", name)
-
-    @property
-    def display_symbol(self) -> str | None:
-        return display_symbol(self.symbol) if self.symbol else None
+        shown = display_symbol(self.symbol) if self.symbol else None
+        object.__setattr__(self, "display_symbol", shown)
 
     @property
     def is_private(self) -> bool:
