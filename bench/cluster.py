@@ -41,6 +41,7 @@ from common import (
     start_gateway,
     start_simulator,
     stop_all,
+    stop_or_dump,
     wait_until,
 )
 
@@ -117,9 +118,8 @@ def pair(broker_port: int, channels: list[str], processes: list[subprocess.Popen
     targets = [(f"{label}: {node} ({role(base)})", base, ProcessStats(process.pid))
                for node, base, process in replicas]
     result = measure(targets, channels, args)
-    for _node, _base, process in replicas:
-        process.terminate()
-        process.wait(30)
+    for node, _base, process in replicas:
+        stop_or_dump(process, f"{label}: {node}")  # one that hangs is dumped, and the run goes on
     return result
 
 
@@ -189,8 +189,7 @@ def main() -> int:
         single, single_base = start_gateway(broker_port, channels)
         processes.append(single)
         alone = measure([("one process", single_base, ProcessStats(single.pid))], channels, args)
-        single.terminate()
-        single.wait(30)
+        stop_or_dump(single, "one process")
         redis, url = start_redis()
         processes.append(redis)
         one_redis = pair(broker_port, channels, processes, args, "one Redis", GATEWAY_REDIS_URL=url)

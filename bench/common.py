@@ -51,6 +51,31 @@ def stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
             process.kill()
 
 
+def stop_or_dump(process: subprocess.Popen[bytes], label: str, timeout: float = 30) -> bool:
+    """SIGTERM, and up to ``timeout`` seconds for the process to exit. One that
+    does not has its threads' stacks printed (py-spy, from the test extras)
+    before it is killed, so that a slow shutdown leaves its cause behind and
+    the benchmark goes on. True if it exited of its own."""
+    process.terminate()
+    try:
+        process.wait(timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        pass
+    print(f"{label} (pid {process.pid}) did not exit within {timeout:g} s of SIGTERM; its stacks:",
+          file=sys.stderr, flush=True)
+    spy = Path(sys.executable).with_name("py-spy")
+    try:
+        dump = subprocess.run([str(spy), "dump", "--pid", str(process.pid)], capture_output=True, text=True,
+                              timeout=60, check=False)
+        print(dump.stdout + dump.stderr, file=sys.stderr, flush=True)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        print(f"  no dump: {exc}", file=sys.stderr, flush=True)
+    process.kill()
+    process.wait()
+    return False
+
+
 def machine() -> str:
     cpu = "unknown cpu"
     with open("/proc/cpuinfo") as handle:
