@@ -382,6 +382,7 @@ def _cumulative(side: _Side, key: str) -> None:
 
 
 _first = operator.itemgetter(0)
+_TS_OF = operator.attrgetter("ts")
 _second = operator.itemgetter(1)
 
 
@@ -660,7 +661,7 @@ _ON_GRID: dict[int, set[str]] = {}  # prices checked to have no digit past that 
 # them: a window repeats the previous one's, so a few windows' worth is all
 # that is ever hit.
 _TRADES: dict[str | None, dict[bytes, Trade]] = {}
-_TRADES_MAX = 4 * TRADE_WINDOW_MAX  # a symbol's, emptied when full
+_TRADES_MAX = 4 * TRADE_WINDOW_MAX  # a symbol's; when full, cut to the trades of the window at hand
 _SYMBOLS_MAX = 64
 
 
@@ -829,34 +830,41 @@ def _trades_fast_split(channel: Channel, payload: bytes) -> TradeWindow | None:
         if len(_TRADES) >= _SYMBOLS_MAX:
             _TRADES.clear()
         seen = _TRADES[channel.symbol] = {}
-    trades = []
-    for piece in reversed(pieces):
-        trade = seen.get(piece)
-        if trade is None:
-            if piece.count(b":") != _TRADE_KEYS:  # a key twice, or one not a trade's
-                return None
-            trade = _trade_checked(channel, _TRADE_JSON.decode(b"{" + piece + b"}"))
-            if trade is None:
-                return None
-            if len(seen) >= _TRADES_MAX:
-                seen.clear()
-            seen[piece] = trade
-        trades.append(trade)
-    if any(a.ts > b.ts for a, b in itertools.pairwise(trades)):
+    fresh = set(pieces).difference(seen)
+    if fresh:
+        if len(seen) + len(fresh) > _TRADES_MAX:  # keep this window's, forget the rest
+            seen = _TRADES[channel.symbol] = {p: seen[p] for p in pieces if p in seen}
+        new = list(fresh)
+        if any(piece.count(b":") != _TRADE_KEYS for piece in new):  # a key twice, or not a trade's
+            return None
+        checked = _trades_checked(channel, [_TRADE_JSON.decode(b"{%b}" % piece) for piece in new])
+        if checked is None:
+            return None
+        seen.update(zip(new, checked, strict=True))
+    trades = list(map(seen.__getitem__, reversed(pieces)))
+    stamps = list(map(_TS_OF, trades))
+    if any(map(operator.gt, stamps, stamps[1:])):  # not newest first
         return None
     return TradeWindow(tuple(trades))
 
 
-def _trade_checked(channel: Channel, entry: _Trade) -> Trade | None:
-    side = _SIDES.get(entry.action)
+def _trades_checked(channel: Channel, entries: list[_Trade]) -> list[Trade] | None:
+    """New trades, checked together: one pattern over their prices and
+    quantities (no Decimal is made: a trade's values are only kept)."""
+    try:
+        sides = [_SIDES[entry.action] for entry in entries]
+    except KeyError:
+        return None
+    stamps = [entry.timestamp for entry in entries]
+    prices = [entry.price for entry in entries]
+    quantities = [entry.quantity for entry in entries]
     if (
-        side is None
-        or entry.symbol != channel.display_symbol
-        or not _TS_MIN <= entry.timestamp <= _TS_MAX
-        or _known([entry.price, entry.quantity]) is None
+        any(entry.symbol != channel.display_symbol for entry in entries)
+        or not _TS_MIN <= min(stamps) <= max(stamps) <= _TS_MAX
+        or not _all_decimals(prices + quantities)
     ):
         return None
-    return Trade(entry.price, entry.quantity, side, entry.timestamp)
+    return list(map(Trade, prices, quantities, sides, stamps))
 
 
 _FAST: dict[Kind, Callable[[Channel, bytes], Update | None]] = {
