@@ -115,7 +115,7 @@ def main() -> int:
         rates = sorted(rate for rate, _, _ in passes)
         rate, (_, events, rejected) = statistics.median(rates), passes[0]
         target = f"; {rate / TARGET:.2f}× the target of {TARGET:,} (issue 23)" if count == 0 else ""
-        spread = f"the median of {len(rates)} passes ({', '.join(f'{r:,.0f}' for r in rates)}); " if len(rates) > 1 else ""
+        spread = f"the median of {len(rates)} passes: {', '.join(f'{r:,.0f}' for r in rates)}; " if len(rates) > 1 else ""
         print(
             f"ingest with {count} subscriptions: {rate:,.0f} messages/s on one core "
             f"({spread}{events} events made, {rejected} payloads rejected{target})"
