@@ -38,6 +38,7 @@ from common import (
     book_load,
     free_port,
     machine,
+    priorities,
     start_gateway,
     start_simulator,
     stop_all,
@@ -178,8 +179,6 @@ def line(name: str, result: dict[str, Any]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--same-priority", action="store_true",
-                        help="leave the Redis processes at the load generator's priority")
     args, channels = book_load(parser)
     if args.same_priority:
         REDIS_FIRST.clear()
@@ -203,7 +202,8 @@ def main() -> int:
         # machine, so the WAIT is set beside the mean of the runs around it.
         no_wait_again = pair(broker_port, channels, processes, args, "Sentinel, no WAIT, again",
                              **{**sentinel_env, "GATEWAY_REDIS_MIN_REPLICAS": "0"})
-        print(f"machine: {machine()}")
+        print(f"machine: {machine()}; {priorities()}, and Redis "
+              f"{'too' if REDIS_FIRST else 'at the same priority'}")
         print(f"cluster: {args.clients} SSE clients over {args.channels} order books pushed every "
               f"{args.interval} s; measured {args.seconds} s; one process, then two replicas on one Redis "
               f"with half the clients each, then two replicas on a master and a replica found through "

@@ -21,9 +21,12 @@ sys.path.insert(0, str(REPO))
 
 from app.cli import free_port  # noqa: E402
 
-__all__ = ["REPO", "ProcessStats", "book_load", "free_port", "machine", "start_gateway", "start_nginx",
-           "start_simulator",
-           "stop_all", "wait_until"]
+__all__ = ["REPO", "SIMULATOR_FIRST", "ProcessStats", "book_load", "free_port", "machine", "priorities",
+           "start_gateway", "start_nginx", "start_simulator", "stop_all", "stop_or_dump", "wait_until"]
+
+# The simulated exchange starts ahead in the scheduler (see start_simulator);
+# `--same-priority` empties this.
+SIMULATOR_FIRST = ["nice", "-n", "-10"] if os.geteuid() == 0 and shutil.which("nice") else []
 
 
 def book_load(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, list[str]]:
@@ -35,10 +38,21 @@ def book_load(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, list
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between pushes of each book")
     parser.add_argument("--seconds", type=float, default=30, help="measured window")
     parser.add_argument("--warmup", type=float, default=8)
+    parser.add_argument("--same-priority", action="store_true",
+                        help="leave the simulated exchange (and, in cluster.py, Redis) at the others' priority")
     args = parser.parse_args()
+    if args.same_priority:
+        SIMULATOR_FIRST.clear()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return args, [f"orderbook:SIM{i:02d}_USD:0.01" for i in range(args.channels)]
+
+
+def priorities() -> str:
+    """How the simulated exchange was scheduled, for a benchmark's header."""
+    if SIMULATOR_FIRST:
+        return "the simulated exchange ahead in the scheduler (nice -10; --same-priority to leave it)"
+    return "the simulated exchange at the others' priority"
 
 
 def stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
@@ -170,10 +184,10 @@ def start_simulator(extra_symbols: int = 0, book_interval: float | None = None,
     exchange runs on machines of its own: here it shares two cores with the
     server measured and 10,000 clients' load generator, and its hop, queued
     behind them, was most of every server's end to end lag (40-70 ms of it at
-    the median, 2026-12-07), the same noise on every side of a ratio."""
+    the median, 2026-12-07), the same noise on every side of a ratio. The
+    benchmarks print which it was (:func:`priorities`)."""
     tcp, ws = free_port(), free_port()
-    first = ["nice", "-n", "-10"] if os.geteuid() == 0 and shutil.which("nice") else []
-    args = [*first, sys.executable, "-m", "app", "simulate", "--tcp-port", str(tcp), "--ws-port", str(ws), "--seed", "1",
+    args = [*SIMULATOR_FIRST, sys.executable, "-m", "app", "simulate", "--tcp-port", str(tcp), "--ws-port", str(ws), "--seed", "1",
             "--extra-symbols", str(extra_symbols)]
     if book_interval:
         args += ["--book-interval", str(book_interval)]

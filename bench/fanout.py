@@ -53,6 +53,7 @@ from common import (
     book_load,
     free_port,
     machine,
+    priorities,
     start_gateway,
     start_nginx,
     start_simulator,
@@ -364,7 +365,7 @@ def main() -> int:
     ws = args.transport == "ws"
     runs: list[dict[str, dict[str, Any]]] = []
     try:
-        print(f"machine: {machine()}")
+        print(f"machine: {machine()}; {priorities()}")
         print(f"fan-out, {args.transport.upper()}: {args.clients} clients over {args.channels} order books "
               f"pushed every {args.interval} s, {'all at once (burst)' if args.pattern == 'burst' else 'each at its own phase'}; "
               f"measured {args.seconds} s each", flush=True)

@@ -82,7 +82,7 @@ def run(messages: list[tuple[str, bytes, int]], subscribers: int) -> tuple[float
         hub.attach(opening.stream, CountingSink(), b"")
     # The gateway's own pipeline, routing channel names as if they were topics,
     # with the decoder's caches of checked values as a new process has them.
-    forget_checked_values()
+    decode_module.forget_checked()
     pipeline = Pipeline(channels.get, hub)
     started = time.perf_counter()
     for name, payload, received_ts in messages:
@@ -90,14 +90,6 @@ def run(messages: list[tuple[str, bytes, int]], subscribers: int) -> tuple[float
     elapsed = time.perf_counter() - started
     rejected = sum(state.rejected for state in hub.store.channels.values())
     return len(messages) / elapsed, hub.store.seq, rejected
-
-
-def forget_checked_values() -> None:
-    """Empty the decoder's caches (values, grid prices, trades already
-    checked), so that every pass starts as cold as the first."""
-    decode_module._DECIMALS.clear()
-    decode_module._ON_GRID.clear()
-    decode_module._TRADES.clear()
 
 
 def main() -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import operator
+import re
 from decimal import Decimal
 from unittest import mock
 
@@ -391,13 +392,31 @@ DECIMAL_TEXT = st.text(alphabet="0123456789.\n", max_size=12) | st.sampled_from(
 )
 
 
+# The patterns as they were before their runs of digits were made possessive.
+OLD_DECIMAL = r"(?:0|[1-9][0-9]{0,39})(?:\.[0-9]{1,40})?"
+
+
+def old_grid(places: int) -> re.Pattern[str]:
+    one = rf"[0-9]+(?:\.[0-9]{{0,{places}}}0*)?"
+    return re.compile(rf"(?:{one}\n)*{one}")
+
+
 @settings(max_examples=2000)
-@given(st.lists(DECIMAL_TEXT, min_size=1, max_size=4))
-def test_the_decimal_patterns_read_plain_decimals_as_written(values: list[str]) -> None:
-    """The possessive patterns of the fast path accept exactly the plain decimals."""
-    assert decode_module._all_decimals(values) == all(map(plain_decimal, values))
-    in_order = decode_module._in_order(values, lambda a, b: True)
-    assert in_order == all(map(plain_decimal, values))
+@given(st.lists(DECIMAL_TEXT, min_size=1, max_size=4), st.integers(0, 4))
+def test_the_decimal_patterns_read_plain_decimals_as_written(values: list[str], places: int) -> None:
+    """The possessive patterns of the fast path accept exactly the plain
+    decimals, and each accepts what it did before its runs were possessive."""
+    plain = all(map(plain_decimal, values))
+    joined = "\n".join(values)
+    assert decode_module._all_decimals(values) == plain
+    assert decode_module._in_order(values, lambda a, b: True) == plain
+    assert (decode_module._DECIMAL_RE.match(values[0]) is not None) == plain_decimal(values[0])
+    assert (decode_module._DECIMALS_RE.fullmatch(joined) is None) == (
+        re.fullmatch(rf"(?:{OLD_DECIMAL}\n)*{OLD_DECIMAL}", joined) is None
+    )
+    assert (decode_module._grid_re(places).fullmatch(joined) is None) == (
+        old_grid(places).fullmatch(joined) is None
+    )
 
 
 @settings(max_examples=1000)
@@ -409,8 +428,40 @@ def test_ordering_by_length_and_text_is_ordering_by_value(numbers: list[Decimal]
     """Plain decimals of as many places as each other compare as their values
     do; values of mixed places fall back to Decimals."""
     values = [f"{number:.{places}f}" for number in numbers]
+    if values:  # the same places: ordered by length and text, no Decimal made
+        assert decode_module._fixed_places_re(places).fullmatch("\n".join(values))
     mixed = [*values, "1.5"]
     for after in (operator.lt, operator.le, operator.gt, operator.ge):
         for texts in (values, mixed):
             by_value = all(after(Decimal(a), Decimal(b)) for a, b in itertools.pairwise(texts))
             assert decode_module._in_order(texts, after) == by_value, (texts, after)
+
+
+def trade_window(first: int, count: int, *, pad: int = 0) -> bytes:
+    """``count`` trades, newest first, of one trade a millisecond from ``first``."""
+    trades = [
+        {"symbol": "BTC/USD", "price": f"{6000 + i}.01", "quantity": "0.5000", "action": "BUY",
+         "timestamp": 1_800_000_000_000 + i}
+        for i in range(first + count - 1, first - 1, -1)
+    ]
+    text = json.dumps(trades, separators=(",", ":"))
+    return text.replace('"BUY"', '"BUY"' + " " * pad, 1).encode()
+
+
+def test_the_trade_cache_stays_bounded_and_answers_as_the_checked_path() -> None:
+    decode_module.forget_checked()
+    for n in range(6):  # 300 distinct trades, more than a symbol's cache keeps
+        payload = trade_window(50 * n, 50)
+        assert decode(TRADES, payload) == checked_only(TRADES, payload)
+        assert len(decode_module._TRADES["BTC_USD"]) <= decode_module._TRADES_MAX
+    again = trade_window(100, 50)  # trades the cache has forgotten: checked again
+    assert decode(TRADES, again) == checked_only(TRADES, again)
+
+
+def test_a_padded_trade_is_answered_by_the_checked_path_and_not_kept() -> None:
+    decode_module.forget_checked()
+    payload = trade_window(0, 3, pad=4000)  # whitespace JSON allows, inside one trade
+    assert decode_module._trades_fast_split(TRADES, payload) is None
+    assert isinstance(decode(TRADES, payload), TradeWindow)
+    assert decode(TRADES, payload) == checked_only(TRADES, payload)
+    assert all(len(piece) <= decode_module._TRADE_PIECE_MAX for piece in decode_module._TRADES.get("BTC_USD", {}))

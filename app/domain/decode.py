@@ -62,14 +62,17 @@ __all__ = [
 MAX_PAYLOAD_BYTES = 256 * 1024
 
 # A plain decimal: no sign, no exponent, no leading zero ("007.5" is refused, "0.5" is not).
-# Possessive and atomic: a run of digits is never given back, which a match
-# never needs (what follows it is a point, a newline or the end) and which
-# makes the pattern a third faster over many values joined.
-_INTEGER_PART = r"(?>0|[1-9][0-9]{0,39}+)"
-_DECIMAL = _INTEGER_PART + r"(?:\.[0-9]{1,40}+)?+"
+# Each run of digits is possessive (never given back, which no match needs:
+# what follows it is a point, a newline or the end), which makes the pattern
+# about a third faster over many values joined. Only runs of one character
+# class are possessive: a possessive group could match wrongly before
+# CPython 3.11.5 (gh-106052).
+_DIGITS_MAX = 40
+_INTEGER_PART = rf"(?:0|[1-9][0-9]{{0,{_DIGITS_MAX - 1}}}+)"
+_DECIMAL = _INTEGER_PART + rf"(?:\.[0-9]{{1,{_DIGITS_MAX}}}+)?"
 _DECIMAL_RE = re.compile(_DECIMAL + r"\Z")
 # Many decimals joined by newlines, checked in one call.
-_DECIMALS_RE = re.compile(rf"(?:{_DECIMAL}\n)*+{_DECIMAL}")
+_DECIMALS_RE = re.compile(rf"(?:{_DECIMAL}\n)*{_DECIMAL}")
 # Timestamps in milliseconds between 2001 and 2286: anything else is a wrong value.
 _TS_MIN, _TS_MAX = 10**12, 10**13 - 1
 
@@ -351,8 +354,8 @@ def _step_places(step: str) -> int | None:
 @functools.lru_cache(maxsize=64)
 def _grid_re(places: int) -> re.Pattern[str]:
     """Checked decimals joined by newlines, none with a non-zero digit past ``places``."""
-    one = rf"[0-9]++(?:\.[0-9]{{0,{places}}}+0*+)?+"
-    return re.compile(rf"(?:{one}\n)*+{one}")
+    one = rf"[0-9]++(?:\.[0-9]{{0,{places}}}+0*+)?"
+    return re.compile(rf"(?:{one}\n)*{one}")
 
 
 def _all_on_grid(prices: list[str], places: int) -> bool:
@@ -382,7 +385,6 @@ def _cumulative(side: _Side, key: str) -> None:
 
 
 _first = operator.itemgetter(0)
-_TS_OF = operator.attrgetter("ts")
 _second = operator.itemgetter(1)
 
 
@@ -604,7 +606,8 @@ _DECODERS: dict[Kind, Callable[[Channel, Any], Update]] = {
 # checked path would, or None for anything else (another shape, a value that
 # fails a check), and the checked path then decides and says why. Every cache
 # here maps a value to what it always decodes to, so decoding stays pure; each
-# is bounded, and emptied when full.
+# is bounded in entries and in the size of what it keeps: the values' caches
+# are emptied when full, a symbol's trades cut to the window at hand.
 
 
 class _BookLevel(msgspec.Struct, gc=False):
@@ -663,6 +666,19 @@ _ON_GRID: dict[int, set[str]] = {}  # prices checked to have no digit past that 
 _TRADES: dict[str | None, dict[bytes, Trade]] = {}
 _TRADES_MAX = 4 * TRADE_WINDOW_MAX  # a symbol's; when full, cut to the trades of the window at hand
 _SYMBOLS_MAX = 64
+# A trade as the exchange writes it is about 100 bytes; whitespace could pad
+# one that both paths accept to the payload's size, so a longer piece is not
+# kept (the checked path answers): a symbol's trades keep at most 200 × 512 bytes.
+_TRADE_PIECE_MAX = 512
+_TS_OF = operator.attrgetter("ts")
+
+
+def forget_checked() -> None:
+    """Empty every cache of values already checked, as a new process has
+    them (benchmarks, to start each pass alike)."""
+    _DECIMALS.clear()
+    _ON_GRID.clear()
+    _TRADES.clear()
 
 
 def _decode_fast(channel: Channel, payload: bytes) -> Update | None:
@@ -788,7 +804,7 @@ def _in_order(values: list[str], after: Callable[[Any, Any], bool]) -> bool:
     first = values[0]
     places = len(first) - first.find(".") - 1 if "." in first else 0
     keys: list[Any]
-    if places <= _PLACES_MAX and _fixed_places_re(places).fullmatch(joined) is not None:
+    if places <= _DIGITS_MAX and _fixed_places_re(places).fullmatch(joined) is not None:
         keys = list(zip(map(len, values), values, strict=True))
     elif _DECIMALS_RE.fullmatch(joined) is not None:
         keys = list(map(Decimal, values))
@@ -797,14 +813,11 @@ def _in_order(values: list[str], after: Callable[[Any, Any], bool]) -> bool:
     return all(map(after, keys, keys[1:]))
 
 
-_PLACES_MAX = 40
-
-
-@functools.lru_cache(maxsize=_PLACES_MAX + 1)
+@functools.lru_cache(maxsize=_DIGITS_MAX + 1)
 def _fixed_places_re(places: int) -> re.Pattern[str]:
     """Plain decimals joined by newlines, each with exactly ``places`` places."""
     one = _INTEGER_PART + (rf"\.[0-9]{{{places}}}" if places else "")
-    return re.compile(rf"(?:{one}\n)*+{one}")
+    return re.compile(rf"(?:{one}\n)*{one}")
 
 
 def _trades_fast_split(channel: Channel, payload: bytes) -> TradeWindow | None:
@@ -835,8 +848,8 @@ def _trades_fast_split(channel: Channel, payload: bytes) -> TradeWindow | None:
         if len(seen) + len(fresh) > _TRADES_MAX:  # keep this window's, forget the rest
             seen = _TRADES[channel.symbol] = {p: seen[p] for p in pieces if p in seen}
         new = list(fresh)
-        if any(piece.count(b":") != _TRADE_KEYS for piece in new):  # a key twice, or not a trade's
-            return None
+        if any(len(piece) > _TRADE_PIECE_MAX or piece.count(b":") != _TRADE_KEYS for piece in new):
+            return None  # padded; or a key twice, or one not a trade's
         checked = _trades_checked(channel, [_TRADE_JSON.decode(b"{%b}" % piece) for piece in new])
         if checked is None:
             return None
