@@ -6,7 +6,7 @@ nginx + nchan fed the same events; the figures side by side, with ratios.
     .venv/bin/python bench/fanout.py --transport ws ...          # WebSocket clients
     .venv/bin/python bench/fanout.py --interval 0.1667 ...       # 6 pushes/s
     .venv/bin/python bench/fanout.py --pattern burst ...         # every book stamped at once
-    .venv/bin/python bench/fanout.py --runs 5 ...                # five runs, p99 run by run
+    .venv/bin/python bench/fanout.py --runs 5 ...                # five runs (the order turns), p99 run by run
     .venv/bin/python bench/fanout.py --target gateway ...        # one side only
     .venv/bin/python bench/fanout.py --books diff ...            # the gateway's diffs beside its full books
 
@@ -277,13 +277,16 @@ def bridged(start: Any, channels: list[str], args: argparse.Namespace, ws: bool,
 
 
 def measure(channels: list[str], args: argparse.Namespace, ws: bool,
-            processes: list[subprocess.Popen[bytes]]) -> dict[str, dict[str, Any]]:
+            processes: list[subprocess.Popen[bytes]], turn: int = 0) -> dict[str, dict[str, Any]]:
     """One run: the gateway (and, with ``--books diff``, its diffs and whole
-    books again), then the references, each measured on fresh processes of
-    its own (the simulator too)."""
+    books again), nchan and the floor, each measured on fresh processes of
+    its own (the simulator too). The order turns with ``turn`` (the run's
+    number from 0), so that no target is measured first in every run: the
+    first run has the gateway first, the second nchan, the third the floor."""
     results: dict[str, dict[str, Any]] = {}
     path = "/v1/ws" if ws else "/v1/stream?channels={channel}"
-    if args.target in ("all", "gateway"):
+
+    def gateway() -> None:
         runs = [("gateway", path, "full")]
         if args.books == "diff":
             # Whole books once more after the diffs: diffs are set beside the mean of both.
@@ -296,15 +299,23 @@ def measure(channels: list[str], args: argparse.Namespace, ws: bool,
             report_of = httpx.get(base + "/v1/channels", timeout=60).json()
             results[name]["final"] = {c["channel"]: c["seq"] for c in report_of["channels"]}
             stop_all(started)
-    if args.target in ("all", "nchan"):
+
+    def nchan() -> None:
         workdir = Path(tempfile.mkdtemp(prefix="nchan-"))
         try:
             results["nchan"] = bridged(lambda: start_nchan(workdir), channels, args, ws,
                                        lambda nginx: nchan_worker(nginx), processes)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-    if args.target in ("all", "floor"):
+
+    def floor() -> None:
         results["floor"] = bridged(start_floor, channels, args, ws, lambda floor: floor.pid, processes)
+
+    targets = [t for name, t in (("gateway", gateway), ("nchan", nchan), ("floor", floor))
+               if args.target in ("all", name)]
+    at = turn % len(targets)
+    for target in targets[at:] + targets[:at]:
+        target()
     return results
 
 
@@ -355,7 +366,7 @@ def main() -> int:
     parser.add_argument("--transport", choices=["sse", "ws"], default="sse")
     parser.add_argument("--pattern", choices=["phased", "burst"], default="phased",
                         help="each book at a phase of its own, or all of them stamped at once (a burst)")
-    parser.add_argument("--runs", type=int, default=1, help="measure every target this many times, in turn")
+    parser.add_argument("--runs", type=int, default=1, help="measure every target this many times, in turn (the order turns: each run starts with another target)")
     parser.add_argument("--books", choices=["full", "diff"], default="full",
                         help="diff: the gateway three times, whole books, diffs, whole books again")
     parser.add_argument("--server", choices=["uvicorn", "granian"], default="uvicorn",
@@ -370,7 +381,7 @@ def main() -> int:
               f"pushed every {args.interval} s, {'all at once (burst)' if args.pattern == 'burst' else 'each at its own phase'}; "
               f"measured {args.seconds} s each", flush=True)
         for number in range(1, args.runs + 1):
-            results = measure(channels, args, ws, processes)
+            results = measure(channels, args, ws, processes, turn=number - 1)
             runs.append(results)
             if args.runs > 1:
                 print(f" run {number} of {args.runs}")
