@@ -16,6 +16,8 @@ import pytest
 from coinsuper_gateway_client import GatewayStream, StreamEvent
 from httpx_ws import WebSocketDisconnect, aconnect_ws
 
+from app.http.sinks import WebSocketSink
+from app.protocols.websocket import GuardedWebSocketProtocol
 from tests.support import CuttingProxy, Mosquitto, wait_for
 from tests.world import CHANNELS, World, start_flowing
 
@@ -224,3 +226,44 @@ def test_an_idle_websocket_is_pinged(world: World) -> None:
         sock.close()
     finally:
         gw.stop()
+
+
+class _Transport:
+    """A transport that records what is written to it."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+@pytest.mark.parametrize("state", ["close_sent", "disconnected"])
+def test_a_websocket_sink_stops_writing_once_uvicorn_marks_its_protocol_closed(state: str) -> None:
+    """The fan-out reads the sink's flag, not the protocol, for every delivery:
+    uvicorn's own assignments (``self.close_sent = True``, ``self.disconnected
+    = True``) must clear it, wherever uvicorn makes them."""
+    protocol = GuardedWebSocketProtocol.__new__(GuardedWebSocketProtocol)  # no server around it
+    transport = _Transport()
+    protocol.transport = transport  # type: ignore[assignment]
+    sink = WebSocketSink(protocol)
+    sink.write(b"first")
+    setattr(protocol, state, True)  # as uvicorn's code does
+    sink.write(b"second")
+    sink.heartbeat()
+    assert transport.written == [b"first"]
+    assert not protocol.open_for_data()
+
+
+def test_a_websocket_sink_does_not_write_to_a_closing_transport() -> None:
+    protocol = GuardedWebSocketProtocol.__new__(GuardedWebSocketProtocol)
+    transport = _Transport()
+    protocol.transport = transport  # type: ignore[assignment]
+    sink = WebSocketSink(protocol)
+    transport.closing = True
+    sink.write(b"late")
+    assert transport.written == []

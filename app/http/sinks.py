@@ -249,17 +249,25 @@ async def run_sse(
 class WebSocketSink:
     """A WebSocket's connection, written to directly (see the module doc)."""
 
-    __slots__ = ("form", "protocol", "transport")
+    __slots__ = ("form", "open", "protocol", "transport")
     label = "WebSocket"
 
     def __init__(self, protocol: GuardedWebSocketProtocol) -> None:
         self.form: Form = ws_frame
         self.protocol = protocol
         self.transport = protocol.transport
+        # Data may be written: the protocol clears it (closed_for_data), so
+        # that a delivery reads this sink and the transport, not the protocol.
+        self.open = protocol.open_for_data()
+        protocol.closed_for_data = self._closed
+
+    def _closed(self) -> None:
+        self.open = False
 
     def write(self, data: bytes) -> None:
-        if self.protocol.open_for_data():
-            self.transport.write(data)
+        transport = self.transport
+        if self.open and not transport.is_closing():
+            transport.write(data)
 
     def heartbeat(self) -> None:
         """A ping, from the fan-out's tick like an SSE heartbeat: no timer per
