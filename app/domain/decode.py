@@ -332,8 +332,7 @@ def _adding_up(quantities: list[Decimal]) -> bool:
     return not any(map(operator.gt, quantities, quantities[1:]))
 
 
-def _not_crossed(bids: _Side, asks: _Side) -> None:
-    best_bid, best_ask = bids.best, asks.best
+def _not_crossed(best_bid: Decimal | None, best_ask: Decimal | None) -> None:
     if best_bid is not None and best_ask is not None and best_bid >= best_ask:
         raise _Bad("the book is crossed: the best bid is not below the best ask")
 
@@ -384,6 +383,11 @@ def _cumulative(side: _Side, key: str) -> None:
         raise _Bad(f"the quantities of '{key}' are not cumulative")
 
 
+def _best_price(levels: list[list[str]]) -> Decimal | None:
+    """The first level's price (checked decimals, best first)."""
+    return Decimal(levels[0][0]) if levels else None
+
+
 _first = operator.itemgetter(0)
 _second = operator.itemgetter(1)
 
@@ -402,7 +406,7 @@ def _orderbook(channel: Channel, doc: Any) -> OrderBook:
     for side, key in ((bids, "bids"), (asks, "asks")):
         _no_zero_quantity(side, key)
         _on_grid(side, key, step)
-    _not_crossed(bids, asks)
+    _not_crossed(bids.best, asks.best)
     return OrderBook(step, bids.levels, asks.levels, _ts(book, "timestamp"))
 
 
@@ -413,7 +417,7 @@ def _depth(channel: Channel, doc: Any) -> DepthChart:
     asks = _levels(depth, "asks", "price", descending=False)
     _cumulative(bids, "bids")
     _cumulative(asks, "asks")
-    _not_crossed(bids, asks)
+    _not_crossed(bids.best, asks.best)
     return DepthChart(
         depth_percent=_dec(depth, "depthPercent"),
         asks_min_price=_dec(depth, "asksMinPrice"),
@@ -486,19 +490,23 @@ def _trades_fast(channel: Channel, doc: list[Any]) -> list[Trade] | None:
     return [Trade(p, q, s, t) for p, q, s, t in zip(prices, quantities, sides, stamps, strict=True)]
 
 
-def _all_decimals(values: list[Any]) -> bool:
-    """Every value a decimal string: one regular expression over them all
-    joined (a value that is no string fails the join, one holding a newline
-    the count of them)."""
-    if not values:
-        return True
+def _lines(values: list[Any]) -> str | None:
+    """Values joined by newlines, for one regular expression over them all;
+    None if a value is no string (it fails the join) or holds a newline (the
+    count of them)."""
     try:
         joined = "\n".join(values)
     except TypeError:
-        return False
-    if joined.count("\n") != len(values) - 1:
-        return False
-    return _DECIMALS_RE.fullmatch(joined) is not None
+        return None
+    return joined if joined.count("\n") == len(values) - 1 else None
+
+
+def _all_decimals(values: list[Any]) -> bool:
+    """Every value a decimal string, checked by one regular expression."""
+    if not values:
+        return True
+    joined = _lines(values)
+    return joined is not None and _DECIMALS_RE.fullmatch(joined) is not None
 
 
 _ID_RE = re.compile(r"^[0-9]{1,40}\Z")
@@ -752,7 +760,7 @@ def _orderbook_fast(channel: Channel, payload: bytes) -> OrderBook | None:
             return None
         sides.append(_Side(_pairs(prices, quantities), values))
     bid_side, ask_side = sides
-    _not_crossed(bid_side, ask_side)  # a _Bad: the checked path says so
+    _not_crossed(bid_side.best, ask_side.best)  # a _Bad: the checked path says so
     return OrderBook(step, bid_side.levels, ask_side.levels, book.timestamp)
 
 
@@ -778,8 +786,8 @@ def _depth_fast(channel: Channel, payload: bytes) -> DepthChart | None:
             return None
         sides.append(_pairs(prices, quantities))
     bid_levels, ask_levels = sides
-    if bid_levels and ask_levels and Decimal(bid_levels[0][0]) >= Decimal(ask_levels[0][0]):
-        return None  # crossed: the checked path says so
+    # Crossed: a _Bad, and the checked path says so.
+    _not_crossed(_best_price(bid_levels), _best_price(ask_levels))
     return DepthChart(
         depth_percent=depth.depthPercent,
         asks_min_price=depth.asksMinPrice,
@@ -798,8 +806,8 @@ def _in_order(values: list[str], after: Callable[[Any, Any], bool]) -> bool:
     checked and compared as Decimals."""
     if not values:
         return True
-    joined = "\n".join(values)
-    if joined.count("\n") != len(values) - 1:  # a value holding a newline
+    joined = _lines(values)
+    if joined is None:
         return False
     first = values[0]
     places = len(first) - first.find(".") - 1 if "." in first else 0
