@@ -7,7 +7,7 @@ is a copy of uvicorn 0.55's with one condition added (a connection a stream
 took is left open); ``send_receive_event_to_app`` reads ``frames`` and
 ``curr_msg_data_type``; ``end_stream`` uses ``conn``, ``queue`` and
 ``close_timer``; ``close_sent`` and ``disconnected``, which uvicorn assigns,
-are properties here (see :attr:`GuardedWebSocketProtocol.closed_for_data`).
+are descriptors here (see :attr:`GuardedWebSocketProtocol.closed_for_data`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,22 @@ from app.ports import Stream
 from app.protocols.http import TakenOver
 
 GRACE_S = 1.0  # what is queued at a close gets this long to go out
+
+
+class _EndsData:
+    """One of uvicorn's flags that end a WebSocket's data (``close_sent``,
+    ``disconnected``): set, it also tells the sink (``closed_for_data``)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = "_" + name
+
+    def __get__(self, protocol: GuardedWebSocketProtocol | None, owner: type) -> bool:
+        return protocol is not None and bool(getattr(protocol, self.slot, False))
+
+    def __set__(self, protocol: GuardedWebSocketProtocol, value: bool) -> None:
+        setattr(protocol, self.slot, value)
+        if value and protocol.closed_for_data is not None:
+            protocol.closed_for_data()
 
 
 class GuardedWebSocketProtocol(TakenOver, WebSocketsSansIOProtocol):
@@ -37,31 +53,11 @@ class GuardedWebSocketProtocol(TakenOver, WebSocketsSansIOProtocol):
     # sink's flag, which the fan-out reads for every delivery instead of this
     # object. Reading uvicorn's protocol per delivery cost 12-15% of the
     # gateway's CPU at 10,000 WebSockets (its attributes are cold in cache;
-    # 2026-12-07), so ``close_sent`` and ``disconnected`` are properties
-    # whose setters, wherever uvicorn sets them, tell the sink.
+    # 2026-12-07), so ``close_sent`` and ``disconnected`` tell the sink
+    # wherever uvicorn sets them (:class:`_EndsData`).
     closed_for_data: Callable[[], None] | None = None
-    _close_sent = False
-    _disconnected = False
-
-    @property
-    def close_sent(self) -> bool:
-        return self._close_sent
-
-    @close_sent.setter
-    def close_sent(self, value: bool) -> None:
-        self._close_sent = value
-        if value and self.closed_for_data is not None:
-            self.closed_for_data()
-
-    @property
-    def disconnected(self) -> bool:
-        return self._disconnected
-
-    @disconnected.setter
-    def disconnected(self, value: bool) -> None:
-        self._disconnected = value
-        if value and self.closed_for_data is not None:
-            self.closed_for_data()
+    close_sent = _EndsData()
+    disconnected = _EndsData()
 
     def take(self, stream: Stream, ops: Callable[[str | None], None]) -> None:
         self.taken = stream
