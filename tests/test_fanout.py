@@ -127,6 +127,38 @@ def test_tick_asks_idle_streams_for_heartbeats_and_drops_stalled_ones() -> None:
     assert world.streams.stalled_closes == 1
 
 
+def test_heartbeats_look_at_a_share_of_the_streams_per_tick_and_reach_every_idle_one() -> None:
+    world = World()
+    follows = [world.follow(f"c{i}") for i in range(12)]
+    start = max(sub.last_write for sub, _ in follows)
+    world.fanout.tick(start, heartbeat_s=15)  # the first tick looks at all: none is idle yet
+    beats: dict[int, float] = {}
+    now = start
+    while now < start + 15 + 3 + 1:  # a heartbeat interval, a round (15 / 5), a tick
+        now += 0.5
+        world.fanout.tick(now, heartbeat_s=15)
+        for index, (_, sink) in enumerate(follows):
+            if sink.heartbeats and index not in beats:
+                beats[index] = now
+        # A tick of 0.5 s in a 3 s round looks at ceil(12 / 6) = 2 streams.
+        assert len([t for t in beats.values() if t == now]) <= 2
+    assert sorted(beats) == list(range(12)), "every idle stream got its heartbeat"
+    assert all(start + 15 <= t <= start + 15 + 3 + 0.5 for t in beats.values())
+    assert all(sink.heartbeats == 1 for _, sink in follows)
+
+
+def test_a_stream_that_ended_during_a_round_gets_no_heartbeat() -> None:
+    world = World()
+    follows = [world.follow(f"c{i}") for i in range(6)]
+    start = max(sub.last_write for sub, _ in follows)
+    world.fanout.tick(start, heartbeat_s=15)
+    world.fanout.tick(start + 0.5, heartbeat_s=15)  # a round begins: all six in it, one looked at
+    for sub, _ in follows:
+        world.fanout.end(sub, Ending.GONE)
+    world.fanout.tick(start + 16, heartbeat_s=15)  # the rest of the round, all idle by now
+    assert all(sink.heartbeats == 0 for _, sink in follows)
+
+
 def test_catching_up_before_new_channels_moves_the_position() -> None:
     world = World()
     sub, sink = world.follow("trades:BTC_USD")

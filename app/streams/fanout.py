@@ -21,8 +21,10 @@ every book), for log channels every event once, in order. A subscription that
 misses more than its capacity of log events, or whose position the log no
 longer holds while it missed log events, is closed with word to resume with
 its last id (overflow); one that stays paused past the send timeout is
-dropped at once (stalled). :meth:`Fanout.tick` (about twice a second) asks idle
-sinks for a heartbeat and enforces the send timeout.
+dropped at once (stalled). :meth:`Fanout.tick` (about twice a second)
+enforces the send timeout and asks idle sinks for a heartbeat, looking at a
+share of the streams each time (a round over all of them takes a fifth of
+the heartbeat interval), not at every stream at every tick.
 
 A new stream's subscription is registered, parked, in the same synchronous
 step that computes its backlog, so that no event falls between the backlog
@@ -59,6 +61,13 @@ from app.streams.eventlog import EventLog
 
 log = logging.getLogger("coinsuper_gateway.stream")
 NONE_HELD = -1  # a book channel in diff mode whose client holds no book
+# Every stream is looked at for a heartbeat this many times per heartbeat
+# interval: one idle since its last write gets one within 1.2 heartbeat
+# intervals of it (and a tick). A look at every stream at every tick (twice a
+# second) touched 20,000 streams' state a second at 10,000 streams, as many
+# as the deliveries of 20 books pushed twice a second, each out of cache
+# (2026-12-07).
+HEARTBEAT_ROUNDS = 5
 
 
 class Subscription:
@@ -119,6 +128,11 @@ class Fanout:
         # The newest book published per channel: only it is asked for merged
         # diffs, so an older one's are let go (they would live on in the log).
         self.newest_books: dict[str, Book] = {}
+        # The round of heartbeat looks under way: the streams at its start,
+        # how many have been looked at, and when the last tick was.
+        self._round: list[Subscription] = []
+        self._looked = 0
+        self._last_tick: float | None = None
 
     # --- membership ----------------------------------------------------------
 
@@ -424,16 +438,38 @@ class Fanout:
             subscription.sink.write(data)
 
     def tick(self, now: float, heartbeat_s: float) -> None:
-        """Run about twice a second: a heartbeat on streams idle for
-        ``heartbeat_s``; a stream paused past the send timeout (a client that
-        stopped reading, or a response that never started) is dropped."""
+        """Run about twice a second: a stream paused past the send timeout (a
+        client that stopped reading, or a response that never started) is
+        dropped; streams idle for ``heartbeat_s`` get a heartbeat."""
         timeout = self.send_timeout_s
         for subscription in list(self.paused):
             paused_at = subscription.paused_at
             if paused_at is not None and now - paused_at > timeout:
                 self.end(subscription, Ending.STALLED)
-        for subscription in self.everyone:
-            if subscription.paused_at is None and now - subscription.last_write >= heartbeat_s:
+        self._heartbeats(now, heartbeat_s)
+
+    def _heartbeats(self, now: float, heartbeat_s: float) -> None:
+        """Look at the share of a round's streams that this tick's time since
+        the last one stands for, a round taking ``heartbeat_s`` /
+        :data:`HEARTBEAT_ROUNDS`: a heartbeat on each that is ready and idle
+        for ``heartbeat_s``. A stream that came during a round is in the next."""
+        round_s = heartbeat_s / HEARTBEAT_ROUNDS
+        since = round_s if self._last_tick is None else max(0.0, now - self._last_tick)
+        self._last_tick = now
+        if self._looked >= len(self._round):
+            self._round = list(self.everyone)
+            self._looked = 0
+        start = self._looked
+        share = len(self._round) if since >= round_s else -(-len(self._round) * since // round_s)
+        end = self._looked = min(len(self._round), start + int(share))
+        for subscription in self._round[start:end]:
+            if (
+                subscription.paused_at is None
+                and subscription.ended is None
+                and now - subscription.last_write >= heartbeat_s
+            ):
                 subscription.last_write = now
                 assert subscription.sink is not None
                 subscription.sink.heartbeat()
+        if end >= len(self._round):
+            self._round = []  # let ended streams go before the next round
