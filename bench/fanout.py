@@ -7,7 +7,7 @@ nginx + nchan fed the same events; the figures side by side, with ratios.
     .venv/bin/python bench/fanout.py --interval 0.1667 ...       # 6 pushes/s
     .venv/bin/python bench/fanout.py --pattern burst ...         # every book stamped at once
     .venv/bin/python bench/fanout.py --runs 5 ...                # five runs (the order turns), p99 run by run
-    .venv/bin/python bench/fanout.py --no-warm-up ...            # without the discarded pass before run 1
+    .venv/bin/python bench/fanout.py --no-discarded-pass ...     # without the discarded pass before run 1
     .venv/bin/python bench/fanout.py --target gateway ...        # one side only
     .venv/bin/python bench/fanout.py --books diff ...            # the gateway's diffs beside its full books
 
@@ -320,21 +320,21 @@ def measure(channels: list[str], args: argparse.Namespace, ws: bool,
     return results
 
 
-def warm_up(channels: list[str], args: argparse.Namespace, ws: bool,
-            processes: list[subprocess.Popen[bytes]]) -> None:
-    """One pass of the clients against the floor (fed as in a run, measured
-    5 s), its figures discarded, before the first run: whichever target is
-    measured first no longer meets a machine that has never held this many
-    sockets (the kernel's socket caches grow on the first 20,000). In both
-    sets of five SSE runs of 2026-12-07 the very first measurement was the
-    gateway's worst of its set; whether that was the machine is not shown,
-    and this takes the question away."""
+def discarded_pass(channels: list[str], args: argparse.Namespace, ws: bool,
+                   processes: list[subprocess.Popen[bytes]]) -> None:
+    """One pass of the clients against the floor, fed as in a run and
+    measured at most 5 s, its figures discarded, before the first run: so
+    that whichever target is measured first does not also meet a machine
+    that has never held this many sockets (the kernel's socket caches grow
+    on the first ones). It removes that one possible cause of a first
+    measurement's being worse; it does not say there was one."""
     warm = argparse.Namespace(**vars(args))
-    warm.seconds, warm.warmup = 5.0, 3.0
+    warm.seconds, warm.warmup = min(args.seconds, 5.0), min(args.warmup, 3.0)
     started = time.monotonic()
-    bridged(start_floor, channels, warm, ws, lambda floor: floor.pid, processes)
-    print(f"  warm-up (discarded): the floor, {args.clients} clients, "
-          f"{time.monotonic() - started:.0f} s", flush=True)
+    result = bridged(start_floor, channels, warm, ws, lambda floor: floor.pid, processes)
+    print(f"  a discarded pass first: the floor, {result['connected_at_start']} clients connected, "
+          f"{result['ended_early']} ended early; {time.monotonic() - started:.0f} s with its processes' "
+          f"start and stop", flush=True)
 
 
 def print_run(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
@@ -387,9 +387,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=1, help="measure every target this many times, in turn (the order turns: each run starts with another target)")
     parser.add_argument("--books", choices=["full", "diff"], default="full",
                         help="diff: the gateway three times, whole books, diffs, whole books again")
-    parser.add_argument("--warm-up", action=argparse.BooleanOptionalAction, default=True,
-                        help="before the first run, one discarded pass of the clients against the floor "
-                             "(see warm_up)")
+    parser.add_argument("--discarded-pass", action=argparse.BooleanOptionalAction, default=True,
+                        help="before the first run, one pass of the clients against the floor, its figures "
+                             "discarded (see discarded_pass)")
     parser.add_argument("--server", choices=["uvicorn", "granian"], default="uvicorn",
                         help="what serves the gateway: its own (uvicorn and its protocols) or granian (pip install granian)")
     args, channels = book_load(parser)
@@ -401,8 +401,8 @@ def main() -> int:
         print(f"fan-out, {args.transport.upper()}: {args.clients} clients over {args.channels} order books "
               f"pushed every {args.interval} s, {'all at once (burst)' if args.pattern == 'burst' else 'each at its own phase'}; "
               f"measured {args.seconds} s each", flush=True)
-        if args.warm_up:
-            warm_up(channels, args, ws, processes)
+        if args.discarded_pass:
+            discarded_pass(channels, args, ws, processes)
         for number in range(1, args.runs + 1):
             results = measure(channels, args, ws, processes, turn=number - 1)
             runs.append(results)

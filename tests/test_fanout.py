@@ -7,7 +7,7 @@ from app.ports import Ending
 from app.state.events import Event
 from app.streams.admission import Streams
 from app.streams.eventlog import Cursor, RecentEvents
-from app.streams.fanout import Fanout, Subscription
+from app.streams.fanout import HEARTBEAT_BUCKETS, HEARTBEAT_ROUNDS, Fanout, Subscription
 from tests.sinks import Recorder
 
 
@@ -129,34 +129,64 @@ def test_tick_asks_idle_streams_for_heartbeats_and_drops_stalled_ones() -> None:
 
 def test_heartbeats_look_at_a_share_of_the_streams_per_tick_and_reach_every_idle_one() -> None:
     world = World()
-    follows = [world.follow(f"c{i}") for i in range(12)]
+    follows = [world.follow(f"c{i}") for i in range(HEARTBEAT_BUCKETS * 2)]
     start = max(sub.last_write for sub, _ in follows)
     world.fanout.tick(start, heartbeat_s=15)  # the first tick looks at all: none is idle yet
+    turn = 15 / HEARTBEAT_ROUNDS
     beats: dict[int, float] = {}
     now = start
-    while now < start + 15 + 3 + 1:  # a heartbeat interval, a round (15 / 5), a tick
+    while now < start + 15 + turn + 1:
         now += 0.5
         world.fanout.tick(now, heartbeat_s=15)
         for index, (_, sink) in enumerate(follows):
             if sink.heartbeats and index not in beats:
                 beats[index] = now
-        # A tick of 0.5 s in a 3 s round looks at ceil(12 / 6) = 2 streams.
-        assert len([t for t in beats.values() if t == now]) <= 2
-    assert sorted(beats) == list(range(12)), "every idle stream got its heartbeat"
-    assert all(start + 15 <= t <= start + 15 + 3 + 0.5 for t in beats.values())
+        # A tick of 0.5 s looks at the share of the wheel that 0.5 s of a turn stands for.
+        assert len([t for t in beats.values() if t == now]) <= len(follows) * 0.5 / turn
+    assert sorted(beats) == list(range(len(follows))), "every idle stream got its heartbeat"
+    assert all(start + 15 <= t <= start + 15 + turn + 0.5 for t in beats.values())
     assert all(sink.heartbeats == 1 for _, sink in follows)
 
 
-def test_a_stream_that_ended_during_a_round_gets_no_heartbeat() -> None:
+def test_heartbeats_reach_a_stream_that_came_during_a_turn_and_no_ended_one() -> None:
     world = World()
     follows = [world.follow(f"c{i}") for i in range(6)]
     start = max(sub.last_write for sub, _ in follows)
     world.fanout.tick(start, heartbeat_s=15)
-    world.fanout.tick(start + 0.5, heartbeat_s=15)  # a round begins: all six in it, one looked at
-    for sub, _ in follows:
+    world.fanout.tick(start + 0.5, heartbeat_s=15)  # a turn of the wheel begins
+    for sub, _ in follows[1:]:
         world.fanout.end(sub, Ending.GONE)
-    world.fanout.tick(start + 16, heartbeat_s=15)  # the rest of the round, all idle by now
-    assert all(sink.heartbeats == 0 for _, sink in follows)
+    late, late_sink = world.follow("late")
+    late.last_write = start + 0.5
+    now = start + 0.5
+    while now < start + 0.5 + 15 + 15 / HEARTBEAT_ROUNDS + 0.5:
+        now += 0.5
+        world.fanout.tick(now, heartbeat_s=15)
+    assert all(sink.heartbeats == 0 for _, sink in follows[1:])  # ended
+    assert follows[0][1].heartbeats == 1 and late_sink.heartbeats == 1
+    assert world.fanout._wheel[late.bucket] >= {late}
+    assert not any(sub in bucket for sub, _ in follows[1:] for bucket in world.fanout._wheel)
+
+
+def test_heartbeats_bear_time_going_back_and_long_gaps() -> None:
+    world = World()
+    sub, sink = world.follow("a")
+    start = sub.last_write
+    world.fanout.tick(start + 1, heartbeat_s=15)
+    world.fanout.tick(start, heartbeat_s=15)  # the clock went back: nothing looked at, nothing breaks
+    assert sink.heartbeats == 0
+    world.fanout.tick(start + 100, heartbeat_s=15)  # a long gap: one whole turn
+    assert sink.heartbeats == 1
+
+
+def test_a_paused_stream_gets_no_heartbeat() -> None:
+    world = World()
+    ready, ready_sink = world.follow("a")
+    paused, paused_sink = world.follow("b")
+    paused.pause()  # its connection is full: a heartbeat would only queue behind
+    world.fanout.tick(max(ready.last_write, paused.last_write) + 3, heartbeat_s=2)
+    assert ready_sink.heartbeats == 1 and paused_sink.heartbeats == 0
+    assert paused.ended is None  # within the send timeout
 
 
 def test_catching_up_before_new_channels_moves_the_position() -> None:

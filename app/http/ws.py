@@ -14,9 +14,10 @@ event for every client, written by the fan-out when the event is published
 (app/http/sinks.py). On subscribe, the current snapshots of the new channels
 (ids: the current sequence, so ids never go back), or with ``last_event_id``
 every missed event once, in order (or ``reset`` first), right after the
-reply. A ping is sent on a connection idle for ``GATEWAY_HEARTBEAT_S``. A client
-that falls too far behind is closed with code 1013 and resumes with its last
-id; one whose socket takes nothing for ``GATEWAY_SEND_TIMEOUT_S`` is dropped.
+reply. A ping is sent on a connection idle for ``GATEWAY_HEARTBEAT_S`` (at
+most 1.2 times that and a tick). A client that falls too far behind is
+closed with code 1013 and resumes with its last id; one whose socket takes
+nothing for ``GATEWAY_SEND_TIMEOUT_S`` is dropped.
 
 No task per connection: once the handshake is done the gateway's WebSocket
 protocol hands each message to :meth:`Connection.on_message` as it is parsed,
