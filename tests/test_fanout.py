@@ -164,19 +164,46 @@ def test_heartbeats_reach_a_stream_that_came_during_a_turn_and_no_ended_one() ->
         world.fanout.tick(now, heartbeat_s=15)
     assert all(sink.heartbeats == 0 for _, sink in follows[1:])  # ended
     assert follows[0][1].heartbeats == 1 and late_sink.heartbeats == 1
+    assert late.last_write <= start + 0.5 + 15 + 15 / HEARTBEAT_ROUNDS + 0.5  # when it got it
     assert world.fanout._wheel[late.bucket] >= {late}
     assert not any(sub in bucket for sub, _ in follows[1:] for bucket in world.fanout._wheel)
 
 
-def test_heartbeats_bear_time_going_back_and_long_gaps() -> None:
+def test_a_turn_of_the_heartbeat_wheel_takes_its_time_though_ticks_come_late() -> None:
+    """Ticks a little over 0.5 s apart, as a loop gives them: a turn still
+    takes a fifth of the interval (six ticks at 15 s), not fewer."""
+    world = World()
+    follows = [world.follow(f"c{i}") for i in range(HEARTBEAT_BUCKETS)]
+    start = max(sub.last_write for sub, _ in follows)
+    world.fanout.tick(start + 14.9, heartbeat_s=15)  # none idle yet
+    ticks = [start + 14.9 + 0.5001 * n for n in range(1, 9)]
+    looked = []
+    for now in ticks:
+        before = sum(sink.heartbeats for _, sink in follows)
+        world.fanout.tick(now, heartbeat_s=15)
+        looked.append(sum(sink.heartbeats for _, sink in follows) - before)
+    assert sum(looked) == len(follows)
+    assert looked[:6] == [5, 5, 5, 5, 5, 5], looked
+
+
+def test_heartbeats_at_a_short_interval_look_at_every_stream_each_tick() -> None:
+    world = World()
+    sub, sink = world.follow("a")
+    world.fanout.tick(sub.last_write + 0.5, heartbeat_s=1)
+    assert sink.heartbeats == 0
+    world.fanout.tick(sub.last_write + 1.0, heartbeat_s=1)
+    assert sink.heartbeats == 1
+
+
+def test_heartbeats_bear_time_going_back() -> None:
     world = World()
     sub, sink = world.follow("a")
     start = sub.last_write
-    world.fanout.tick(start + 1, heartbeat_s=15)
-    world.fanout.tick(start, heartbeat_s=15)  # the clock went back: nothing looked at, nothing breaks
-    assert sink.heartbeats == 0
-    world.fanout.tick(start + 100, heartbeat_s=15)  # a long gap: one whole turn
+    world.fanout.tick(start + 16, heartbeat_s=15)
     assert sink.heartbeats == 1
+    world.fanout.tick(start, heartbeat_s=15)  # the clock went back: nothing looked at
+    world.fanout.tick(start + 31.5, heartbeat_s=15)
+    assert sink.heartbeats == 2
 
 
 def test_a_paused_stream_gets_no_heartbeat() -> None:

@@ -70,7 +70,7 @@ JSON of its `data:` line. The blocks without data are messages with string
 payloads: `retry` (the first block, `retry: 2000`), `position` (a block with
 only an `id:`, the newest event's, after the opening), `heartbeat` (the comment
 `: heartbeat` after GATEWAY_HEARTBEAT_S with nothing sent, at most 1.2 times
-that and half a second) and `closed` (the
+that and a tick) and `closed` (the
 comment that ends a stream that fell too far behind).
 
 The stream opens with `retry`, the current snapshot of every snapshot channel

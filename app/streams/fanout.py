@@ -63,12 +63,12 @@ log = logging.getLogger("coinsuper_gateway.stream")
 NONE_HELD = -1  # a book channel in diff mode whose client holds no book
 # Every stream is looked at for a heartbeat this many times per heartbeat
 # interval (or at every tick, for an interval under as many ticks). Streams
-# sit in a wheel of buckets, each tick looks at the buckets its share of a
-# round stands for, so that one idle since its last write gets a heartbeat
-# within 1.2 heartbeat intervals of it and a tick. A look at every stream at
-# every tick (twice a second) touched 20,000 streams' state a second at 10,000
-# streams, as many as the deliveries of 20 books pushed twice a second, each
-# out of cache.
+# sit in a wheel of buckets; each tick looks at the buckets its time stands
+# for, so that one idle since its last write gets a heartbeat within 1.2
+# heartbeat intervals of it and a tick. A look at every stream at every tick
+# (twice a second) touched 20,000 streams' state a second at 10,000 streams,
+# as many as the deliveries of 20 books pushed twice a second, each out of
+# cache.
 HEARTBEAT_ROUNDS = 5
 HEARTBEAT_BUCKETS = 30
 
@@ -133,11 +133,12 @@ class Fanout:
         # The newest book published per channel: only it is asked for merged
         # diffs, so an older one's are let go (they would live on in the log).
         self.newest_books: dict[str, Book] = {}
-        # The heartbeat wheel: streams placed in turn, a stream's bucket kept
-        # for its life; the next bucket to look at; when the last tick was.
+        # The heartbeat wheel: a stream in the emptiest bucket, kept for its
+        # life; the next bucket to look at, and the share of a bucket owed
+        # by the ticks so far; when the last tick was.
         self._wheel: list[set[Subscription]] = [set() for _ in range(HEARTBEAT_BUCKETS)]
-        self._placed = 0
         self._next_bucket = 0
+        self._owed = 0.0
         self._last_tick: float | None = None
 
     # --- membership ----------------------------------------------------------
@@ -146,9 +147,9 @@ class Fanout:
         """A new subscription, parked (paused, with no sink) until attached."""
         subscription = Subscription(self, client, capacity)
         self.everyone.add(subscription)
-        subscription.bucket = self._placed % HEARTBEAT_BUCKETS
-        self._placed += 1
-        self._wheel[subscription.bucket].add(subscription)
+        wheel = self._wheel
+        subscription.bucket = min(range(len(wheel)), key=lambda index: len(wheel[index]))
+        wheel[subscription.bucket].add(subscription)
         self.paused.add(subscription)
         self.streams.opened(client)
         return subscription
@@ -460,20 +461,31 @@ class Fanout:
         self._heartbeats(now, heartbeat_s)
 
     def _heartbeats(self, now: float, heartbeat_s: float) -> None:
-        """Look at the buckets of the wheel that this tick's time since the
-        last one stands for, a turn of the wheel taking ``heartbeat_s`` /
-        :data:`HEARTBEAT_ROUNDS`: a heartbeat on each stream there that is
-        ready and idle for ``heartbeat_s``."""
+        """Look at the buckets of the wheel that the time since the last tick
+        stands for, a turn of the wheel taking ``heartbeat_s`` /
+        :data:`HEARTBEAT_ROUNDS` (what a tick owes beyond whole buckets is
+        carried to the next); the whole wheel at once when that time is a
+        turn or more. A heartbeat on each stream there that is ready and
+        idle for ``heartbeat_s``."""
         round_s = heartbeat_s / HEARTBEAT_ROUNDS
         since = round_s if self._last_tick is None else max(0.0, now - self._last_tick)
         self._last_tick = now
         wheel = self._wheel
-        buckets = len(wheel) if since >= round_s else -int(-len(wheel) * since // round_s)
+        if since >= round_s:
+            buckets, self._owed = len(wheel), 0.0
+        else:
+            self._owed += len(wheel) * since / round_s
+            buckets = min(len(wheel), int(self._owed))
+            self._owed -= buckets
         for _ in range(buckets):
             bucket = wheel[self._next_bucket]
             self._next_bucket = (self._next_bucket + 1) % len(wheel)
             for subscription in tuple(bucket):  # a copy: a write may end a stream
-                if subscription.paused_at is None and now - subscription.last_write >= heartbeat_s:
+                if (
+                    subscription.paused_at is None
+                    and subscription.ended is None
+                    and now - subscription.last_write >= heartbeat_s
+                ):
                     subscription.last_write = now
                     assert subscription.sink is not None
                     subscription.sink.heartbeat()
