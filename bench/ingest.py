@@ -57,6 +57,7 @@ class CountingSink:
     """A stream's sink that keeps nothing: the fan-out's cost without a socket's."""
 
     label = "stream"
+    direct = None  # every write goes through write
 
     def __init__(self) -> None:
         self.form = sse_chunk

@@ -22,6 +22,7 @@ class Recorder:
 
     form = staticmethod(line_form)
     label = "stream"
+    direct = None  # every write goes through write
 
     def __init__(self) -> None:
         self.data = b""

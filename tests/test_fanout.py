@@ -8,7 +8,7 @@ from app.state.events import Event
 from app.streams.admission import Streams
 from app.streams.eventlog import Cursor, RecentEvents
 from app.streams.fanout import HEARTBEAT_BUCKETS, HEARTBEAT_ROUNDS, Fanout, Subscription
-from tests.sinks import Recorder
+from tests.sinks import Recorder, line_form
 
 
 def event(seq: int, channel: str = "trades:BTC_USD", conflatable: bool = False, ts: int = 0) -> Event:
@@ -214,6 +214,42 @@ def test_a_paused_stream_gets_no_heartbeat() -> None:
     world.fanout.tick(max(ready.last_write, paused.last_write) + 3, heartbeat_s=2)
     assert ready_sink.heartbeats == 1 and paused_sink.heartbeats == 0
     assert paused.ended is None  # within the send timeout
+
+
+class DirectSink(Recorder):
+    """A sink whose events the fan-out writes to a transport itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.direct = self.transport = Transport()
+
+
+class Transport:
+    def __init__(self) -> None:
+        self.data = b""
+        self.closing = False
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+
+def test_events_go_to_a_sinks_direct_transport_while_it_is_not_closing() -> None:
+    world = World()
+    sub = world.fanout.subscribe("address:a", 10)
+    world.fanout.retarget(sub, frozenset({"trades:BTC_USD"}))
+    sink = DirectSink()
+    world.fanout.attach(sub, sink, b"opening\n")
+    world.publish(event(1))
+    assert sink.data == b"opening\n"  # the opening goes through write; events do not
+    assert sink.transport.data == line_form(event(1))
+    sink.transport.closing = True
+    world.publish(event(2))
+    assert sink.transport.data == line_form(event(1))
+    world.fanout.tick(sub.last_write + 16, heartbeat_s=15)
+    assert sink.heartbeats == 1  # heartbeats, acks and catch-ups are the sink's own
 
 
 def test_catching_up_before_new_channels_moves_the_position() -> None:

@@ -228,6 +228,22 @@ def test_an_idle_websocket_is_pinged(world: World) -> None:
         gw.stop()
 
 
+class _Stream:
+    """A stream's handle that records whether its sink said it is gone."""
+
+    def __init__(self) -> None:
+        self.gone = 0
+
+    def pause(self) -> None:
+        pass
+
+    def resume(self) -> None:
+        pass
+
+    def lost(self) -> None:
+        self.gone += 1
+
+
 class _Transport:
     """A transport that records what is written to it."""
 
@@ -244,26 +260,30 @@ class _Transport:
 
 @pytest.mark.parametrize("state", ["close_sent", "disconnected"])
 def test_a_websocket_sink_stops_writing_once_uvicorn_marks_its_protocol_closed(state: str) -> None:
-    """The fan-out reads the sink's flag, not the protocol, for every delivery:
+    """The fan-out reads neither the protocol nor the sink for a delivery:
     uvicorn's own assignments (``self.close_sent = True``, ``self.disconnected
-    = True``) must clear it, wherever uvicorn makes them."""
+    = True``), wherever uvicorn makes them, must end the stream for it."""
     protocol = GuardedWebSocketProtocol.__new__(GuardedWebSocketProtocol)  # no server around it
     transport = _Transport()
     protocol.transport = transport  # type: ignore[assignment]
-    sink = WebSocketSink(protocol)
+    stream = _Stream()
+    sink = WebSocketSink(protocol, stream)
+    assert sink.direct is transport
     sink.write(b"first")
     setattr(protocol, state, True)  # as uvicorn's code does
     sink.write(b"second")
     sink.heartbeat()
     assert transport.written == [b"first"]
     assert not protocol.open_for_data()
+    # The fan-out, which writes to ``direct`` itself, is told at once.
+    assert sink.direct is None and stream.gone == 1
 
 
 def test_a_websocket_sink_does_not_write_to_a_closing_transport() -> None:
     protocol = GuardedWebSocketProtocol.__new__(GuardedWebSocketProtocol)
     transport = _Transport()
     protocol.transport = transport  # type: ignore[assignment]
-    sink = WebSocketSink(protocol)
+    sink = WebSocketSink(protocol, _Stream())
     transport.closing = True
     sink.write(b"late")
     assert transport.written == []

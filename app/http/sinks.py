@@ -18,6 +18,14 @@ published. These sinks are where those writes go, one per transport:
   and sent by the request's task through ASGI's ``send``. It keeps the route
   working there (and measurable); it is not the fast path.
 
+Both direct sinks hand the fan-out their transport (``direct``): it writes an
+event's bytes there itself, while the transport is not closing, and reads
+neither the sink nor the protocol per delivery (at 10,000 clients each object
+a delivery reads is out of cache). What else goes to a client (the opening,
+a catch-up, an acknowledgement, a heartbeat) goes through the sink's
+``write``. A WebSocket that may take no more data (a close frame sent, the
+peer gone) tells its stream it is gone at once, so that the fan-out stops.
+
 Flow control is the transport's: when its buffer passes the high-water mark
 (``GATEWAY_STREAM_WRITE_BUFFER``), the protocol tells the subscription to
 pause; when it drains, to resume (the fan-out then catches it up in one write);
@@ -41,7 +49,7 @@ from typing import Any
 from starlette.types import Receive, Scope, Send
 from websockets.frames import Frame, Opcode
 
-from app.ports import Ending, Event, Feed, Form, Stream
+from app.ports import Ending, Event, Feed, Form, Stream, Transport
 from app.protocols.http import TRANSPORT, GuardedProtocol
 from app.protocols.websocket import GRACE_S, GuardedWebSocketProtocol
 
@@ -111,11 +119,14 @@ def close(transport: Any, *, at_once: bool) -> None:
 class SseSink:
     """An SSE response's connection, written to directly (see the module doc)."""
 
-    __slots__ = ("form", "transport", "wrap")
+    __slots__ = ("direct", "form", "transport", "wrap")
     label = "stream"
 
     def __init__(self, transport: Any, *, chunked: bool) -> None:
         self.transport = transport
+        # The fan-out writes events to it itself (its write is this one's):
+        # whatever closes the connection, the transport says it is closing.
+        self.direct: Transport | None = transport
         self.form: Form = sse_chunk if chunked else sse_plain
         self.wrap = chunk if chunked else bytes
 
@@ -142,6 +153,7 @@ class AsgiSink:
     pauses) and sent by the request's task through ASGI's ``send``."""
 
     label = "stream"
+    direct: Transport | None = None  # every write is queued
 
     def __init__(self, stream: Stream, limit: int) -> None:
         self.form: Form = sse_plain
@@ -249,20 +261,25 @@ async def run_sse(
 class WebSocketSink:
     """A WebSocket's connection, written to directly (see the module doc)."""
 
-    __slots__ = ("form", "open", "protocol", "transport")
+    __slots__ = ("direct", "form", "open", "protocol", "stream", "transport")
     label = "WebSocket"
 
-    def __init__(self, protocol: GuardedWebSocketProtocol) -> None:
+    def __init__(self, protocol: GuardedWebSocketProtocol, stream: Stream) -> None:
         self.form: Form = ws_frame
         self.protocol = protocol
+        self.stream = stream
         self.transport = protocol.transport
-        # Data may be written: the protocol clears it (closed_for_data), so
-        # that a delivery reads this sink and the transport, not the protocol.
+        # The fan-out writes events to it itself, so once no more data may
+        # go (a close frame sent, the peer gone: closed_for_data, wherever
+        # uvicorn marks it), the stream is gone for the fan-out too.
         self.open = protocol.open_for_data()
+        self.direct: Transport | None = self.transport if self.open else None
         protocol.closed_for_data = self._closed
 
     def _closed(self) -> None:
         self.open = False
+        self.direct = None
+        self.stream.lost()
 
     def write(self, data: bytes) -> None:
         transport = self.transport

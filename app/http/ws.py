@@ -248,7 +248,7 @@ async def websocket_stream(websocket: WebSocket) -> None:
     bound(transport, settings.gateway_stream_send_buffer, settings.gateway_stream_write_buffer)
     connection = Connection(ports, websocket, stream)
     protocol.take(stream, connection.on_message)
-    sink = WebSocketSink(protocol)
+    sink = WebSocketSink(protocol, stream)
     connection.protocol = protocol
     feed.attach(stream, sink, b"")
     # From here the connection is the stream's: ops are handled as they

@@ -54,7 +54,7 @@ import time
 
 from app.domain import books as levels
 from app.domain.values import Json
-from app.ports import Ending, Form, Sink
+from app.ports import Ending, Form, Sink, Transport
 from app.state.events import Book, Event
 from app.streams.admission import Streams
 from app.streams.eventlog import EventLog
@@ -83,8 +83,10 @@ class Subscription:
         "capacity",
         "channels",
         "client",
+        "direct",
         "ended",
         "fanout",
+        "form",
         "last_write",
         "missed",
         "paused_at",
@@ -98,6 +100,10 @@ class Subscription:
         self.capacity = capacity  # log events it may miss while paused
         self.channels: frozenset[str] = frozenset()
         self.sink: Sink | None = None  # none yet: parked until attached
+        # The sink's form and direct transport, read here for each delivery
+        # (Sink.direct): the sink's own object is not read then.
+        self.form: Form | None = None
+        self.direct: Transport | None = None
         now = time.monotonic()
         self.paused_at: float | None = now
         self.position = fanout.head
@@ -268,6 +274,8 @@ class Fanout:
             sink.end(subscription.ended)
             return
         subscription.sink = sink
+        subscription.form = sink.form
+        subscription.direct = sink.direct
         missed = self._missed(subscription)
         if missed is None:
             sink.write(opening)
@@ -341,10 +349,11 @@ class Fanout:
                     if subscription.missed > subscription.capacity:
                         overflowing.append(subscription)
                 continue
-            sink = subscription.sink
-            assert sink is not None  # only a parked subscription has none, and it is paused
             subscription.last_write = now
             written += 1
+            its_form = subscription.form
+            assert its_form is not None  # only a parked subscription has none, and it is paused
+            payload: bytes | None = None
             books = subscription.books
             if books is not None and book is not None and channel in books:
                 held = books[channel]
@@ -353,15 +362,22 @@ class Fanout:
                     if not diff_made:
                         diff, diff_made = book.diff, True
                     if diff is not None:
-                        if sink.form is not diff_form:
-                            diff_form = sink.form
-                            diff_data = diff.wire(diff_form)
-                        sink.write(diff_data)
-                        continue
-            if sink.form is not form:
-                form = sink.form
-                data = event.wire(form)
-            sink.write(data)
+                        if its_form is not diff_form:
+                            diff_form = its_form
+                            diff_data = diff.wire(its_form)
+                        payload = diff_data
+            if payload is None:
+                if its_form is not form:
+                    form = its_form
+                    data = event.wire(its_form)
+                payload = data
+            direct = subscription.direct
+            if direct is None:
+                sink = subscription.sink
+                assert sink is not None  # attached: it is not paused
+                sink.write(payload)
+            elif not direct.is_closing():
+                direct.write(payload)
         streams = self.streams
         streams.sent(written)
         if written and event.received_ts:
