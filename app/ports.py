@@ -54,12 +54,14 @@ class Sink(Protocol):
     blocks: the bytes go to the connection's buffer; the sink tells its
     :class:`Stream` when that buffer is full, drained, or gone.
 
-    ``direct``: a transport the fan-out writes an event's bytes to itself, as
-    ``write`` would, while it is not closing (None: ``write`` is called). A
-    sink that has one tells its stream it is gone (:meth:`Stream.lost`) as
-    soon as no more data may go to it. The fan-out then reads, per delivery,
-    the subscription and the transport and not the sink: at 10,000 clients
-    every object a delivery reads is out of cache."""
+    ``direct``: a transport the fan-out writes an event's bytes to itself
+    while the transport is not closing, instead of calling ``write`` (None:
+    ``write`` is called). A sink whose transport may take no more data before
+    it is closing (a WebSocket after its close frame) says so at once
+    (:meth:`Stream.closed_for_data`), and the fan-out calls ``write`` from
+    then on. A delivery then reads the subscription and the transport, not
+    the sink: at 10,000 clients every object a delivery reads is out of cache.
+    """
 
     form: Form
     label: str  # what the log calls it: "stream", "WebSocket"
@@ -78,6 +80,10 @@ class Stream(Protocol):
     def pause(self) -> None: ...
     def resume(self) -> None: ...
     def lost(self) -> None: ...
+    def closed_for_data(self) -> None:
+        """The sink's ``direct`` transport may take no more data: what goes
+        to the client goes through the sink's ``write`` from now on."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,8 +17,11 @@ from coinsuper_gateway_client import GatewayStream, StreamEvent
 from httpx_ws import WebSocketDisconnect, aconnect_ws
 
 from app.http.sinks import WebSocketSink
+from app.ports import Ending
 from app.protocols.websocket import GuardedWebSocketProtocol
 from tests.support import CuttingProxy, Mosquitto, wait_for
+from tests.test_fanout import World as FanoutWorld
+from tests.test_fanout import event
 from tests.world import CHANNELS, World, start_flowing
 
 BOOK, TRADES = CHANNELS.split(",")[1], CHANNELS.split(",")[0]
@@ -233,6 +236,7 @@ class _Stream:
 
     def __init__(self) -> None:
         self.gone = 0
+        self.closed_to_data = 0
 
     def pause(self) -> None:
         pass
@@ -243,6 +247,9 @@ class _Stream:
     def lost(self) -> None:
         self.gone += 1
 
+    def closed_for_data(self) -> None:
+        self.closed_to_data += 1
+
 
 class _Transport:
     """A transport that records what is written to it."""
@@ -250,9 +257,13 @@ class _Transport:
     def __init__(self) -> None:
         self.written: list[bytes] = []
         self.closing = False
+        self.aborted = False
 
     def write(self, data: bytes) -> None:
         self.written.append(data)
+
+    def abort(self) -> None:
+        self.aborted = self.closing = True
 
     def is_closing(self) -> bool:
         return self.closing
@@ -276,7 +287,7 @@ def test_a_websocket_sink_stops_writing_once_uvicorn_marks_its_protocol_closed(s
     assert transport.written == [b"first"]
     assert not protocol.open_for_data()
     # The fan-out, which writes to ``direct`` itself, is told at once.
-    assert sink.direct is None and stream.gone == 1
+    assert sink.direct is None and stream.closed_to_data == 1 and stream.gone == 0
 
 
 def test_a_websocket_sink_does_not_write_to_a_closing_transport() -> None:
@@ -287,3 +298,65 @@ def test_a_websocket_sink_does_not_write_to_a_closing_transport() -> None:
     transport.closing = True
     sink.write(b"late")
     assert transport.written == []
+
+
+def _taken_over(transport: _Transport) -> GuardedWebSocketProtocol:
+    """A WebSocket protocol past its handshake, with no server around it."""
+    protocol = GuardedWebSocketProtocol.__new__(GuardedWebSocketProtocol)
+    protocol.transport = transport  # type: ignore[assignment]
+    return protocol
+
+
+def test_the_fan_out_writes_no_event_after_a_websocket_close_frame() -> None:
+    """uvicorn marks ``close_sent`` and closes the transport after (a protocol
+    error): no event may go out in between, and the stream is left to end
+    as it would (its close, or the send timeout for a client that reads
+    nothing), not ended there."""
+    world = FanoutWorld()
+    sub = world.fanout.subscribe("address:a", 10)
+    world.fanout.retarget(sub, frozenset({"trades:BTC_USD"}))
+    transport = _Transport()
+    protocol = _taken_over(transport)
+    world.fanout.attach(sub, WebSocketSink(protocol, sub), b"")
+    world.publish(event(1))
+    assert len(transport.written) == 1
+    protocol.close_sent = True  # as uvicorn does, before its transport.close()
+    world.publish(event(2))
+    assert len(transport.written) == 1
+    assert sub.ended is None and sub.direct is None
+
+
+def test_a_paused_websocket_past_its_close_frame_is_still_dropped_at_the_send_timeout() -> None:
+    world = FanoutWorld()
+    sub = world.fanout.subscribe("address:a", 10)
+    world.fanout.retarget(sub, frozenset({"trades:BTC_USD"}))
+    transport = _Transport()
+    protocol = _taken_over(transport)
+    world.fanout.attach(sub, WebSocketSink(protocol, sub), b"")
+    sub.pause()  # its client stopped reading
+    protocol.close_sent = True  # then sent a frame too big: uvicorn closes, which waits on the buffer
+    assert sub.paused_at is not None
+    world.fanout.tick(sub.paused_at + 11, heartbeat_s=15)
+    assert sub.ended is Ending.STALLED and transport.aborted
+    assert world.streams.stalled_closes == 1
+
+
+class _Conn:
+    """What the protocol reads of websockets' connection here."""
+
+    def __init__(self, close_sent: object) -> None:
+        self.close_sent = close_sent
+
+
+@pytest.mark.parametrize("close_sent", [None, object()])
+def test_an_op_read_with_the_clients_close_is_not_answered_after_the_close_frame(close_sent: object) -> None:
+    """One read of a text frame and a close: websockets answers the close as
+    it parses, so the op's reply would follow the close frame."""
+    protocol = _taken_over(_Transport())
+    received: list[str | None] = []
+    protocol.ops = received.append
+    protocol.conn = _Conn(close_sent)  # type: ignore[assignment]
+    protocol.frames = [b"{}"]
+    protocol.curr_msg_data_type = "text"
+    protocol.send_receive_event_to_app()
+    assert received == ([] if close_sent is not None else ["{}"])

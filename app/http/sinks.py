@@ -24,7 +24,8 @@ neither the sink nor the protocol per delivery (at 10,000 clients each object
 a delivery reads is out of cache). What else goes to a client (the opening,
 a catch-up, an acknowledgement, a heartbeat) goes through the sink's
 ``write``. A WebSocket that may take no more data (a close frame sent, the
-peer gone) tells its stream it is gone at once, so that the fan-out stops.
+peer gone) says so to its stream at once, and the fan-out calls its
+``write`` from then on, which writes nothing.
 
 Flow control is the transport's: when its buffer passes the high-water mark
 (``GATEWAY_STREAM_WRITE_BUFFER``), the protocol tells the subscription to
@@ -269,9 +270,9 @@ class WebSocketSink:
         self.protocol = protocol
         self.stream = stream
         self.transport = protocol.transport
-        # The fan-out writes events to it itself, so once no more data may
-        # go (a close frame sent, the peer gone: closed_for_data, wherever
-        # uvicorn marks it), the stream is gone for the fan-out too.
+        # The fan-out writes events to it itself until no more data may go
+        # (a close frame sent, the peer gone: closed_for_data, wherever
+        # uvicorn marks it); from then on, to write, which writes nothing.
         self.open = protocol.open_for_data()
         self.direct: Transport | None = self.transport if self.open else None
         protocol.closed_for_data = self._closed
@@ -279,7 +280,7 @@ class WebSocketSink:
     def _closed(self) -> None:
         self.open = False
         self.direct = None
-        self.stream.lost()
+        self.stream.closed_for_data()
 
     def write(self, data: bytes) -> None:
         transport = self.transport

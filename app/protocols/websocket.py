@@ -50,11 +50,11 @@ class GuardedWebSocketProtocol(TakenOver, WebSocketsSansIOProtocol):
     # The connection's slot in the HTTP layer's count (:mod:`app.protocols.http`).
     release_slot: Callable[[], None] | None = None
     # Told once no more data may be written (a close sent, the peer gone): the
-    # sink's flag, which the fan-out reads for every delivery instead of this
-    # object. Reading uvicorn's protocol per delivery cost 12-15% of the
-    # gateway's CPU at 10,000 WebSockets (its attributes are cold in cache;
-    # 2026-12-07), so ``close_sent`` and ``disconnected`` tell the sink
-    # wherever uvicorn sets them (:class:`_EndsData`).
+    # sink, which stops the fan-out's direct writes and its own. The fan-out
+    # does not read this object per delivery (uvicorn's protocol, read per
+    # delivery, cost 12-15% of the gateway's CPU at 10,000 WebSockets: its
+    # attributes are cold in cache), so ``close_sent`` and ``disconnected``
+    # tell the sink wherever uvicorn sets them (:class:`_EndsData`).
     closed_for_data: Callable[[], None] | None = None
     close_sent = _EndsData()
     disconnected = _EndsData()
@@ -71,6 +71,12 @@ class GuardedWebSocketProtocol(TakenOver, WebSocketsSansIOProtocol):
         ops = self.ops
         if ops is None or self.close_sent:
             super().send_receive_event_to_app()
+            return
+        if self.conn.close_sent is not None:
+            # A close frame went out (websockets answered the client's close,
+            # read in the same bytes): nothing that came before it is answered
+            # after it.
+            self.frames = []
             return
         data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
         self.frames = []

@@ -124,6 +124,9 @@ class Subscription:
     def lost(self) -> None:
         self.fanout.end(self, Ending.GONE)
 
+    def closed_for_data(self) -> None:
+        self.direct = None
+
 
 class Fanout:
     """Subscriptions by channel, written to at publish time."""
@@ -289,6 +292,7 @@ class Fanout:
             return
         self.retarget(subscription, frozenset())
         subscription.ended = ending
+        subscription.direct = None
         self.everyone.discard(subscription)
         self._wheel[subscription.bucket].discard(subscription)
         self.paused.discard(subscription)
