@@ -19,6 +19,7 @@ from httpx_ws import WebSocketDisconnect, aconnect_ws
 from app.http.sinks import WebSocketSink
 from app.ports import Ending
 from app.protocols.websocket import GuardedWebSocketProtocol
+from app.streams.fanout import Subscription
 from tests.support import CuttingProxy, Mosquitto, wait_for
 from tests.test_fanout import World as FanoutWorld
 from tests.test_fanout import event
@@ -307,17 +308,23 @@ def _taken_over(transport: _Transport) -> GuardedWebSocketProtocol:
     return protocol
 
 
-def test_the_fan_out_writes_no_event_after_a_websocket_close_frame() -> None:
-    """uvicorn marks ``close_sent`` and closes the transport after (a protocol
-    error): no event may go out in between, and the stream is left to end
-    as it would (its close, or the send timeout for a client that reads
-    nothing), not ended there."""
+def _followed_on_a_websocket() -> tuple[FanoutWorld, Subscription, GuardedWebSocketProtocol, _Transport]:
+    """A fan-out with one stream of trades, attached to a WebSocket's sink."""
     world = FanoutWorld()
     sub = world.fanout.subscribe("address:a", 10)
     world.fanout.retarget(sub, frozenset({"trades:BTC_USD"}))
     transport = _Transport()
     protocol = _taken_over(transport)
     world.fanout.attach(sub, WebSocketSink(protocol, sub), b"")
+    return world, sub, protocol, transport
+
+
+def test_the_fan_out_writes_no_event_after_a_websocket_close_frame() -> None:
+    """uvicorn marks ``close_sent`` and closes the transport after (a protocol
+    error): no event may go out in between, and the stream is left to end
+    as it would (its close, or the send timeout for a client that reads
+    nothing), not ended there."""
+    world, sub, protocol, transport = _followed_on_a_websocket()
     world.publish(event(1))
     assert len(transport.written) == 1
     protocol.close_sent = True  # as uvicorn does, before its transport.close()
@@ -327,12 +334,7 @@ def test_the_fan_out_writes_no_event_after_a_websocket_close_frame() -> None:
 
 
 def test_a_paused_websocket_past_its_close_frame_is_still_dropped_at_the_send_timeout() -> None:
-    world = FanoutWorld()
-    sub = world.fanout.subscribe("address:a", 10)
-    world.fanout.retarget(sub, frozenset({"trades:BTC_USD"}))
-    transport = _Transport()
-    protocol = _taken_over(transport)
-    world.fanout.attach(sub, WebSocketSink(protocol, sub), b"")
+    world, sub, protocol, transport = _followed_on_a_websocket()
     sub.pause()  # its client stopped reading
     protocol.close_sent = True  # then sent a frame too big: uvicorn closes, which waits on the buffer
     assert sub.paused_at is not None
