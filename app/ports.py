@@ -7,7 +7,8 @@ cluster on Redis (app/cluster/replica.py).
   it. Positions are opaque strings to the HTTP side.
 - :class:`Sink`: where the fan-out writes a stream's bytes, implemented by
   each transport (app/http/sinks.py); :class:`Stream` is what a sink tells
-  the fan-out (its connection is full, has drained, is gone).
+  the fan-out (its connection is full, has drained, is gone, may take no
+  more data).
 - :class:`StateView`: the latest answer of each channel, and its status.
 - :class:`Demand`: who wants which channel (the upstream subscribes on the
   first demand and releases idle channels).
@@ -81,8 +82,10 @@ class Stream(Protocol):
     def resume(self) -> None: ...
     def lost(self) -> None: ...
     def closed_for_data(self) -> None:
-        """The sink's ``direct`` transport may take no more data: what goes
-        to the client goes through the sink's ``write`` from now on."""
+        """The sink's transport may take no more data (a close frame went
+        out): what goes to the client goes through the sink's ``write`` from
+        now on, and the stream counts as paused, so that it is dropped at the
+        send timeout unless its connection ends first."""
         ...
 
 

@@ -25,6 +25,7 @@ from app.domain.channels import parse_channel
 from app.gateway import Gateway
 from app.http.sinks import sse_chunk
 from app.ingest.pipeline import Pipeline
+from app.ports import Transport
 from app.simulator.market import Market
 
 # Messages a second on one core with no subscription that the gateway aims at
@@ -57,7 +58,7 @@ class CountingSink:
     """A stream's sink that keeps nothing: the fan-out's cost without a socket's."""
 
     label = "stream"
-    direct = None  # every write goes through write
+    direct: Transport | None = None  # every write goes through write
 
     def __init__(self) -> None:
         self.form = sse_chunk

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from app.domain.channels import Channel
-from app.ports import Ending
+from app.ports import Ending, Transport
 from app.state.events import Event
 from app.streams.hub import Hub
 
@@ -22,7 +22,7 @@ class Recorder:
 
     form = staticmethod(line_form)
     label = "stream"
-    direct = None  # every write goes through write
+    direct: Transport | None = None  # every write goes through write
 
     def __init__(self) -> None:
         self.data = b""

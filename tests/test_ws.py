@@ -15,6 +15,9 @@ import httpx
 import pytest
 from coinsuper_gateway_client import GatewayStream, StreamEvent
 from httpx_ws import WebSocketDisconnect, aconnect_ws
+from websockets.frames import Close, Frame, Opcode
+from websockets.protocol import State
+from websockets.server import ServerProtocol
 
 from app.http.sinks import WebSocketSink
 from app.ports import Ending
@@ -266,18 +269,28 @@ class _Transport:
     def abort(self) -> None:
         self.aborted = self.closing = True
 
+    def close(self) -> None:
+        self.closing = True
+
     def is_closing(self) -> bool:
         return self.closing
+
+
+def _taken_over(transport: _Transport) -> GuardedWebSocketProtocol:
+    """A WebSocket protocol past its handshake, with no server around it."""
+    protocol = GuardedWebSocketProtocol.__new__(GuardedWebSocketProtocol)
+    protocol.transport = transport  # type: ignore[assignment]
+    return protocol
 
 
 @pytest.mark.parametrize("state", ["close_sent", "disconnected"])
 def test_a_websocket_sink_stops_writing_once_uvicorn_marks_its_protocol_closed(state: str) -> None:
     """The fan-out reads neither the protocol nor the sink for a delivery:
     uvicorn's own assignments (``self.close_sent = True``, ``self.disconnected
-    = True``), wherever uvicorn makes them, must end the stream for it."""
-    protocol = GuardedWebSocketProtocol.__new__(GuardedWebSocketProtocol)  # no server around it
+    = True``), wherever uvicorn makes them, must tell the stream at once
+    (``closed_for_data``), which does not end it."""
     transport = _Transport()
-    protocol.transport = transport  # type: ignore[assignment]
+    protocol = _taken_over(transport)
     stream = _Stream()
     sink = WebSocketSink(protocol, stream)
     assert sink.direct is transport
@@ -287,25 +300,15 @@ def test_a_websocket_sink_stops_writing_once_uvicorn_marks_its_protocol_closed(s
     sink.heartbeat()
     assert transport.written == [b"first"]
     assert not protocol.open_for_data()
-    # The fan-out, which writes to ``direct`` itself, is told at once.
     assert sink.direct is None and stream.closed_to_data == 1 and stream.gone == 0
 
 
 def test_a_websocket_sink_does_not_write_to_a_closing_transport() -> None:
-    protocol = GuardedWebSocketProtocol.__new__(GuardedWebSocketProtocol)
     transport = _Transport()
-    protocol.transport = transport  # type: ignore[assignment]
-    sink = WebSocketSink(protocol, _Stream())
+    sink = WebSocketSink(_taken_over(transport), _Stream())
     transport.closing = True
     sink.write(b"late")
     assert transport.written == []
-
-
-def _taken_over(transport: _Transport) -> GuardedWebSocketProtocol:
-    """A WebSocket protocol past its handshake, with no server around it."""
-    protocol = GuardedWebSocketProtocol.__new__(GuardedWebSocketProtocol)
-    protocol.transport = transport  # type: ignore[assignment]
-    return protocol
 
 
 def _followed_on_a_websocket() -> tuple[FanoutWorld, Subscription, GuardedWebSocketProtocol, _Transport]:
@@ -333,32 +336,45 @@ def test_the_fan_out_writes_no_event_after_a_websocket_close_frame() -> None:
     assert sub.ended is None and sub.direct is None
 
 
-def test_a_paused_websocket_past_its_close_frame_is_still_dropped_at_the_send_timeout() -> None:
+@pytest.mark.parametrize("paused", [True, False])
+def test_a_websocket_past_its_close_frame_is_dropped_at_the_send_timeout(paused: bool) -> None:
+    """uvicorn's close on a protocol error waits for the buffer to drain: a
+    client that reads nothing, whether or not its buffer filled, is still
+    dropped (aborted) at the send timeout."""
     world, sub, protocol, transport = _followed_on_a_websocket()
-    sub.pause()  # its client stopped reading
-    protocol.close_sent = True  # then sent a frame too big: uvicorn closes, which waits on the buffer
+    if paused:
+        sub.pause()  # its client stopped reading and the buffer filled
+    protocol.close_sent = True  # then it sent a frame too big
     assert sub.paused_at is not None
     world.fanout.tick(sub.paused_at + 11, heartbeat_s=15)
     assert sub.ended is Ending.STALLED and transport.aborted
     assert world.streams.stalled_closes == 1
 
 
-class _Conn:
-    """What the protocol reads of websockets' connection here."""
-
-    def __init__(self, close_sent: object) -> None:
-        self.close_sent = close_sent
+def _client_frame(opcode: Opcode, data: bytes) -> bytes:
+    return Frame(opcode, data).serialize(mask=True)
 
 
-@pytest.mark.parametrize("close_sent", [None, object()])
-def test_an_op_read_with_the_clients_close_is_not_answered_after_the_close_frame(close_sent: object) -> None:
-    """One read of a text frame and a close: websockets answers the close as
-    it parses, so the op's reply would follow the close frame."""
-    protocol = _taken_over(_Transport())
-    received: list[str | None] = []
-    protocol.ops = received.append
-    protocol.conn = _Conn(close_sent)  # type: ignore[assignment]
-    protocol.frames = [b"{}"]
-    protocol.curr_msg_data_type = "text"
-    protocol.send_receive_event_to_app()
-    assert received == ([] if close_sent is not None else ["{}"])
+@pytest.mark.parametrize("closed", [True, False])
+def test_an_op_read_with_a_ping_and_the_clients_close_is_not_answered_after_the_close_frame(
+    closed: bool,
+) -> None:
+    """Ping, text and close in one read: websockets queues its pong and its
+    close reply as it parses; uvicorn writes both when it handles the ping,
+    before the text: the op's reply would follow the close frame."""
+    transport = _Transport()
+    protocol = _taken_over(transport)
+    protocol.conn = ServerProtocol(state=State.OPEN)  # past its handshake
+    protocol.handshake_initiated = True
+    protocol.close_timer = None
+    protocol.queue = asyncio.Queue()
+    protocol.ops = lambda text: transport.write(b"REPLY")
+    data = _client_frame(Opcode.PING, b"") + _client_frame(Opcode.TEXT, b"{}")
+    if closed:
+        data += _client_frame(Opcode.CLOSE, Close(1000, "").serialize())
+    protocol.data_received(data)
+    written = b"".join(transport.written)
+    if closed:
+        assert b"REPLY" not in written and written.startswith(b"\x8a\x00\x88")  # the pong, the close
+    else:
+        assert written.endswith(b"REPLY")

@@ -262,7 +262,7 @@ async def run_sse(
 class WebSocketSink:
     """A WebSocket's connection, written to directly (see the module doc)."""
 
-    __slots__ = ("direct", "form", "open", "protocol", "stream", "transport")
+    __slots__ = ("direct", "form", "protocol", "stream", "transport")
     label = "WebSocket"
 
     def __init__(self, protocol: GuardedWebSocketProtocol, stream: Stream) -> None:
@@ -270,21 +270,19 @@ class WebSocketSink:
         self.protocol = protocol
         self.stream = stream
         self.transport = protocol.transport
-        # The fan-out writes events to it itself until no more data may go
-        # (a close frame sent, the peer gone: closed_for_data, wherever
-        # uvicorn marks it); from then on, to write, which writes nothing.
-        self.open = protocol.open_for_data()
-        self.direct: Transport | None = self.transport if self.open else None
+        # The transport while data may go to it, for the fan-out's direct
+        # writes and this sink's own; None once no more may (a close frame
+        # sent, the peer gone: closed_for_data, wherever uvicorn marks it).
+        self.direct: Transport | None = self.transport if protocol.open_for_data() else None
         protocol.closed_for_data = self._closed
 
     def _closed(self) -> None:
-        self.open = False
         self.direct = None
         self.stream.closed_for_data()
 
     def write(self, data: bytes) -> None:
-        transport = self.transport
-        if self.open and not transport.is_closing():
+        transport = self.direct
+        if transport is not None and not transport.is_closing():
             transport.write(data)
 
     def heartbeat(self) -> None:

@@ -4,10 +4,11 @@ WebSocket (the sink that writes to it: :class:`app.http.sinks.WebSocketSink`).
 
 What it reaches into (``tests/test_drift.py`` pins the source): ``run_asgi``
 is a copy of uvicorn 0.55's with one condition added (a connection a stream
-took is left open); ``send_receive_event_to_app`` reads ``frames`` and
-``curr_msg_data_type``; ``end_stream`` uses ``conn``, ``queue`` and
-``close_timer``; ``close_sent`` and ``disconnected``, which uvicorn assigns,
-are descriptors here (see :attr:`GuardedWebSocketProtocol.closed_for_data`).
+took is left open); ``send_receive_event_to_app`` reads ``frames``,
+``curr_msg_data_type`` and ``conn.close_sent``; ``end_stream`` uses ``conn``,
+``queue`` and ``close_timer``; ``close_sent`` and ``disconnected``, which
+uvicorn assigns, are descriptors here (see
+:attr:`GuardedWebSocketProtocol.closed_for_data`).
 """
 
 from __future__ import annotations
@@ -73,9 +74,11 @@ class GuardedWebSocketProtocol(TakenOver, WebSocketsSansIOProtocol):
             super().send_receive_event_to_app()
             return
         if self.conn.close_sent is not None:
-            # A close frame went out (websockets answered the client's close,
-            # read in the same bytes): nothing that came before it is answered
-            # after it.
+            # websockets has answered a close read in the same bytes. uvicorn
+            # writes that answer when it handles the close, after this op; but
+            # a ping before the op (ping, text, close in one read) had it write
+            # everything queued, the close included, and a reply now would
+            # follow the close frame. An op read with a close is not answered.
             self.frames = []
             return
         data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)

@@ -126,6 +126,10 @@ class Subscription:
 
     def closed_for_data(self) -> None:
         self.direct = None
+        # Nothing more goes out: on the send timeout's clock, as a stream
+        # whose client reads nothing is, so that a client that never answers
+        # the close (and never fills the buffer) cannot keep its connection.
+        self.fanout.pause(self)
 
 
 class Fanout:
