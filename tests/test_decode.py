@@ -9,6 +9,7 @@ import re
 from decimal import Decimal
 from unittest import mock
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -435,6 +436,22 @@ def test_ordering_by_length_and_text_is_ordering_by_value(numbers: list[Decimal]
         for texts in (values, mixed):
             by_value = all(after(Decimal(a), Decimal(b)) for a, b in itertools.pairwise(texts))
             assert decode_module._in_order(texts, after) == by_value, (texts, after)
+
+
+@pytest.mark.parametrize(
+    "texts",
+    [
+        ["6012.50", "6011.75", "6009.00"],  # one length: compared as text
+        ["9.00", "10.00"],  # as long in sum as two of the first's length: not as text
+        ["10.00", "9.00", "100.00"],
+        ["99.50", "9.90", "98.00"],
+        ["0.50", "0.75", "1.00"],
+    ],
+)
+def test_ordering_decimals_of_one_length_by_text_and_of_several_by_value(texts: list[str]) -> None:
+    for after in (operator.lt, operator.le, operator.gt, operator.ge):
+        by_value = all(after(Decimal(a), Decimal(b)) for a, b in itertools.pairwise(texts))
+        assert decode_module._in_order(texts, after) == by_value, (texts, after)
 
 
 def trade_window(first: int, count: int, *, pad: int = 0) -> bytes:

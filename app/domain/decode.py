@@ -319,7 +319,7 @@ def _best_first(levels: list[list[str]], key: str, descending: bool) -> _Side:
 
 def _pairs(prices: list[str], quantities: list[str]) -> list[list[str]]:
     """Levels as the wire has them: ``[price, quantity]``."""
-    return list(map(list, zip(prices, quantities, strict=True)))
+    return [[price, quantity] for price, quantity in zip(prices, quantities, strict=True)]
 
 
 def _ordered(prices: list[Decimal], descending: bool) -> bool:
@@ -499,6 +499,22 @@ def _lines(values: list[Any]) -> str | None:
     except TypeError:
         return None
     return joined if joined.count("\n") == len(values) - 1 else None
+
+
+def _nonzero_decimals(values: list[Any]) -> bool:
+    """Every value a decimal string, none of them zero: two regular
+    expressions over them joined, and no Decimal made. A book's quantities
+    are only kept, and most are new in each book: looked up and cached as
+    Decimals, as its prices are, each new one cost a Decimal and a place in
+    the cache that the prices' hits need."""
+    if not values:
+        return True
+    joined = _lines(values)
+    return (
+        joined is not None
+        and _DECIMALS_RE.fullmatch(joined) is not None
+        and _ZERO_LINE_RE.search(joined) is None
+    )
 
 
 def _all_decimals(values: list[Any]) -> bool:
@@ -744,24 +760,23 @@ def _orderbook_fast(channel: Channel, payload: bytes) -> OrderBook | None:
         or not _TS_MIN <= book.timestamp <= _TS_MAX
     ):
         return None
-    sides: list[_Side] = []
+    sides: list[list[list[str]]] = []
+    best: list[Decimal | None] = []
     for levels, descending in ((bids, True), (asks, False)):
         prices = [level.limitPrice for level in levels]
         quantities = [level.quantity for level in levels]
         values = _known(prices)
-        amounts = _known(quantities)
         if (
             values is None
-            or amounts is None
             or not _ordered(values, descending)
-            or not all(amounts)  # a zero quantity
             or not _known_on_grid(prices, step)
+            or not _nonzero_decimals(quantities)
         ):
             return None
-        sides.append(_Side(_pairs(prices, quantities), values))
-    bid_side, ask_side = sides
-    _not_crossed(bid_side.best, ask_side.best)  # a _Bad: the checked path says so
-    return OrderBook(step, bid_side.levels, ask_side.levels, book.timestamp)
+        sides.append(_pairs(prices, quantities))
+        best.append(values[0] if values else None)
+    _not_crossed(*best)  # a _Bad: the checked path says so
+    return OrderBook(step, sides[0], sides[1], book.timestamp)
 
 
 def _depth_fast(channel: Channel, payload: bytes) -> DepthChart | None:
@@ -801,9 +816,10 @@ def _in_order(values: list[str], after: Callable[[Any, Any], bool]) -> bool:
     """Every value a plain decimal, and ``after(value, next one)`` for each.
 
     Plain decimals with as many places as each other, none with a leading zero,
-    are ordered as numbers by (length, text): one regular expression over them
-    joined checks both, and no Decimal is made. Values of mixed places are
-    checked and compared as Decimals."""
+    are ordered as numbers by (length, text), and by text alone when they are
+    all as long: one regular expression over them joined checks both, and no
+    Decimal is made. Values of mixed places are checked and compared as
+    Decimals."""
     if not values:
         return True
     joined = _lines(values)
@@ -813,7 +829,10 @@ def _in_order(values: list[str], after: Callable[[Any, Any], bool]) -> bool:
     places = len(first) - first.find(".") - 1 if "." in first else 0
     keys: list[Any]
     if places <= _DIGITS_MAX and _fixed_places_re(places).fullmatch(joined) is not None:
-        keys = list(zip(map(len, values), values, strict=True))
+        if len(first) == len(values[-1]) and len(set(map(len, values))) == 1:
+            keys = values  # of one length too: ordered as text
+        else:
+            keys = list(zip(map(len, values), values, strict=True))
     elif _DECIMALS_RE.fullmatch(joined) is not None:
         keys = list(map(Decimal, values))
     else:

@@ -52,10 +52,10 @@ class GuardedWebSocketProtocol(TakenOver, WebSocketsSansIOProtocol):
     release_slot: Callable[[], None] | None = None
     # Told once no more data may be written (a close sent, the peer gone): the
     # sink, which stops the fan-out's direct writes and its own. The fan-out
-    # does not read this object per delivery (uvicorn's protocol, read per
-    # delivery, cost 12-15% of the gateway's CPU at 10,000 WebSockets: its
-    # attributes are cold in cache), so ``close_sent`` and ``disconnected``
-    # tell the sink wherever uvicorn sets them (:class:`_EndsData`).
+    # does not read this object per delivery (at 10,000 WebSockets their
+    # attributes are out of cache: docs/performance.md), so ``close_sent``
+    # and ``disconnected`` tell the sink wherever uvicorn sets them
+    # (:class:`_EndsData`).
     closed_for_data: Callable[[], None] | None = None
     close_sent = _EndsData()
     disconnected = _EndsData()
