@@ -501,22 +501,6 @@ def _lines(values: list[Any]) -> str | None:
     return joined if joined.count("\n") == len(values) - 1 else None
 
 
-def _nonzero_decimals(values: list[Any]) -> bool:
-    """Every value a decimal string, none of them zero: two regular
-    expressions over them joined, and no Decimal made. A book's quantities
-    are only kept, and most are new in each book: looked up and cached as
-    Decimals, as its prices are, each new one cost a Decimal and a place in
-    the cache that the prices' hits need."""
-    if not values:
-        return True
-    joined = _lines(values)
-    return (
-        joined is not None
-        and _DECIMALS_RE.fullmatch(joined) is not None
-        and _ZERO_LINE_RE.search(joined) is None
-    )
-
-
 def _all_decimals(values: list[Any]) -> bool:
     """Every value a decimal string, checked by one regular expression."""
     if not values:
@@ -766,11 +750,13 @@ def _orderbook_fast(channel: Channel, payload: bytes) -> OrderBook | None:
         prices = [level.limitPrice for level in levels]
         quantities = [level.quantity for level in levels]
         values = _known(prices)
+        amounts = _known(quantities)
         if (
             values is None
+            or amounts is None
             or not _ordered(values, descending)
+            or not all(amounts)  # a zero quantity
             or not _known_on_grid(prices, step)
-            or not _nonzero_decimals(quantities)
         ):
             return None
         sides.append(_pairs(prices, quantities))
