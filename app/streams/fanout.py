@@ -140,15 +140,14 @@ class Fanout:
         self.streams = streams
         self.send_timeout_s = send_timeout_s
         self.by_channel: dict[str, set[Subscription]] = {}
-        self.everyone: set[Subscription] = set()
         self.paused: set[Subscription] = set()
         self.head = 0  # the sequence number of the newest event published
         # The newest book published per channel: only it is asked for merged
         # diffs, so an older one's are let go (they would live on in the log).
         self.newest_books: dict[str, Book] = {}
-        # The heartbeat wheel: a stream in the emptiest bucket, kept for its
-        # life; the next bucket to look at, and the share of a bucket owed
-        # by the ticks so far; when the last tick was.
+        # The heartbeat wheel, which holds every stream: each in the emptiest
+        # bucket, kept for its life; the next bucket to look at, and the
+        # share of a bucket owed by the ticks so far; when the last tick was.
         self._wheel: list[set[Subscription]] = [set() for _ in range(HEARTBEAT_BUCKETS)]
         self._next_bucket = 0
         self._owed = 0.0
@@ -159,7 +158,6 @@ class Fanout:
     def subscribe(self, client: str, capacity: int) -> Subscription:
         """A new subscription, parked (paused, with no sink) until attached."""
         subscription = Subscription(self, client, capacity)
-        self.everyone.add(subscription)
         wheel = self._wheel
         subscription.bucket = min(range(len(wheel)), key=lambda index: len(wheel[index]))
         wheel[subscription.bucket].add(subscription)
@@ -297,7 +295,6 @@ class Fanout:
         self.retarget(subscription, frozenset())
         subscription.ended = ending
         subscription.direct = None
-        self.everyone.discard(subscription)
         self._wheel[subscription.bucket].discard(subscription)
         self.paused.discard(subscription)
         sink = subscription.sink
@@ -319,8 +316,13 @@ class Fanout:
                 subscription.capacity,
             )
 
+    @property
+    def everyone(self) -> list[Subscription]:
+        """Every stream not ended (each is in one bucket of the wheel)."""
+        return [subscription for bucket in self._wheel for subscription in bucket]
+
     def close_all(self, ending: Ending = Ending.SHUTDOWN) -> None:
-        for subscription in list(self.everyone):
+        for subscription in self.everyone:
             self.end(subscription, ending)
 
     # --- delivery ------------------------------------------------------------
