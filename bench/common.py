@@ -55,13 +55,20 @@ def priorities() -> str:
     return "the simulated exchange at the others' priority"
 
 
+def _terminated(process: subprocess.Popen[bytes], timeout: float) -> bool:
+    """SIGTERM, and up to ``timeout`` seconds for the process to exit: True if it did."""
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
+
+
 def stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
     """Stop what a benchmark started, the last started first."""
     for process in reversed(processes):
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
+        if not _terminated(process, 15):
             process.kill()
 
 
@@ -70,12 +77,8 @@ def stop_or_dump(process: subprocess.Popen[bytes], label: str, timeout: float = 
     does not has its threads' stacks printed (py-spy, from the test extras)
     before it is killed, so that a slow shutdown leaves its cause behind and
     the benchmark goes on. True if it exited of its own."""
-    process.terminate()
-    try:
-        process.wait(timeout)
+    if _terminated(process, timeout):
         return True
-    except subprocess.TimeoutExpired:
-        pass
     print(f"{label} (pid {process.pid}) did not exit within {timeout:g} s of SIGTERM; its stacks:",
           file=sys.stderr, flush=True)
     spy = Path(sys.executable).with_name("py-spy")
@@ -183,10 +186,9 @@ def start_simulator(extra_symbols: int = 0, book_interval: float | None = None,
     scheduler (`nice -n -10`, as root; as it is where that is refused). The
     exchange runs on machines of its own: here it shares two cores with the
     server measured and 10,000 clients' load generator, and its hop queued
-    behind them: the same noise on every side of a ratio. With it ahead (and
-    each book stamped when made, in a quieter hour) the end to end medians
-    fell from 42-69 ms to 20-34 ms (2026-12-07). The benchmarks print which
-    it was (:func:`priorities`)."""
+    behind them: the same noise on every side of a ratio (what it did to the
+    figures: docs/performance.md). The benchmarks print which it was
+    (:func:`priorities`)."""
     tcp, ws = free_port(), free_port()
     args = [*SIMULATOR_FIRST, sys.executable, "-m", "app", "simulate", "--tcp-port", str(tcp), "--ws-port", str(ws), "--seed", "1",
             "--extra-symbols", str(extra_symbols)]
