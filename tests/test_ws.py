@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import socket
 import threading
 import time
@@ -378,3 +379,19 @@ def test_an_op_read_with_a_ping_and_the_clients_close_is_not_answered_after_the_
         assert b"REPLY" not in written and written.startswith(b"\x8a\x00\x88")  # the pong, the close
     else:
         assert written.endswith(b"REPLY")
+
+
+def test_bad_utf_8_from_a_client_closes_with_1007_and_logs_no_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    transport = _Transport()
+    protocol = _taken_over(transport)
+    protocol.conn = ServerProtocol(state=State.OPEN)
+    protocol.queue = asyncio.Queue()
+    protocol.logger = logging.getLogger("uvicorn.error")
+    received: list[str | None] = []
+    protocol.ops = received.append
+    with caplog.at_level(logging.INFO):
+        protocol.data_received(_client_frame(Opcode.TEXT, b"\xff\xfe"))
+    assert received == []
+    assert b"".join(transport.written) == Frame(Opcode.CLOSE, Close(1007, "").serialize()).serialize(mask=False)
+    assert transport.closing and protocol.close_sent
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]

@@ -5,8 +5,9 @@ WebSocket (the sink that writes to it: :class:`app.http.sinks.WebSocketSink`).
 What it reaches into (``tests/test_drift.py`` pins the source): ``run_asgi``
 is a copy of uvicorn 0.55's with one condition added (a connection a stream
 took is left open); ``send_receive_event_to_app`` reads ``frames``,
-``curr_msg_data_type`` and ``conn.close_sent``; ``end_stream`` uses ``conn``,
-``queue`` and ``close_timer``; ``close_sent`` and ``disconnected``, which
+``curr_msg_data_type`` and ``conn.close_sent``, and closes with 1007 as
+uvicorn does (``conn.send_close``, ``handle_parser_exception``);
+``end_stream`` uses ``conn``, ``queue`` and ``close_timer``; ``close_sent`` and ``disconnected``, which
 uvicorn assigns, are descriptors here (see
 :attr:`GuardedWebSocketProtocol.closed_for_data`).
 """
@@ -89,8 +90,10 @@ class GuardedWebSocketProtocol(TakenOver, WebSocketsSansIOProtocol):
         try:
             text = data.decode()
         except UnicodeDecodeError:
-            self.frames = [data]
-            super().send_receive_event_to_app()  # uvicorn's answer: close with 1007
+            # uvicorn's answer, a close with 1007, without the traceback it
+            # logs as an error: a client's bad bytes are not the server's.
+            self.conn.send_close(1007)
+            self.handle_parser_exception()
             return
         ops(text)
 
