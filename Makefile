@@ -129,8 +129,12 @@ test: system-deps  ## install what the tests need, then run them
 
 # npm ci mostly waits on the registry (4 minutes on a fresh machine), so the
 # AsyncAPI CLI installs while the main suite runs, not before it.
+# --max-worker-restart=0: a test past pytest-timeout's limit ends its worker
+# (the thread method's os._exit), and xdist's loadfile scheduling then waited
+# for the replacement worker forever (pytest-xdist#784; a fresh clone's run
+# hung so on 2026-12-07). With no restart the run fails at once, naming it.
 test-main: $(STAMP)
-	$(BIN)/pytest -q -n 3 --dist loadfile --ignore tests/test_openapi.py
+	$(BIN)/pytest -q -n 3 --dist loadfile --max-worker-restart=0 --ignore tests/test_openapi.py
 
 # Alone (under xdist schemathesis' operations share one id, and one would
 # run), beside lint and the lowest versions' tests rather than after the rest.
@@ -138,13 +142,13 @@ test-openapi: $(STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider tests/test_openapi.py
 
 test-unit: $(STAMP)  ## the tests that start no process (no broker, Redis or gateway), the slowest property tests drawing a tenth of their examples
-	TESTS_QUICK=1 $(BIN)/pytest -q -n 2 -m "not processes"
+	TESTS_QUICK=1 $(BIN)/pytest -q -n 2 --max-worker-restart=0 -m "not processes"
 
 # Left out there: the locks' test (that venv is not the locked one) and the
 # committed AsyncAPI document's (pydantic writes its JSON schemas a little
 # differently from version to version; the document is made with the locked one).
 test-lowest: $(LOWEST_STAMP)  ## the same, on the lowest versions pyproject.toml allows (requirements/lowest.lock)
-	TESTS_QUICK=1 PYTHONPATH=$(CURDIR)/clients/python/src $(LOWEST)/bin/python -m pytest -q -n 2 -p no:cacheprovider -m "not processes" \
+	TESTS_QUICK=1 PYTHONPATH=$(CURDIR)/clients/python/src $(LOWEST)/bin/python -m pytest -q -n 2 --max-worker-restart=0 -p no:cacheprovider -m "not processes" \
 		--deselect tests/test_drift.py::test_the_locks_agree_and_are_what_is_installed \
 		--deselect tests/test_asyncapi.py::test_the_committed_document_is_what_the_app_makes
 
