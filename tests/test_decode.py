@@ -43,8 +43,8 @@ def test_order_book_sample() -> None:
     assert isinstance(update, Snapshot)
     assert update.exchange_ts == 1532686075803
     assert update.wire()["step"] == "0.01"
-    assert update.wire()["bids"][0] == ["6674.56", "0.8490"]
-    assert update.wire()["asks"][0] == ["6674.89", "0.0524"]
+    assert update.wire()["bids"][0] == ("6674.56", "0.8490")
+    assert update.wire()["asks"][0] == ("6674.89", "0.0524")
     assert len(update.wire()["bids"]) == len(update.wire()["asks"]) == 15
     bids = [Decimal(p) for p, _ in update.wire()["bids"]]
     asks = [Decimal(p) for p, _ in update.wire()["asks"]]
@@ -57,8 +57,8 @@ def test_order_book_levels_are_sorted_best_first_whatever_the_wire_order() -> No
     raw["asks"].reverse()
     update = decode(BOOK, json.dumps(raw).encode())
     assert isinstance(update, Snapshot)
-    assert update.wire()["bids"][0] == ["6674.56", "0.8490"]
-    assert update.wire()["asks"][0] == ["6674.89", "0.0524"]
+    assert update.wire()["bids"][0] == ("6674.56", "0.8490")
+    assert update.wire()["asks"][0] == ("6674.89", "0.0524")
 
 
 def test_depth_sample_keeps_cumulative_quantities_and_zero_first_bid() -> None:
@@ -66,8 +66,8 @@ def test_depth_sample_keeps_cumulative_quantities_and_zero_first_bid() -> None:
     assert isinstance(update, Snapshot)
     assert update.exchange_ts is None
     assert update.wire()["depth_percent"] == "0.01"
-    assert update.wire()["bids"][0] == ["6674.72", "0.0000"]
-    assert update.wire()["asks"][-1] == ["6741.46", "241.8331"]
+    assert update.wire()["bids"][0] == ("6674.72", "0.0000")
+    assert update.wire()["asks"][-1] == ("6741.46", "241.8331")
 
 
 def test_kline_sample() -> None:

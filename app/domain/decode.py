@@ -35,6 +35,7 @@ from app.domain.values import (
     Candle,
     DepthChart,
     Fill,
+    Level,
     OrderBook,
     OrderChange,
     Snapshot,
@@ -273,7 +274,7 @@ def _choice(doc: dict[str, Any], key: str, mapping: dict[str, str]) -> str:
 class _Side:
     """One side of a book, best first: the pairs as sent, and their prices."""
 
-    levels: list[list[str]]
+    levels: list[Level]
     prices: list[Decimal]
 
     @property
@@ -282,7 +283,7 @@ class _Side:
 
 
 def _levels(doc: dict[str, Any], key: str, price_key: str, *, descending: bool) -> _Side:
-    """Price levels as ``[price, quantity]`` pairs, sorted best first; two
+    """Price levels as ``(price, quantity)`` pairs, sorted best first; two
     levels at one price are refused."""
     entries = _list(doc, key)
     # The hot path of ingest: all values checked by one regular expression over
@@ -301,11 +302,11 @@ def _levels_checked(entries: list[Any], key: str, price_key: str, *, descending:
     levels = []
     for entry in entries:
         item = _obj(entry, f"an entry of '{key}'")
-        levels.append([_dec(item, price_key), _dec(item, "quantity")])
+        levels.append((_dec(item, price_key), _dec(item, "quantity")))
     return _best_first(levels, key, descending)
 
 
-def _best_first(levels: list[list[str]], key: str, descending: bool) -> _Side:
+def _best_first(levels: list[Level], key: str, descending: bool) -> _Side:
     prices = list(map(Decimal, map(_first, levels)))
     # The exchange sends them best first; sort only if it did not.
     if not _ordered(prices, descending):
@@ -317,9 +318,9 @@ def _best_first(levels: list[list[str]], key: str, descending: bool) -> _Side:
     return _Side(levels, prices)
 
 
-def _pairs(prices: list[str], quantities: list[str]) -> list[list[str]]:
-    """Levels as the wire has them: ``[price, quantity]``."""
-    return [[price, quantity] for price, quantity in zip(prices, quantities, strict=True)]
+def _pairs(prices: list[str], quantities: list[str]) -> list[Level]:
+    """Levels: ``(price, quantity)`` pairs, which JSON writes as ``[price, quantity]``."""
+    return list(zip(prices, quantities, strict=True))
 
 
 def _ordered(prices: list[Decimal], descending: bool) -> bool:
@@ -383,7 +384,7 @@ def _cumulative(side: _Side, key: str) -> None:
         raise _Bad(f"the quantities of '{key}' are not cumulative")
 
 
-def _best_price(levels: list[list[str]]) -> Decimal | None:
+def _best_price(levels: list[Level]) -> Decimal | None:
     """The first level's price (checked decimals, best first)."""
     return Decimal(levels[0][0]) if levels else None
 
@@ -744,7 +745,7 @@ def _orderbook_fast(channel: Channel, payload: bytes) -> OrderBook | None:
         or not _TS_MIN <= book.timestamp <= _TS_MAX
     ):
         return None
-    sides: list[list[list[str]]] = []
+    sides: list[list[Level]] = []
     best: list[Decimal | None] = []
     for levels, descending in ((bids, True), (asks, False)):
         prices = [level.limitPrice for level in levels]
@@ -774,7 +775,7 @@ def _depth_fast(channel: Channel, payload: bytes) -> DepthChart | None:
         or _known([depth.depthPercent, depth.asksMinPrice, depth.bidsMaxPrice]) is None
     ):
         return None
-    sides: list[list[list[str]]] = []
+    sides: list[list[Level]] = []
     for levels, descending in ((bids, True), (asks, False)):
         prices = [level.price for level in levels]
         quantities = [level.quantity for level in levels]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 # A JSON value as the answers carry it (read-only views: a list of price
 # levels is a sequence of sequences of strings).
 Json = str | int | bool | None | Sequence["Json"] | Mapping[str, "Json"]
-Level = list[str]  # [price, quantity], as the answers carry it
+Level = tuple[str, str]  # (price, quantity); the answers carry it as [price, quantity]
 # The exchange's trade window holds the latest 50 trades (docs/upstream.md).
 TRADE_WINDOW_MAX = 50
 
