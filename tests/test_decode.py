@@ -88,7 +88,8 @@ def test_trades_sample_is_reversed_to_oldest_first() -> None:
 
 
 def test_an_empty_trade_array_is_a_valid_push() -> None:
-    assert decode(TRADES, b"[]") == TradeWindow(())
+    update = decode(TRADES, b"[]")
+    assert isinstance(update, TradeWindow) and update.trades == ()
 
 
 def rejected(channel_payload: tuple[object, bytes]) -> str:

@@ -4,10 +4,10 @@ leader's events; a checkpoint restores a store exactly."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Iterable
 
+import msgspec
 import pytest
 
 from app.cluster.entries import (
@@ -115,7 +115,7 @@ def feed(leader: Leader, rounds: int) -> None:
         ts = T0 + 1000 * n
         for channel, update in base:
             if isinstance(update, OrderChange):
-                update = dataclasses.replace(
+                update = msgspec.structs.replace(
                     update,
                     order_no=f"{update.order_no}{n % 4}",
                     updated_ts=update.updated_ts + n,

@@ -22,12 +22,13 @@ stay exact; raw bytes are base64.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import json
 from collections import OrderedDict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from app.domain.channels import parse_channel
 from app.domain.tradelog import TradeLog
@@ -54,7 +55,7 @@ _FLAT: dict[str, type[Any]] = {
 
 
 def _fields(value: Any) -> dict[str, Any]:
-    return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    return msgspec.structs.asdict(value)
 
 
 def encode_update(update: Update) -> dict[str, Any]:
@@ -80,7 +81,8 @@ def decode_update(value: Mapping[str, Any]) -> Update:
     cls = _FLAT.get(kind)
     if cls is None:
         raise ValueError(f"an entry holds an update of unknown type {kind!r}")
-    update: Update = cls(**fields)
+    # Converted, not called: JSON's arrays become the levels' (price, quantity) tuples.
+    update: Update = msgspec.convert(fields, cls)
     return update
 
 

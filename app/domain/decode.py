@@ -120,12 +120,12 @@ def decode(
             update = decoder(channel, doc)
         except _Bad as exc:
             return Rejection(str(exc))
+        if isinstance(update, TradeWindow):  # the fast path keeps the push itself
+            update = TradeWindow(update.trades, payload)
     if received_ts is not None and newest_ts(update) > received_ts + max_skew_ms:
         return Rejection(
             f"a timestamp is more than {max_skew_ms / 1000:g} s ahead of the receive time"
         )
-    if isinstance(update, TradeWindow):
-        return TradeWindow(update.trades, payload)
     return update
 
 
@@ -846,7 +846,7 @@ def _trades_fast_split(channel: Channel, payload: bytes) -> TradeWindow | None:
     string leaves a piece that is no whole object: it fails, and the checked
     path answers."""
     if payload == b"[]":
-        return TradeWindow(())
+        return TradeWindow((), payload)
     if not (payload.startswith(b"[{") and payload.endswith(b"}]")):
         return None
     pieces = payload[2:-2].split(b"},{")
@@ -872,7 +872,7 @@ def _trades_fast_split(channel: Channel, payload: bytes) -> TradeWindow | None:
     stamps = list(map(_TS_OF, trades))
     if any(map(operator.gt, stamps, stamps[1:])):  # not newest first
         return None
-    return TradeWindow(tuple(trades))
+    return TradeWindow(tuple(trades), payload)
 
 
 def _trades_checked(channel: Channel, entries: list[_Trade]) -> list[Trade] | None:

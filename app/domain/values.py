@@ -10,7 +10,8 @@ in the shape docs/api.md gives each answer's ``data``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+
+import msgspec
 
 # A JSON value as the answers carry it (read-only views: a list of price
 # levels is a sequence of sequences of strings).
@@ -20,10 +21,14 @@ Level = tuple[str, str]  # (price, quantity); the answers carry it as [price, qu
 TRADE_WINDOW_MAX = 50
 
 
-class Snapshot:
-    """A whole new state of a snapshot channel (order book, depth chart, candle, balances)."""
+class Value(msgspec.Struct, frozen=True):
+    """A value of this module: immutable, compared and hashed by its fields,
+    and made in a twentieth of a frozen dataclass's time (ingest makes a few
+    for every message)."""
 
-    __slots__ = ()
+
+class Snapshot(Value, frozen=True):
+    """A whole new state of a snapshot channel (order book, depth chart, candle, balances)."""
 
     @property
     def exchange_ts(self) -> int | None:
@@ -34,8 +39,7 @@ class Snapshot:
         raise NotImplementedError
 
 
-@dataclass(frozen=True, slots=True)
-class OrderBook(Snapshot):
+class OrderBook(Snapshot, frozen=True):
     step: str
     bids: list[Level]  # best (highest) first
     asks: list[Level]  # best (lowest) first
@@ -49,8 +53,7 @@ class OrderBook(Snapshot):
         return {"step": self.step, "bids": self.bids, "asks": self.asks}
 
 
-@dataclass(frozen=True, slots=True)
-class DepthChart(Snapshot):
+class DepthChart(Snapshot, frozen=True):
     depth_percent: str
     asks_min_price: str
     bids_max_price: str
@@ -71,8 +74,7 @@ class DepthChart(Snapshot):
         }
 
 
-@dataclass(frozen=True, slots=True)
-class Candle(Snapshot):
+class Candle(Snapshot, frozen=True):
     range: str
     range_ms: int | None
     open_ts: int
@@ -99,8 +101,7 @@ class Candle(Snapshot):
         }
 
 
-@dataclass(frozen=True, slots=True)
-class Balance:
+class Balance(Value, frozen=True):
     total: str
     available: str
     updated_ts: int
@@ -109,8 +110,7 @@ class Balance:
         return {"total": self.total, "available": self.available, "updated_ts": self.updated_ts}
 
 
-@dataclass(frozen=True, slots=True)
-class Balances(Snapshot):
+class Balances(Snapshot, frozen=True):
     """A push of the asset topic (some currencies), or the merged balances."""
 
     user_no: str | None
@@ -128,8 +128,7 @@ class Balances(Snapshot):
         }
 
 
-@dataclass(frozen=True, slots=True)
-class Trade:
+class Trade(Value, frozen=True):
     """One trade as the exchange pushes it. Trades carry no id: two distinct
     trades may be equal in every field."""
 
@@ -142,17 +141,15 @@ class Trade:
         return {"price": self.price, "quantity": self.quantity, "side": self.side, "ts": self.ts}
 
 
-@dataclass(frozen=True, slots=True)
-class TradeWindow:
+class TradeWindow(Value, frozen=True):
     """One push of the trade topic: the latest trades, oldest first (the wire
     order, newest first, is reversed here so that logs append in order)."""
 
     trades: tuple[Trade, ...]
-    raw: bytes = field(default=b"", compare=False)  # the push as received
+    raw: bytes = b""  # the push as received
 
 
-@dataclass(frozen=True, slots=True)
-class OrderChange:
+class OrderChange(Value, frozen=True):
     """A push of the order topic: one order's state at ``updated_ts``."""
 
     order_no: str
@@ -191,8 +188,7 @@ class OrderChange:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class Fill:
+class Fill(Value, frozen=True):
     """A push of the fill topic: one deal, unique by ``deal_no``."""
 
     deal_no: str

@@ -15,14 +15,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+import msgspec
+
 from app.domain.channels import Channel
 from app.domain.values import Json, Update
 from app.state.events import Event
 from app.state.store import Store
 
 
-@dataclass(frozen=True, slots=True)
-class Change:
+class Change(msgspec.Struct, frozen=True):
     """One change the hub made to its store, as the event log records it:
     ``op`` is ``apply`` (with ``update``), ``repeat`` (a trade push that was
     the same bytes as the last: the channel is fresh), ``reject`` (with
