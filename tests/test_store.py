@@ -7,6 +7,7 @@ import pytest
 from app.domain.channels import parse_channel
 from app.domain.decode import Rejection, Snapshot, Trade, TradeWindow, decode
 from app.state import events
+from app.state.events import dumps
 from app.state.store import Store
 from tests.support import sample
 
@@ -60,6 +61,8 @@ def test_one_event_per_new_trade_with_the_channel_seq() -> None:
     events = store.apply(TRADES, TradeWindow((a, b, b)), T0 + 10)
     assert [json.loads(e.data)["seq"] for e in events] == [2, 3]
     assert [json.loads(e.data)["data"] for e in events] == [b.wire(), b.wire()]
+    # Byte for byte too: the store encodes the trade itself, its keys in wire()'s order.
+    assert all(e.data.endswith(b',"data":' + dumps(b.wire()) + b"}") for e in events)
     assert store.apply(TRADES, TradeWindow((a, b, b)), T0 + 20) == []
     state = store.get(TRADES)
     assert state is not None

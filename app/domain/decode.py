@@ -803,28 +803,43 @@ def _in_order(values: list[str], after: Callable[[Any, Any], bool]) -> bool:
     """Every value a plain decimal, and ``after(value, next one)`` for each.
 
     Plain decimals with as many places as each other, none with a leading zero,
-    are ordered as numbers by (length, text), and by text alone when they are
-    all as long: one regular expression over them joined checks both, and no
-    Decimal is made. Values of mixed places are checked and compared as
-    Decimals."""
+    are ordered as numbers by (length, text), and by text alone when they all
+    have as many digits before the point too: one regular expression over
+    them joined checks their shape, and no Decimal is made. Values of mixed
+    places are checked and compared as Decimals."""
     if not values:
         return True
     joined = _lines(values)
     if joined is None:
         return False
     first = values[0]
-    places = len(first) - first.find(".") - 1 if "." in first else 0
+    point = first.find(".")
+    digits = point if point >= 0 else len(first)
+    places = len(first) - point - 1 if point >= 0 else 0
     keys: list[Any]
-    if places <= _DIGITS_MAX and _fixed_places_re(places).fullmatch(joined) is not None:
-        if len(first) == len(values[-1]) and len(set(map(len, values))) == 1:
-            keys = values  # of one length too: ordered as text
-        else:
-            keys = list(zip(map(len, values), values, strict=True))
+    if (
+        len(first) == len(values[-1])
+        and 1 <= digits <= _DIGITS_MAX
+        and places <= _DIGITS_MAX
+        and _fixed_width_re(digits, places).fullmatch(joined) is not None
+    ):
+        keys = values  # all of one shape: ordered as text
+    elif places <= _DIGITS_MAX and _fixed_places_re(places).fullmatch(joined) is not None:
+        keys = list(zip(map(len, values), values, strict=True))
     elif _DECIMALS_RE.fullmatch(joined) is not None:
         keys = list(map(Decimal, values))
     else:
         return False
     return all(map(after, keys, keys[1:]))
+
+
+@functools.lru_cache(maxsize=256)
+def _fixed_width_re(digits: int, places: int) -> re.Pattern[str]:
+    """Plain decimals joined by newlines, each with exactly ``digits`` digits
+    before its point (no leading zero) and ``places`` after it."""
+    whole = "[0-9]" if digits == 1 else f"[1-9][0-9]{{{digits - 1}}}"
+    one = whole + (rf"\.[0-9]{{{places}}}" if places else "")
+    return re.compile(rf"(?:{one}\n)*{one}")
 
 
 @functools.lru_cache(maxsize=_DIGITS_MAX + 1)

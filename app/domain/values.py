@@ -130,7 +130,8 @@ class Balances(Snapshot, frozen=True):
 
 class Trade(Value, frozen=True):
     """One trade as the exchange pushes it. Trades carry no id: two distinct
-    trades may be equal in every field."""
+    trades may be equal in every field. Its fields are its :meth:`wire` keys,
+    in their order: the store encodes a trade itself, with no dict between."""
 
     price: str
     quantity: str

@@ -12,7 +12,7 @@ from app.domain.values import Json
 
 # Compact UTF-8 JSON, byte for byte what ``json.dumps(value, separators=(",",
 # ":"), ensure_ascii=False).encode()`` writes for these values, ten times as fast.
-dumps: Callable[[Json], bytes] = msgspec.json.Encoder().encode
+dumps: Callable[[Json | msgspec.Struct], bytes] = msgspec.json.Encoder().encode
 """Compact JSON, the one encoding of every answer and event."""
 loads = msgspec.json.decode
 

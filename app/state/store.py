@@ -19,6 +19,8 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+import msgspec
+
 from app.domain.channels import BOOK_KINDS, PUSH_INTERVAL_S, Channel, Kind
 from app.domain.tradelog import TradeLog
 from app.domain.values import (
@@ -267,7 +269,7 @@ class Store:
                 )
             )
         for trade in fresh:
-            item = dumps(trade.wire())
+            item = dumps(trade)  # its fields are its wire() keys, in order
             events.append(self._item_event(state, item, trade.ts, received_ts))
             state.trade_items.append((state.seq, item))
         while len(state.trade_items) > self.trade_capacity:
@@ -291,19 +293,20 @@ class Store:
     ) -> Event:
         """The event of one new item of a log or map channel (trade, order, fill)."""
         state.seq += 1
-        envelope = dumps(
+        data = dumps(
             {
                 "channel": state.channel.name,
                 "symbol": state.channel.display_symbol,
                 "seq": state.seq,
                 "exchange_ts": exchange_ts,
                 "received_ts": received_ts,
+                "data": msgspec.Raw(item),
             }
         )
         return self._next_event(
             state.channel.name,
             state.channel.event_name,
-            envelope[:-1] + b',"data":' + item + b"}",
+            data,
             conflatable=False,
             received_ts=received_ts,
         )
