@@ -177,8 +177,11 @@ class SlowReader:
 
 def test_a_stalled_client_never_slows_the_others(world: World) -> None:
     # A send blocked this long closes a stream: long enough for a slow reader
-    # on a machine busy with the burst, short enough for the test.
-    gw = world.gateway(GATEWAY_CLIENT_BUFFER="200", GATEWAY_SEND_TIMEOUT_S="15")
+    # on a machine busy with the burst, short enough for the test. A buffer of
+    # 2,000 events: the stalled reader (30,000 trades) overflows it all the
+    # same, and the two readers, threads of this busy process, have room to lag
+    # (at 200 one overflowed once on a loaded machine).
+    gw = world.gateway(GATEWAY_CLIENT_BUFFER="2000", GATEWAY_SEND_TIMEOUT_S="15")
     try:
         start_flowing(world, gw)
         tape = world.tape
