@@ -89,7 +89,7 @@ def test_trades_sample_is_reversed_to_oldest_first() -> None:
 
 def test_an_empty_trade_array_is_a_valid_push() -> None:
     update = decode(TRADES, b"[]")
-    assert isinstance(update, TradeWindow) and update.trades == ()
+    assert isinstance(update, TradeWindow) and update.trades == () and update.raw == b"[]"
 
 
 def rejected(channel_payload: tuple[object, bytes]) -> str:

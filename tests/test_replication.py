@@ -22,7 +22,7 @@ from app.cluster.entries import (
 )
 from app.domain.channels import Channel, Kind, parse_channel
 from app.domain.decode import decode
-from app.domain.values import OrderChange, Trade, TradeWindow, Update
+from app.domain.values import OrderBook, OrderChange, Trade, TradeWindow, Update
 from app.state.events import Event
 from app.state.store import Store
 from app.streams.admission import Streams
@@ -208,6 +208,13 @@ def test_a_checkpoint_and_the_entries_after_it_make_the_same_store(cut: int) -> 
 def test_an_unknown_change_or_update_type_is_refused() -> None:
     with pytest.raises(ValueError):
         decode_update({"t": "Nothing"})
+    book = next(update for _, update in updates() if isinstance(update, OrderBook))
+    fields = encode_update(book)
+    # msgspec's ValidationError, a ValueError from msgspec 0.20 on
+    with pytest.raises((ValueError, msgspec.ValidationError)):  # a key the update does not have
+        decode_update({**fields, "extra": 1})
+    with pytest.raises((ValueError, msgspec.ValidationError)):  # a level that is no pair
+        decode_update({**fields, "bids": [["1.00"]]})
     store = Store("ep")
     with pytest.raises(ValueError):
         apply_entry(store, Entry("explode", "trades:BTC_USD", 0, 0))

@@ -21,10 +21,11 @@ Level = tuple[str, str]  # (price, quantity); the answers carry it as [price, qu
 TRADE_WINDOW_MAX = 50
 
 
-class Value(msgspec.Struct, frozen=True):
-    """A value of this module: immutable, compared and hashed by its fields,
-    and made in a twentieth of a frozen dataclass's time (ingest makes a few
-    for every message)."""
+class Value(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A value of this module: immutable, compared by its fields (and hashed
+    by them, where they are hashable), and made in a twentieth of a frozen
+    dataclass's time (ingest makes a few for every message). Converted from
+    JSON (a cluster's entries), a key it does not have is refused."""
 
 
 class Snapshot(Value, frozen=True):
@@ -147,7 +148,7 @@ class TradeWindow(Value, frozen=True):
     order, newest first, is reversed here so that logs append in order)."""
 
     trades: tuple[Trade, ...]
-    raw: bytes = b""  # the push as received
+    raw: bytes = b""  # the push as received: equal windows are equal pushes
 
 
 class OrderChange(Value, frozen=True):
