@@ -262,18 +262,17 @@ async def run_sse(
 class WebSocketSink:
     """A WebSocket's connection, written to directly (see the module doc)."""
 
-    __slots__ = ("direct", "form", "protocol", "stream", "transport")
+    __slots__ = ("direct", "form", "protocol", "stream")
     label = "WebSocket"
 
     def __init__(self, protocol: GuardedWebSocketProtocol, stream: Stream) -> None:
         self.form: Form = ws_frame
         self.protocol = protocol
         self.stream = stream
-        self.transport = protocol.transport
         # The transport while data may go to it, for the fan-out's direct
         # writes and this sink's own; None once no more may (a close frame
         # sent, the peer gone: closed_for_data, wherever uvicorn marks it).
-        self.direct: Transport | None = self.transport if protocol.open_for_data() else None
+        self.direct: Transport | None = protocol.transport if protocol.open_for_data() else None
         protocol.closed_for_data = self._closed
 
     def _closed(self) -> None:
