@@ -72,8 +72,15 @@ _DIGITS_MAX = 40
 _INTEGER_PART = rf"(?:0|[1-9][0-9]{{0,{_DIGITS_MAX - 1}}}+)"
 _DECIMAL = _INTEGER_PART + rf"(?:\.[0-9]{{1,{_DIGITS_MAX}}}+)?"
 _DECIMAL_RE = re.compile(_DECIMAL + r"\Z")
-# Many decimals joined by newlines, checked in one call.
-_DECIMALS_RE = re.compile(rf"(?:{_DECIMAL}\n)*{_DECIMAL}")
+
+
+def _joined_re(one: str) -> re.Pattern[str]:
+    """Values that each match ``one``, joined by newlines (as :func:`_lines`
+    joins them): many checked in one call."""
+    return re.compile(rf"(?:{one}\n)*{one}")
+
+
+_DECIMALS_RE = _joined_re(_DECIMAL)
 # Timestamps in milliseconds between 2001 and 2286: anything else is a wrong value.
 _TS_MIN, _TS_MAX = 10**12, 10**13 - 1
 
@@ -355,7 +362,7 @@ def _step_places(step: str) -> int | None:
 def _grid_re(places: int) -> re.Pattern[str]:
     """Checked decimals joined by newlines, none with a non-zero digit past ``places``."""
     one = rf"[0-9]++(?:\.[0-9]{{0,{places}}}+0*+)?"
-    return re.compile(rf"(?:{one}\n)*{one}")
+    return _joined_re(one)
 
 
 def _all_on_grid(prices: list[str], places: int) -> bool:
@@ -839,14 +846,14 @@ def _fixed_width_re(digits: int, places: int) -> re.Pattern[str]:
     before its point (no leading zero) and ``places`` after it."""
     whole = "[0-9]" if digits == 1 else f"[1-9][0-9]{{{digits - 1}}}"
     one = whole + (rf"\.[0-9]{{{places}}}" if places else "")
-    return re.compile(rf"(?:{one}\n)*{one}")
+    return _joined_re(one)
 
 
 @functools.lru_cache(maxsize=_DIGITS_MAX + 1)
 def _fixed_places_re(places: int) -> re.Pattern[str]:
     """Plain decimals joined by newlines, each with exactly ``places`` places."""
     one = _INTEGER_PART + (rf"\.[0-9]{{{places}}}" if places else "")
-    return re.compile(rf"(?:{one}\n)*{one}")
+    return _joined_re(one)
 
 
 def _trades_fast_split(channel: Channel, payload: bytes) -> TradeWindow | None:
