@@ -34,6 +34,11 @@ def rate(output: str) -> float:
     return float(found.group(1).replace(",", ""))
 
 
+def git(*args: str, check: bool = True) -> str:
+    """A git command in this checkout; its output."""
+    return subprocess.run(["git", "-C", str(REPO), *args], check=check, capture_output=True, text=True).stdout.strip()
+
+
 def start(checkout: Path, core: int, args: argparse.Namespace) -> subprocess.Popen[str]:
     """``ingest.py`` of ``checkout`` (its own ``app``: common.py puts its
     checkout first on the path), pinned to ``core``."""
@@ -53,17 +58,13 @@ def main() -> int:
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) < 2:
         raise SystemExit("needs two cores: the two checkouts run at once, one on each")
-    base = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", args.base],
-                          check=True, capture_output=True, text=True).stdout.strip()
-    here = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                          check=True, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "app", "bench"],
-                           check=True, capture_output=True, text=True).stdout.strip()
+    base, here = git("rev-parse", "--short", args.base), git("rev-parse", "--short", "HEAD")
+    dirty = git("status", "--porcelain", "app", "bench")
     print(f"machine: {machine()}")
     print(f"ingest, this checkout ({here}{', with changes' if dirty else ''}) against {base}, "
           f"at once on cores {cores[0]} and {cores[1]}, swapped each round")
     worktree = Path(tempfile.mkdtemp(prefix="ingest-ab-"))
-    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "--quiet", str(worktree), base], check=True)
+    git("worktree", "add", "--detach", "--quiet", str(worktree), base)
     ratios = []
     try:
         for round_ in range(args.rounds):
@@ -73,7 +74,7 @@ def main() -> int:
             ratios.append(new_rate / old_rate)
             print(f"  round {round_ + 1}: {new_rate:,.0f} against {old_rate:,.0f} messages/s: {ratios[-1]:.2f}×")
     finally:
-        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(worktree)], check=False)
+        git("worktree", "remove", "--force", str(worktree), check=False)
     faster = sum(ratio > 1 for ratio in ratios)
     print(f"this checkout faster in {faster} rounds of {len(ratios)}: {min(ratios):.2f}–{max(ratios):.2f}×, "
           f"{statistics.fmean(ratios):.2f}× on the mean")
